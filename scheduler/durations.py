@@ -1,0 +1,56 @@
+"""Durations as people write them: ``30s``, ``5m``, ``2h``, ``1d``, ``1w``, ``1h30m``, ``250ms``.
+
+One parser for every duration in the product (timeouts, backoff, batches, outages), so that
+the same text means the same time everywhere. Months (``1mo``) are calendar units, not
+durations: batches that need them go through :func:`parse_batch`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_PATTERN = r"^(?:\d+(?:ms|s|m|h|d|w))+$"
+_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_WHOLE = re.compile(DURATION_PATTERN)
+
+
+class DurationError(ValueError):
+    """Raised for text that is not a duration; the message is meant for people."""
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """Parse ``30s``/``5m``/``1h30m``; a bare number counts as seconds."""
+    if isinstance(text, bool):
+        raise DurationError(f"{text!r} is not a duration like 30s, 5m, 2h, 1d, 1w")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise DurationError(f"{text!r} is negative; a duration must be 0 or more")
+        return timedelta(seconds=text)
+    value = str(text).strip()
+    if not _WHOLE.match(value):
+        raise DurationError(f"{text!r} is not a duration like 30s, 5m, 2h, 1d, 1w")
+    seconds = sum(int(n) * UNITS[unit] for n, unit in _PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+def seconds(text: str | int | float | None, default: float | None = None) -> float | None:
+    """Seconds in a duration, or ``default`` when none is given."""
+    if text is None:
+        return default
+    return parse_duration(text).total_seconds()
+
+
+def format_duration(value: timedelta | float) -> str:
+    """The shortest exact spelling of a duration (``90`` -> ``1m30s``)."""
+    total_ms = round((value.total_seconds() if isinstance(value, timedelta) else value) * 1000)
+    if total_ms == 0:
+        return "0s"
+    parts = []
+    for unit in ("w", "d", "h", "m", "s", "ms"):
+        size = round(UNITS[unit] * 1000)
+        count, total_ms = divmod(total_ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
