@@ -1,0 +1,169 @@
+"""The vocabulary shared by the scheduler and the runner: states, specs and plans. No I/O here."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STEP_STATES
+
+
+TERMINAL_STEP_STATES = frozenset(
+    {StepState.SUCCESS, StepState.FAILED, StepState.UPSTREAM_FAILED, StepState.SKIPPED, StepState.CANCELLED}
+)
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {RunState.SUCCESS, RunState.FAILED, RunState.CANCELLED}
+
+
+class AttemptState(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Priority(StrEnum):
+    """RQ queue names, highest first: workers take from them in this order."""
+
+    HIGH = "high"
+    DEFAULT = "default"
+    LOW = "low"
+
+
+QUEUES = tuple(p.value for p in Priority)
+
+
+class Trigger(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    BACKFILL = "backfill"
+
+
+TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Wait before retry n: ``initial * factor**(n-1)``, capped at ``max``, randomized by ``jitter``."""
+
+    initial: float = 10.0
+    factor: float = 2.0
+    max: float = 3600.0
+    jitter: float = 0.1
+
+    def delay(self, retry: int, rng: random.Random | None = None) -> float:
+        base = min(self.max, self.initial * self.factor ** max(0, retry - 1))
+        if not self.jitter:
+            return base
+        spread = base * self.jitter
+        return max(0.0, base + (rng or random).uniform(-spread, spread))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str = "string"
+    default: Any = None
+    required: bool = False
+    enum: tuple[Any, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    image: str
+    command: tuple[str, ...]
+    shell: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    depends_on: tuple[str, ...] = ()
+    retries: int = 0
+    backoff: Backoff = Backoff()
+    timeout: float | None = None
+    priority: Priority | None = None
+    cpus: float | None = None
+    memory: int | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    pull: str = "never"
+
+
+@dataclass(frozen=True)
+class DagSpec:
+    """A validated DAG file. ``document`` is the plain data it was built from (for the store)."""
+
+    name: str
+    steps: Mapping[str, StepSpec]
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+    description: str = ""
+    max_active_runs: int | None = None
+    priority: Priority | None = None
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    document: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def schedule(self) -> Mapping[str, Any] | None:
+        return self.document.get("schedule")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step of one run, fully rendered: what the runner needs and nothing it must compute."""
+
+    run_id: str
+    dag: str
+    step: str
+    image: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    working_dir: str | None
+    timeout: float | None
+    cpus: float | None
+    memory: int | None
+    pull: str
+    queue: str
+    retries: int
+    backoff: Backoff
+    tags: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["argv"] = list(self.argv)
+        data["env"] = dict(self.env)
+        data["tags"] = dict(self.tags)
+        data["backoff"] = vars(self.backoff).copy()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepPlan:
+        values = dict(data)
+        values["argv"] = tuple(values["argv"])
+        values["backoff"] = Backoff(**values["backoff"])
+        return cls(**values)

@@ -1,0 +1,412 @@
+"""DAG files → :class:`DagSpec`: YAML, then the JSON Schema, then meaning; every problem at once.
+
+Schema errors are reworded from the validator's structured fields (``validator``,
+``validator_value``, ``absolute_path``), never by parsing its message text, and each is placed
+at the ``file:line:col`` of the value it is about.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from scheduler import templates
+from scheduler.durations import DurationError, seconds
+from scheduler.errors import Problem, SpecError
+from scheduler.graph import find_cycle
+from scheduler.model import Backoff, DagSpec, ParamSpec, Priority, StepSpec
+from scheduler.yamlsource import Source, YamlProblems, parse
+
+STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
+               "priority", "resources", "tags", "pull")
+_MEMORY = re.compile(r"^(\d+)([bkmg]?)$", re.IGNORECASE)
+_TYPE_WORDS = {
+    "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
+    "number": "a number", "boolean": "true or false", "null": "empty",
+}
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("schemas").joinpath("dag.schema.json").read_text())
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema())
+    cls.check_schema(schema())
+    return cls(schema())
+
+
+def load_file(path: str | Path) -> tuple[DagSpec, bytes]:
+    """Read and validate a DAG file; returns the spec and the exact bytes it came from."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
+    return load_bytes(raw, str(path)), raw
+
+
+def load_bytes(raw: bytes | str, file: str) -> DagSpec:
+    """Validate a DAG document; raise :class:`SpecError` with every problem found."""
+    try:
+        source = parse(raw, file)
+    except YamlProblems as exc:
+        raise SpecError(exc.problems) from None
+    if not isinstance(source.data, dict):
+        raise SpecError([source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
+                                             f"not {_type_word(source.data)}")])
+    problems = list(_schema_problems(source))
+    problems += list(_meaning_problems(source))
+    if problems:
+        raise SpecError(sorted(set(problems)))
+    return _build(source.data)
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+
+def _schema_problems(source: Source) -> Iterator[Problem]:
+    for error in _validator().iter_errors(source.data):
+        yield from _reword(source, error)
+
+
+def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
+    path = tuple(error.absolute_path)
+    kind = error.validator
+    value = error.validator_value
+    instance = error.instance
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        for extra in sorted(set(instance) - set(allowed)):
+            close = difflib.get_close_matches(extra, allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+            yield source.problem((*path, extra), f"unknown field '{extra}'{hint}", key=True)
+        return
+    if kind == "propertyNames":
+        # jsonschema reports the bad key as the instance, at the mapping's path.
+        yield source.problem((*path, instance), _name_message(path, instance), key=True)
+        return
+    if kind == "required":
+        for missing in value:
+            if missing not in instance:
+                yield source.problem(path, f"missing required field '{missing}'")
+        return
+    if kind == "type":
+        wanted = value if isinstance(value, list) else [value]
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        yield source.problem(path, f"should be {words}, not {_type_word(instance)}")
+        return
+    if kind == "enum":
+        close = difflib.get_close_matches(str(instance), [str(v) for v in value], n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        yield source.problem(path, f"{instance!r} is not one of: {', '.join(map(str, value))}{hint}")
+        return
+    if kind == "pattern":
+        yield source.problem(path, _pattern_message(path, instance))
+        return
+    messages = {
+        "minimum": lambda: f"{instance!r} is too small; the minimum is {value}",
+        "maximum": lambda: f"{instance!r} is too large; the maximum is {value}",
+        "exclusiveMinimum": lambda: f"{instance!r} must be more than {value}",
+        "minProperties": lambda: "needs at least one entry" if path != ("steps",) else "a DAG needs at least one step",
+        "minLength": lambda: "must not be empty",
+        "maxLength": lambda: f"is longer than {value} characters",
+        "uniqueItems": lambda: "lists the same value twice",
+    }
+    message = messages.get(kind, lambda: error.message)()
+    yield source.problem(path, message)
+
+
+def _name_message(path: tuple[Any, ...], name: Any) -> str:
+    if path == ("steps",):
+        return f"'{name}' is not a valid step name: use letters, digits, '-' and '_' (at most 63)"
+    if path == ("params",):
+        return f"'{name}' is not a valid param name: use letters, digits and '_', not starting with a digit"
+    if path and path[-1] == "env":
+        return f"'{name}' is not a valid environment variable name"
+    return f"'{name}' is not a valid key here"
+
+
+def _pattern_message(path: tuple[Any, ...], value: Any) -> str:
+    last = path[-1] if path else ""
+    if path == ("name",):
+        return f"{value!r} is not a valid DAG name: use lower-case letters, digits, '-' and '_'"
+    if last in {"timeout", "initial", "max", "duration"}:
+        return f"{value!r} is not a duration like 30s, 5m, 2h, 1d, 1w"
+    if last == "memory":
+        return f"{value!r} is not a memory size like 256m or 1g"
+    if last == "working_dir":
+        return f"{value!r} must be an absolute path (starting with /)"
+    if len(path) >= 2 and path[-2] == "depends_on":
+        return f"{value!r} is not a valid step name"
+    return f"{value!r} does not have the expected form"
+
+
+def _type_word(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (true/false)"
+    kind = {dict: "a mapping", list: "a list", str: "a string", int: "a whole number", float: "a number"}
+    word = kind.get(type(value), type(value).__name__)
+    shown = repr(value) if isinstance(value, str | int | float) and len(repr(value)) < 40 else ""
+    return f"{word} {shown}".strip()
+
+
+# --- meaning ---------------------------------------------------------------------------------------
+
+
+def _meaning_problems(source: Source) -> Iterator[Problem]:
+    data = source.data
+    steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
+    defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    yield from _param_problems(source, params)
+    known = templates.known_names(params)
+    upstream: dict[str, list[str]] = {}
+    for name, step in steps.items():
+        if not isinstance(step, dict):
+            continue
+        merged = {**defaults, **step}
+        at = ("steps", name)
+        if "image" not in merged:
+            yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'")
+        if "command" not in merged:
+            yield source.problem(at, f"step '{name}' has no command; give it as a list, e.g. [\"echo\", \"hi\"]")
+        command = merged.get("command")
+        where = at if "command" not in step else (*at, "command")
+        if isinstance(command, str) and not merged.get("shell"):
+            yield source.problem(where, "command is a string; write it as a list (exec form), "
+                                        "e.g. [\"sh\", \"-c\", \"...\"], or set 'shell: true'")
+        if isinstance(command, list) and merged.get("shell"):
+            yield source.problem(where, "with 'shell: true' the command must be one string for sh -c")
+        if isinstance(command, list) and not command:
+            yield source.problem(where, "command is an empty list")
+        for index, part in enumerate(command if isinstance(command, list) else [command]):
+            if isinstance(part, str):
+                yield from _template_problem(source, (*where, index) if isinstance(command, list) else where,
+                                             part, known)
+        env = merged.get("env")
+        if isinstance(env, dict):
+            env_at = (*at, "env") if "env" in step else ("defaults", "env")
+            for key, value in env.items():
+                if isinstance(value, str):
+                    yield from _template_problem(source, (*env_at, key), value, known)
+        backoff = merged.get("retry_backoff")
+        if isinstance(backoff, dict):
+            yield from _duration_problems(source, (*at, "retry_backoff"), backoff, ("initial", "max"))
+        deps = step.get("depends_on")
+        if isinstance(deps, list):
+            good = []
+            for index, dep in enumerate(deps):
+                if not isinstance(dep, str):
+                    continue
+                if dep == name:
+                    yield source.problem((*at, "depends_on", index), f"step '{name}' depends on itself")
+                elif dep not in steps:
+                    close = difflib.get_close_matches(dep, list(steps), n=1, cutoff=0.6)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    yield source.problem((*at, "depends_on", index),
+                                         f"step '{name}' depends on '{dep}', which is not defined{hint}")
+                else:
+                    good.append(dep)
+            upstream[name] = good
+        else:
+            upstream[name] = []
+    cycle = find_cycle(upstream)
+    if cycle:
+        # Each step in the path depends on the next; people read a cycle in run order.
+        shown = " -> ".join(reversed(cycle))
+        yield source.problem(("steps", cycle[0], "depends_on"), f"dependency cycle: {shown}")
+
+
+def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:
+    try:
+        templates.check(text, known)
+    except templates.TemplateError as exc:
+        yield source.problem(path, str(exc))
+
+
+def _duration_problems(source: Source, at: tuple[Any, ...], mapping: dict[str, Any],
+                       fields: tuple[str, ...]) -> Iterator[Problem]:
+    for key in fields:
+        if isinstance(mapping.get(key), str):
+            try:
+                seconds(mapping[key])
+            except DurationError as exc:
+                yield source.problem((*at, key), str(exc))
+
+
+def _param_problems(source: Source, params: dict[str, Any]) -> Iterator[Problem]:
+    for name, decl in params.items():
+        if not isinstance(decl, dict):
+            continue
+        ptype = decl.get("type", "string")
+        if "default" in decl:
+            try:
+                coerce_value(ptype, decl["default"])
+            except ValueError as exc:
+                yield source.problem(("params", name, "default"), f"default for param '{name}': {exc}")
+            if decl.get("required"):
+                yield source.problem(("params", name, "required"),
+                                     f"param '{name}' is required and has a default; keep one of the two")
+        for index, option in enumerate(decl.get("enum") or []):
+            try:
+                coerce_value(ptype, option)
+            except ValueError as exc:
+                yield source.problem(("params", name, "enum", index), f"enum value for param '{name}': {exc}")
+
+
+# --- params --------------------------------------------------------------------------------------
+
+
+def coerce_value(ptype: str, value: Any) -> Any:
+    """A param value as its declared type; raises ValueError in people's words."""
+    text = str(value).strip() if not isinstance(value, bool) else value
+    if ptype == "string":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+    if ptype == "int":
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ValueError(f"{value!r} is not a whole number")
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number") from None
+    if ptype == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+    if ptype == "bool":
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).lower()
+        if lowered in {"true", "1", "yes"}:
+            return True
+        if lowered in {"false", "0", "no"}:
+            return False
+        raise ValueError(f"{value!r} is not true or false")
+    if ptype == "date":
+        import datetime as dt
+
+        try:
+            return dt.date.fromisoformat(str(text)).isoformat()
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date like 2026-11-20") from None
+    raise ValueError(f"unknown param type {ptype!r}")
+
+
+def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every declared param's value for a run: given ones (typed), else defaults; all problems at once."""
+    from scheduler.errors import ParamError
+
+    problems = []
+    for name in given:
+        if name not in spec.params:
+            close = difflib.get_close_matches(name, list(spec.params), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else (
+                f"; declared: {', '.join(spec.params)}" if spec.params else "; this DAG declares no params")
+            problems.append(f"unknown param '{name}'{hint}")
+    values: dict[str, Any] = {}
+    for name, decl in spec.params.items():
+        if name in given:
+            try:
+                values[name] = coerce_value(decl.type, given[name])
+            except ValueError as exc:
+                problems.append(f"param '{name}': {exc}")
+                continue
+            if decl.enum and values[name] not in [coerce_value(decl.type, o) for o in decl.enum]:
+                problems.append(f"param '{name}': {given[name]!r} is not one of: {', '.join(map(str, decl.enum))}")
+        elif decl.default is not None:
+            values[name] = coerce_value(decl.type, decl.default)
+        elif decl.required:
+            problems.append(f"param '{name}' is required: give it with --param {name}=VALUE")
+        else:
+            values[name] = None
+    if problems:
+        raise ParamError(f"{spec.name}: " + f"\n{spec.name}: ".join(problems))
+    return values
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def _memory_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    match = _MEMORY.match(str(value))
+    if match is None:  # the schema's pattern rules this out
+        raise ValueError(f"bad memory size {value!r}")
+    scale = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def _build(data: dict[str, Any]) -> DagSpec:
+    defaults = data.get("defaults", {})
+    steps = {}
+    for name, raw in data["steps"].items():
+        merged = {**defaults, **raw}
+        env = {**defaults.get("env", {}), **raw.get("env", {})}
+        tags = {**defaults.get("tags", {}), **raw.get("tags", {})}
+        command = merged["command"]
+        argv = (command,) if isinstance(command, str) else tuple(templates.to_text(c) for c in command)
+        backoff = merged.get("retry_backoff", {})
+        resources_ = merged.get("resources", {})
+        steps[name] = StepSpec(
+            name=name,
+            image=merged["image"],
+            command=argv,
+            shell=bool(merged.get("shell", False)),
+            env={k: templates.to_text(v) for k, v in env.items()},
+            working_dir=merged.get("working_dir"),
+            depends_on=tuple(raw.get("depends_on", ())),
+            retries=int(merged.get("retries", 0)),
+            backoff=Backoff(
+                initial=seconds(backoff.get("initial"), 10.0),
+                factor=float(backoff.get("factor", 2.0)),
+                max=seconds(backoff.get("max"), 3600.0),
+                jitter=float(backoff.get("jitter", 0.1)),
+            ),
+            timeout=seconds(merged.get("timeout")),
+            priority=Priority(merged["priority"]) if "priority" in merged else None,
+            cpus=resources_.get("cpus"),
+            memory=_memory_bytes(resources_.get("memory")),
+            tags=tags,
+            pull=merged.get("pull", "never"),
+        )
+    params = {
+        name: ParamSpec(
+            name=name,
+            type=decl.get("type", "string"),
+            default=decl.get("default"),
+            required=bool(decl.get("required", False)),
+            enum=tuple(decl.get("enum", ())),
+            description=decl.get("description", ""),
+        )
+        for name, decl in data.get("params", {}).items()
+    }
+    return DagSpec(
+        name=data["name"],
+        steps=steps,
+        params=params,
+        description=data.get("description", ""),
+        max_active_runs=data.get("max_active_runs"),
+        priority=Priority(data["priority"]) if "priority" in data else None,
+        tags=data.get("tags", {}),
+        document=data,
+    )

@@ -1,0 +1,80 @@
+"""Strict ``{{ name }}`` templates for commands and env values.
+
+Hand-written on purpose: a template here is only a dotted name (no expressions, filters or
+code), rendering is a single pass (a value that itself contains ``{{ x }}`` is data, never
+rendered again), and every name is checked when the DAG is validated, not when the step runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_TOKEN = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+#: Names every run provides, beside ``params.*``.
+BUILTINS = (
+    "run_id",
+    "dag",
+    "step",
+    "trigger",
+    "logical_date",
+    "ds",
+    "ds_nodash",
+    "ts",
+    "data_interval_start",
+    "data_interval_end",
+)
+
+
+class TemplateError(ValueError):
+    """A template names something unknown or is malformed; the message is for people."""
+
+
+def names_in(text: str) -> list[str]:
+    """The names a template uses; raises TemplateError for malformed ones."""
+    names = []
+    for match in _TOKEN.finditer(text):
+        name = match.group(1).strip()
+        if not _NAME.match(name):
+            raise TemplateError(f"'{{{{{match.group(1)}}}}}' is not a template: use {{{{ params.NAME }}}} or {{{{ run_id }}}}")
+        names.append(name)
+    rest = _TOKEN.sub("", text)
+    if "{{" in rest:
+        raise TemplateError("'{{' is never closed with '}}'")
+    return names
+
+
+def check(text: str, known: Iterable[str]) -> None:
+    """Raise TemplateError unless every name in ``text`` is known."""
+    known = list(known)
+    for name in names_in(text):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"
+            raise TemplateError(f"unknown template variable '{name}'{hint}")
+
+
+def known_names(param_names: Iterable[str]) -> list[str]:
+    return [*BUILTINS, *(f"params.{p}" for p in param_names)]
+
+
+def render(text: str, context: Mapping[str, Any]) -> str:
+    """Replace every ``{{ name }}`` with its value from ``context`` (flat, dotted keys), in one pass."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        if name not in context:
+            raise TemplateError(f"unknown template variable '{name}'")
+        return to_text(context[name])
+
+    return _TOKEN.sub(value, text)
+
+
+def to_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)

@@ -1,0 +1,223 @@
+"""Safe YAML with positions: every value keeps the ``line:col`` it came from.
+
+The loader is YAML 1.2-flavoured where YAML 1.1 surprises people: only ``true``/``false`` are
+booleans (``on``, ``no``, ``NO`` stay strings) and dates stay strings (``2026-11-20``), so
+that what a user writes is what a container receives. It refuses what a DAG never needs and
+an attacker might send: custom tags, duplicate keys, deep nesting and alias bombs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from scheduler.errors import Problem
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 50
+MAX_NODES = 50_000
+
+_STANDARD_TAGS = {
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 booleans and timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in {
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@dataclass
+class Source:
+    """A parsed YAML document and its node tree, to locate any path in it."""
+
+    file: str
+    data: Any
+    root: yaml.Node
+
+    def locate(self, path: tuple[Any, ...], *, key: bool = False) -> tuple[int, int]:
+        """1-based ``(line, col)`` of the value at ``path`` (of its key with ``key=True``)."""
+        node: yaml.Node = self.root
+        key_node: yaml.Node | None = None
+        for part in path:
+            child = _child(node, part)
+            if child is None:
+                break
+            key_node, node = child
+        target = key_node if key and key_node is not None else node
+        return target.start_mark.line + 1, target.start_mark.column + 1
+
+    def problem(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> Problem:
+        line, col = self.locate(path, key=key)
+        return Problem(self.file, line, col, format_path(path), message)
+
+
+def _child(node: yaml.Node, part: Any) -> tuple[yaml.Node | None, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                return key_node, value_node
+        for key_node, value_node in node.value:  # merged keys (<<: *defaults)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                found = _child(value_node, part)
+                if found:
+                    return found
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def format_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse(raw: bytes | str, file: str) -> Source:
+    """Parse one YAML document; raise SpecError-ready problems as ``ValueError(list[Problem])``."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_BYTES:
+            raise YamlProblems([Problem(file, 1, 1, "", f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,}")])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise YamlProblems(
+                [Problem(file, line, col, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8")]
+            ) from None
+    else:
+        text = raw
+        if len(text) > MAX_BYTES:
+            raise YamlProblems([Problem(file, 1, 1, "", f"file is {len(text):,} characters; the limit is {MAX_BYTES:,}")])
+    text = text.removeprefix("\ufeff")
+    loader = _Loader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            what = (exc.problem or exc.context or "invalid YAML").strip()
+            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {what}")]) from None
+        except yaml.YAMLError as exc:
+            raise YamlProblems([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
+        except RecursionError:
+            raise YamlProblems([Problem(file, 1, 1, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
+        if root is None:
+            raise YamlProblems([Problem(file, 1, 1, "", "the file is empty; a DAG needs at least 'name' and 'steps'")])
+        problems = list(_check_nodes(root, file))
+        if problems:
+            raise YamlProblems(problems)
+        data = _plain(loader.construct_document(root))
+    finally:
+        loader.dispose()
+    return Source(file, data, root)
+
+
+class YamlProblems(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
+    """Duplicate keys, custom tags, depth and expanded size, checked on the node graph."""
+    sizes: dict[int, int] = {}
+    visited: set[int] = set()
+
+    def where(node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def walk(node: yaml.Node, depth: int, path: tuple[Any, ...]) -> Iterator[Problem]:
+        if depth > MAX_DEPTH:
+            raise _TooDeep(node)
+        if id(node) in visited:  # an alias: its node was checked where it was anchored
+            return
+        visited.add(id(node))
+        if node.tag not in _STANDARD_TAGS:
+            yield Problem(file, *where(node), format_path(path), f"YAML tag '{_short_tag(node.tag)}' is not allowed")
+            return
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    yield Problem(file, *where(key_node), format_path(path), "a key must be a plain value")
+                    continue
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    yield from walk(value_node, depth + 1, path)
+                    continue
+                name = key_node.value
+                if name in seen:
+                    yield Problem(
+                        file, *where(key_node), format_path((*path, name)),
+                        f"duplicate key '{name}' (first defined on line {seen[name]})",
+                    )
+                else:
+                    seen[name] = key_node.start_mark.line + 1
+                yield from walk(value_node, depth + 1, (*path, name))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                yield from walk(item, depth + 1, (*path, index))
+
+    def size(node: yaml.Node) -> int:
+        """Nodes after expanding aliases, memoized per node so a bomb costs no more to measure."""
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v) for v in node.value)
+        sizes[id(node)] = total = min(total, MAX_NODES + 1)
+        return total
+
+    try:
+        found = list(walk(root, 0, ()))
+    except _TooDeep as exc:
+        yield Problem(file, *where(exc.node), "", f"nesting is deeper than {MAX_DEPTH} levels")
+        return
+    yield from found
+    if not found and size(root) > MAX_NODES:
+        yield Problem(
+            file, 1, 1, "",
+            f"the document expands to more than {MAX_NODES:,} values through anchors and aliases "
+            "(a 'billion laughs' YAML bomb?)",
+        )
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _TooDeep(Exception):
+    def __init__(self, node: yaml.Node):
+        self.node = node
+
+
+def _plain(value: Any) -> Any:
+    """Keys as strings (YAML allows ``1:``), and no shared objects left from aliases."""
+    if isinstance(value, dict):
+        return {("null" if k is None else str(k).lower() if isinstance(k, bool) else str(k)): _plain(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
