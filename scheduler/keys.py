@@ -1,0 +1,55 @@
+"""Every Redis key Conveyor uses, in one place. All of them start with the configurable prefix.
+
+The Lua scripts in ``scheduler/lua`` build the same keys from the prefix; the layout below is
+their contract too (a change here is a change there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "conveyor"
+
+    # DAGs -------------------------------------------------------------------------------------
+    def dags(self) -> str:  # set of DAG names
+        return f"{self.prefix}:dags"
+
+    def dag(self, name: str) -> str:  # hash: latest, paused, updated_at
+        return f"{self.prefix}:dag:{name}"
+
+    def dag_version(self, name: str, version: int) -> str:  # string: JSON of one submitted version
+        return f"{self.prefix}:dag:{name}:v:{version}"
+
+    def dag_shas(self, name: str) -> str:  # hash: content sha256 -> version
+        return f"{self.prefix}:dag:{name}:shas"
+
+    def dag_runs(self, name: str) -> str:  # zset: run_id by created time
+        return f"{self.prefix}:dag:{name}:runs"
+
+    def dag_active(self, name: str) -> str:  # set: runs holding one of max_active_runs
+        return f"{self.prefix}:dag:{name}:active"
+
+    def dag_waiting(self, name: str) -> str:  # list: runs waiting for max_active_runs
+        return f"{self.prefix}:dag:{name}:waiting"
+
+    # Runs -------------------------------------------------------------------------------------
+    def runs(self) -> str:  # zset: every run_id by created time
+        return f"{self.prefix}:runs"
+
+    def run(self, run_id: str) -> str:  # hash: the run record
+        return f"{self.prefix}:run:{run_id}"
+
+    def step(self, run_id: str, step: str) -> str:  # hash: state, attempt, waiting, plan, ...
+        return f"{self.prefix}:run:{run_id}:step:{step}"
+
+    def attempt(self, run_id: str, step: str, number: int) -> str:  # hash: one attempt's record
+        return f"{self.prefix}:run:{run_id}:step:{step}:a:{number}"
+
+    def log(self, run_id: str, step: str, number: int) -> str:  # string: capped output of an attempt
+        return f"{self.prefix}:log:{run_id}:{step}:{number}"
+
+    def events(self) -> str:  # stream: every state change, capped
+        return f"{self.prefix}:events"

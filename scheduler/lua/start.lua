@@ -1,0 +1,20 @@
+-- A worker claims an attempt. Only the attempt the step is waiting for can start, once.
+-- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now, 6 host, 7 pid, 8 worker name
+-- Returns: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'}
+local rid, s, n, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local rk, sk = run_key(rid), step_key(rid, s)
+local state = redis.call('HGET', sk, 'state')
+local current = redis.call('HGET', sk, 'attempt')
+if current ~= n or (state ~= 'queued' and state ~= 'retrying') then
+  return {'stale', state or '', current or ''}
+end
+if redis.call('HGET', rk, 'cancel') == '1' then return {'cancelled'} end
+redis.call('HSET', sk, 'state', 'running', 'started_at', now)
+redis.call('HSET', attempt_key(rid, s, n), 'number', n, 'state', 'running', 'started_at', now,
+  'host', ARGV[6], 'pid', ARGV[7], 'worker', ARGV[8])
+if redis.call('HGET', rk, 'state') == 'queued' then
+  redis.call('HSET', rk, 'state', 'running', 'started_at', now)
+  event(rid, 'run', '', 'running', '', now)
+end
+event(rid, 'step', s, 'running', n, now)
+return {'ok', redis.call('HGET', sk, 'plan')}

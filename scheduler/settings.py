@@ -1,0 +1,59 @@
+"""Settings from the environment, and the Redis connections built from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+DEFAULT_LOG_CAP = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives. ``repr`` never shows the Redis password."""
+
+    redis_url: str = field(repr=False)
+    prefix: str = "conveyor"
+    log_cap: int = DEFAULT_LOG_CAP
+
+    @classmethod
+    def from_env(cls, redis_url: str | None = None) -> Settings:
+        return cls(
+            redis_url=redis_url or os.environ.get("REDIS_URL", ""),
+            prefix=os.environ.get("CONVEYOR_PREFIX", "conveyor"),
+            log_cap=int(os.environ.get("CONVEYOR_LOG_CAP", DEFAULT_LOG_CAP)),
+        )
+
+    @property
+    def safe_url(self) -> str:
+        return redact(self.redis_url)
+
+    def __repr__(self) -> str:
+        return f"Settings(redis_url={self.safe_url!r}, prefix={self.prefix!r})"
+
+    def connect(self, *, decode: bool = True) -> redis.Redis:
+        """A client for this URL (``redis://``, ``rediss://``, ``unix://``) with retries on blips."""
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        return redis.Redis.from_url(
+            self.redis_url,
+            decode_responses=decode,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,254 @@
+"""Run state in Redis. Every state change is one Lua script (see ``scheduler/lua``), so it is atomic
+and checks the state it comes from: two workers can never start the same attempt, and a late
+result from an attempt that is no longer current is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis
+
+from scheduler.errors import NotFoundError, UnavailableError
+from scheduler.keys import Keys
+from scheduler.model import StepPlan
+from scheduler.plan import RunPlan
+from scheduler.settings import Settings
+
+LOG_TTL = 30 * 86400
+
+
+def now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A step attempt that may run now (or after ``delay`` seconds): the dispatcher enqueues it."""
+
+    run_id: str
+    step: str
+    attempt: int
+    queue: str
+    timeout: float | None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    state: str  # the step's new state, 'retrying', or 'stale' when the result was fenced off
+    ready: tuple[Ready, ...] = ()
+
+
+def _ready(entries: list[Any], delay: float = 0.0) -> tuple[Ready, ...]:
+    return tuple(
+        Ready(rid, step, int(n), queue, float(timeout) if timeout else None, delay)
+        for rid, step, n, queue, timeout in entries
+    )
+
+
+class RunStore:
+    """DAG versions, runs, steps, attempts, events and logs under one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "conveyor", log_cap: int = 1024 * 1024):
+        self.r = client
+        self.keys = Keys(prefix)
+        self.prefix = prefix
+        self.log_cap = log_cap
+        lib = resources.files("scheduler").joinpath("lua/lib.lua").read_text()
+        load = resources.files("scheduler").joinpath
+        self._activate = client.register_script(lib + load("lua/activate.lua").read_text())
+        self._start = client.register_script(lib + load("lua/start.lua").read_text())
+        self._finish = client.register_script(lib + load("lua/finish.lua").read_text())
+        self._cancel = client.register_script(lib + load("lua/cancel.lua").read_text())
+        self._append_log = client.register_script(load("lua/append_log.lua").read_text())
+
+    @classmethod
+    def connect(cls, settings: Settings) -> RunStore:
+        store = cls(settings.connect(), settings.prefix, settings.log_cap)
+        store.ping(settings)
+        return store
+
+    def ping(self, settings: Settings | None = None) -> None:
+        try:
+            self.r.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            where = settings.safe_url if settings else "Redis"
+            raise UnavailableError(f"cannot reach Redis at {where}: {exc}. Is redis-server running? "
+                                   "Set REDIS_URL, or leave it unset for `ctl run` to start its own.") from None
+        except redis.AuthenticationError as exc:
+            raise UnavailableError(f"Redis refused the credentials: {exc}") from None
+
+    # --- DAG versions ---------------------------------------------------------------------------
+
+    def submit_dag(self, name: str, source: bytes, document: Mapping[str, Any], *, path: str = "",
+                   git: Mapping[str, Any] | None = None, now: datetime | None = None) -> tuple[int, bool]:
+        """Store a DAG version; identical content is a no-op. Returns ``(version, created)``."""
+        sha = hashlib.sha256(source).hexdigest()
+        k = self.keys
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(k.dag(name), k.dag_shas(name))
+                    latest = pipe.hget(k.dag(name), "latest")
+                    latest_sha = pipe.hget(k.dag(name), "sha256")
+                    if latest_sha == sha:
+                        return int(latest), False
+                    version = int(latest or 0) + 1
+                    record = {
+                        "name": name, "version": version, "sha256": sha, "path": path,
+                        "source": source.decode("utf-8"), "document": document,
+                        "git_commit": (git or {}).get("commit"), "git_dirty": (git or {}).get("dirty"),
+                        "submitted_at": now_iso(now),
+                    }
+                    pipe.multi()
+                    pipe.set(k.dag_version(name, version), json.dumps(record))
+                    pipe.hset(k.dag(name), mapping={"latest": version, "sha256": sha, "updated_at": now_iso(now)})
+                    pipe.hsetnx(k.dag(name), "paused", 0)
+                    pipe.hset(k.dag_shas(name), sha, version)
+                    pipe.sadd(k.dags(), name)
+                    pipe.execute()
+                    return version, True
+                except redis.WatchError:
+                    continue
+
+    def dag_version(self, name: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            latest = self.r.hget(self.keys.dag(name), "latest")
+            if latest is None:
+                raise NotFoundError(self._unknown_dag(name))
+            version = int(latest)
+        raw = self.r.get(self.keys.dag_version(name, version))
+        if raw is None:
+            raise NotFoundError(f"DAG '{name}' has no version {version}")
+        return json.loads(raw)
+
+    def dag_names(self) -> list[str]:
+        return sorted(self.r.smembers(self.keys.dags()))
+
+    def _unknown_dag(self, name: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(name, self.dag_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; submit it first with `ctl submit FILE`"
+        return f"no DAG named '{name}'{hint}"
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def create_run(self, plan: RunPlan, *, now: datetime | None = None) -> tuple[Ready, ...]:
+        """Write the run and its steps and start it (or make it wait for max_active_runs), atomically."""
+        k = self.keys
+        ts = plan.created_at.timestamp()
+        stamp = now_iso(now or plan.created_at)
+        roots = [s for s in plan.order if not plan.upstream[s]]
+        iso = lambda t: t.isoformat() if t else ""  # noqa: E731
+        run = {
+            "run_id": plan.run_id, "dag": plan.dag, "dag_version": plan.dag_version, "state": "queued",
+            "params": json.dumps(plan.params), "trigger": plan.trigger.value, "priority": plan.priority.value,
+            "created_at": now_iso(plan.created_at), "logical_date": iso(plan.logical_date),
+            "data_interval_start": iso(plan.data_interval_start), "data_interval_end": iso(plan.data_interval_end),
+            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots), "unfinished": len(plan.order),
+            "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
+            "provenance": json.dumps(plan.provenance),
+        }
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(k.run(plan.run_id), mapping=run)
+            for name in plan.order:
+                step = plan.steps[name]
+                pipe.hset(k.step(plan.run_id, name), mapping={
+                    "name": name, "state": "pending", "attempt": 0, "waiting": len(plan.upstream[name]),
+                    "upstream": json.dumps(list(plan.upstream[name])),
+                    "downstream": json.dumps(list(plan.downstream[name])),
+                    "max_attempts": step.retries + 1, "queue": step.queue,
+                    "timeout": "" if step.timeout is None else step.timeout,
+                    "plan": json.dumps(step.to_json()),
+                })
+            pipe.zadd(k.runs(), {plan.run_id: ts})
+            pipe.zadd(k.dag_runs(plan.dag), {plan.run_id: ts})
+            self._activate(args=[self.prefix, plan.run_id, stamp], client=pipe)
+            result = pipe.execute()
+        return _ready(result[-1])
+
+    def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
+                      now: datetime | None = None) -> tuple[str, StepPlan | None]:
+        """Claim an attempt: ``('ok', plan)``, ``('stale', None)`` or ``('cancelled', None)``."""
+        result = self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid, worker])
+        if result[0] == "ok":
+            return "ok", StepPlan.from_json(json.loads(result[1]))
+        return result[0], None
+
+    def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
+                       *, retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
+        """End an attempt (fenced by its number) and return what became ready because of it."""
+        fields: list[Any] = []
+        for key, value in record.items():
+            fields += [key, "" if value is None else value]
+        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
+        if result[0] == "stale":
+            return Finished("stale")
+        if result[0] == "retry":
+            _, nxt, queue, timeout = result
+            return Finished("retrying", (Ready(run_id, step, int(nxt), queue, float(timeout) if timeout else None,
+                                               retry_delay),))
+        return Finished(result[1], _ready(result[2]))
+
+    def cancel_run(self, run_id: str, *, now: datetime | None = None) -> tuple[str, int, tuple[Ready, ...]]:
+        """Cancel a run. Returns ``(state, running_steps_told_to_stop, newly_ready_other_runs)``."""
+        self.run_record(run_id)
+        result = self._cancel(args=[self.prefix, run_id, now_iso(now)])
+        if result[0] == "done":
+            return result[1], 0, ()
+        return "cancelling" if int(result[1]) else "cancelled", int(result[1]), _ready(result[2])
+
+    def is_cancelled(self, run_id: str) -> bool:
+        return self.r.hget(self.keys.run(run_id), "cancel") == "1"
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def run_record(self, run_id: str) -> dict[str, str]:
+        record = self.r.hgetall(self.keys.run(run_id))
+        if not record:
+            raise NotFoundError(f"no run '{run_id}'")
+        return record
+
+    def run_ids(self, dag: str | None = None, limit: int = 50) -> list[str]:
+        key = self.keys.dag_runs(dag) if dag else self.keys.runs()
+        return list(self.r.zrevrange(key, 0, limit - 1))
+
+    def step_records(self, run_id: str) -> list[dict[str, Any]]:
+        """Every step of a run in order, each with its attempts, in as few round trips as possible."""
+        names = json.loads(self.run_record(run_id)["steps"])
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.step(run_id, name))
+            steps = pipe.execute()
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, step in zip(names, steps, strict=True):
+                for n in range(1, int(step.get("attempt") or 0) + 1):
+                    pipe.hgetall(self.keys.attempt(run_id, name, n))
+            attempts = iter(pipe.execute())
+        for step in steps:
+            step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        return steps
+
+    def step_plan(self, run_id: str, step: str) -> StepPlan:
+        raw = self.r.hget(self.keys.step(run_id, step), "plan")
+        if raw is None:
+            raise NotFoundError(f"run '{run_id}' has no step '{step}'")
+        return StepPlan.from_json(json.loads(raw))
+
+    # --- logs -----------------------------------------------------------------------------------
+
+    def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
+        return int(self._append_log(keys=[self.keys.log(run_id, step, attempt)],
+                                    args=[self.prefix, chunk, self.log_cap, LOG_TTL]))
+
+    def read_log(self, run_id: str, step: str, attempt: int) -> bytes:
+        raw = self.r.execute_command("GET", self.keys.log(run_id, step, attempt), NEVER_DECODE=True)
+        return raw or b""
