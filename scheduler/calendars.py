@@ -24,7 +24,7 @@ import difflib
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays
@@ -62,6 +62,11 @@ def zone(name: str) -> ZoneInfo:
         raise CalendarError(f"unknown timezone {name!r}{hint}") from None
 
 
+def utc(t: datetime) -> datetime:
+    """The aware ``t`` in UTC: the only safe form to compare or add elapsed time to."""
+    return t.astimezone(UTC)
+
+
 def wall_clock(t: datetime, tz: ZoneInfo) -> datetime:
     """The naive local wall-clock time of the aware instant ``t`` in ``tz``."""
     return t.astimezone(tz).replace(tzinfo=None, fold=0)
@@ -96,7 +101,7 @@ def localize(wall: datetime, tz: ZoneInfo) -> datetime:
 
 def _exists(t: datetime) -> bool:
     """Whether the aware local time ``t`` is a wall time that actually happens."""
-    back = t.astimezone(timezone.utc).astimezone(t.tzinfo)
+    back = t.astimezone(UTC).astimezone(t.tzinfo)
     return back.replace(tzinfo=None, fold=0) == t.replace(tzinfo=None, fold=0)
 
 
@@ -167,9 +172,7 @@ def canonical_source(name: str) -> str:
     if country in countries and (not subdiv or subdiv in countries[country]):
         return code
     if country in countries:
-        raise CalendarError(
-            f"unknown subdivision {subdiv!r} of {country}; known: {', '.join(countries[country])}"
-        )
+        raise CalendarError(f"unknown subdivision {subdiv!r} of {country}; known: {', '.join(countries[country])}")
     raise CalendarError(f"unknown calendar {name!r}{_suggest(name)}")
 
 
