@@ -1,0 +1,267 @@
+"""Running one step attempt as a container.
+
+:class:`ContainerRuntime` is the contract every runtime keeps (Docker now, Kubernetes Pods
+later); :class:`DockerRuntime` keeps it through the docker SDK.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from scheduler.model import StepPlan
+
+LABEL_PREFIX = "dev.conveyor"
+LOG_FLUSH_BYTES = 64 * 1024
+LOG_FLUSH_SECONDS = 0.25
+STOP_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended. ``reason`` is None on success, else a short code; ``error`` says it in words."""
+
+    exit_code: int | None
+    reason: str | None = None
+    error: str | None = None
+    image_id: str | None = None
+    image_digest: str | None = None
+    container_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.exit_code == 0
+
+
+class ContainerRuntime(Protocol):
+    """Runs one attempt to its end and reports it; never raises for anything the step did.
+
+    - ``on_output(chunk)`` receives the container's stdout and stderr bytes as they come.
+    - ``should_stop()`` is polled while the container runs; a non-empty reason stops it and
+      becomes the outcome's reason (e.g. ``cancelled``).
+    - The container carries ``labels``, is killed at ``plan.timeout`` (reason ``timeout``) and
+      is removed afterwards, whatever happened.
+    """
+
+    def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
+            should_stop: Callable[[], str | None]) -> Outcome: ...
+
+    def engine_version(self) -> str: ...
+
+
+def labels_for(plan: StepPlan, attempt: int, prefix: str) -> dict[str, str]:
+    return {
+        f"{LABEL_PREFIX}.prefix": prefix,
+        f"{LABEL_PREFIX}.run": plan.run_id,
+        f"{LABEL_PREFIX}.dag": plan.dag,
+        f"{LABEL_PREFIX}.step": plan.step,
+        f"{LABEL_PREFIX}.attempt": str(attempt),
+    }
+
+
+class DockerRuntime:
+    """The docker SDK behind :class:`ContainerRuntime`."""
+
+    def __init__(self, client: docker.DockerClient | None = None):
+        self.client = client or docker.from_env()
+        self._version: str | None = None
+
+    def engine_version(self) -> str:
+        if self._version is None:
+            self._version = str(self.client.version().get("Version", "unknown"))
+        return self._version
+
+    def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
+            should_stop: Callable[[], str | None]) -> Outcome:
+        try:
+            image = self._image(plan)
+        except docker.errors.ImageNotFound:
+            how = "pull policy is 'never'" if plan.pull == "never" else "it could not be pulled"
+            return Outcome(None, "image_not_found",
+                           f"image '{plan.image}' is not on this Docker engine and {how}; build or load it first")
+        except docker.errors.APIError as exc:
+            return Outcome(None, "image_pull_failed", f"image '{plan.image}': {_explain(exc)}")
+        except requests.exceptions.ConnectionError as exc:
+            return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}")
+        image_id = image.id
+        digest = _repo_digest(image.attrs.get("RepoDigests") or [], plan.image)
+        base = {"image_id": image_id, "image_digest": digest}
+        try:
+            container = self.client.containers.create(
+                image_id,
+                command=list(plan.argv),
+                environment=dict(plan.env),
+                working_dir=plan.working_dir,
+                labels=dict(labels),
+                nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
+                mem_limit=plan.memory,
+                memswap_limit=plan.memory,
+                detach=True,
+            )
+        except docker.errors.APIError as exc:
+            return Outcome(None, "create_failed", f"cannot create the container: {_explain(exc)}", **base)
+        except requests.exceptions.ConnectionError as exc:
+            return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}", **base)
+        try:
+            return self._run_container(container, plan, on_output, should_stop, base)
+        finally:
+            try:
+                container.remove(force=True)
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                pass
+
+    def _image(self, plan: StepPlan):  # noqa: ANN202 - docker's Image
+        if plan.pull == "always":
+            return self.client.images.pull(plan.image)
+        try:
+            return self.client.images.get(plan.image)
+        except docker.errors.ImageNotFound:
+            if plan.pull == "if-not-present":
+                return self.client.images.pull(plan.image)
+            raise
+
+    def _run_container(self, container, plan: StepPlan, on_output: Callable[[bytes], None],  # noqa: ANN001
+                       should_stop: Callable[[], str | None], base: dict) -> Outcome:
+        cid = container.id
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            text = _explain(exc)
+            if "executable file not found" in text or "no such file or directory" in text:
+                return Outcome(127, "command_not_found", f"command not found in the image: {plan.argv[0]!r}",
+                               container_id=cid, **base)
+            return Outcome(None, "start_failed", f"the container did not start: {text}", container_id=cid, **base)
+        logs = _LogPump(container, on_output)
+        stopper = _Stopper(container, should_stop)
+        try:
+            try:
+                status = container.wait(timeout=plan.timeout) if plan.timeout else container.wait()
+            except requests.exceptions.ConnectionError as exc:
+                if plan.timeout and _is_timeout(exc) and stopper.reason is None:
+                    stopper.stop("timeout")
+                    status = container.wait(timeout=30)
+                else:
+                    raise
+            except requests.exceptions.ReadTimeout:
+                stopper.stop("timeout")
+                status = container.wait(timeout=30)
+        except docker.errors.NotFound:
+            return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
+                           container_id=cid, **base)
+        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
+            return Outcome(None, "docker_error", f"lost the Docker engine while the step ran: {exc}",
+                           container_id=cid, **base)
+        finally:
+            stopper.close()
+        logs.join()
+        exit_code = int(status.get("StatusCode", -1))
+        if stopper.reason == "timeout":
+            return Outcome(exit_code, "timeout", f"killed after the step's timeout of {plan.timeout:g}s",
+                           container_id=cid, **base)
+        if stopper.reason:
+            return Outcome(exit_code, stopper.reason, f"stopped: {stopper.reason}", container_id=cid, **base)
+        try:
+            oom = container.client.api.inspect_container(cid)["State"].get("OOMKilled", False)
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            oom = False
+        if oom:
+            limit = f" (limit {plan.memory // (1024 * 1024)} MiB)" if plan.memory else ""
+            return Outcome(exit_code, "oom_killed", f"killed for running out of memory{limit}",
+                           container_id=cid, **base)
+        if exit_code != 0:
+            return Outcome(exit_code, "exit_code", f"exited with code {exit_code}", container_id=cid, **base)
+        return Outcome(0, None, None, container_id=cid, **base)
+
+
+def _is_timeout(exc: Exception) -> bool:
+    return "timed out" in str(exc).lower()
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def _repo_digest(repo_digests: list[str], ref: str) -> str | None:
+    """The ``name@sha256:...`` that matches the reference's repository, else the first one, else None."""
+    repo = ref.split("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    for entry in repo_digests:
+        if entry.split("@", 1)[0] == repo:
+            return entry
+    return repo_digests[0] if repo_digests else None
+
+
+class _LogPump:
+    """Follows a container's output in a thread, handing it on in batches (fewer Redis writes)."""
+
+    def __init__(self, container, on_output: Callable[[bytes], None]):  # noqa: ANN001
+        self.container = container
+        self.on_output = on_output
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="conveyor-logs")
+        self.thread.start()
+
+    def _pump(self) -> None:
+        buffer = bytearray()
+        last = time.monotonic()
+        try:
+            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                buffer += chunk
+                if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
+                    self._flush(buffer)
+                    last = time.monotonic()
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            pass
+        finally:
+            self._flush(buffer)
+
+    def _flush(self, buffer: bytearray) -> None:
+        if buffer:
+            try:
+                self.on_output(bytes(buffer))
+            except Exception:  # noqa: BLE001 - a log sink failing must not end the attempt
+                pass
+            buffer.clear()
+
+    def join(self) -> None:
+        self.thread.join(timeout=10)
+
+
+class _Stopper:
+    """Polls ``should_stop`` while the container runs and kills it when asked (cancel, lost lease...)."""
+
+    def __init__(self, container, should_stop: Callable[[], str | None]):  # noqa: ANN001
+        self.container = container
+        self.should_stop = should_stop
+        self.reason: str | None = None
+        self._done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="conveyor-stopper")
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(STOP_POLL_SECONDS):
+            try:
+                reason = self.should_stop()
+            except Exception:  # noqa: BLE001 - keep watching through a Redis blip
+                continue
+            if reason:
+                self.stop(reason)
+                return
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        try:
+            self.container.kill()
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            pass
+
+    def close(self) -> None:
+        self._done.set()

@@ -1,0 +1,58 @@
+"""The RQ entry point: one call runs one step attempt, start to end, and hands on what became ready."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from runner.containers import Outcome, labels_for
+from runner.context import current
+
+log = logging.getLogger("conveyor.runner")
+
+
+def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
+    """Claim the attempt (fenced), run its container, record the result, enqueue the next steps."""
+    ctx = current(prefix)
+    store = ctx.store
+    status, plan = store.start_attempt(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name)
+    if status != "ok" or plan is None:
+        log.info("%s %s attempt %s not started: %s", run_id, step, attempt, status)
+        return status
+    log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
+
+    def on_output(chunk: bytes) -> None:
+        store.append_log(run_id, step, attempt, chunk)
+
+    def should_stop() -> str | None:
+        return "cancelled" if store.is_cancelled(run_id) else None
+
+    try:
+        outcome = ctx.runtime.run(plan, labels_for(plan, attempt, prefix), on_output, should_stop)
+    except Exception as exc:  # noqa: BLE001 - whatever happens, the attempt must end exactly once
+        log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
+        outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
+    result = "success" if outcome.ok else "cancelled" if outcome.reason == "cancelled" else "failed"
+    delay = plan.backoff.delay(attempt) if result == "failed" and attempt <= plan.retries else 0.0
+    record = {
+        "exit_code": outcome.exit_code,
+        "image": plan.image,
+        "image_id": outcome.image_id,
+        "image_digest": outcome.image_digest,
+        "container_id": outcome.container_id,
+        "engine_version": _engine_version(ctx),
+        "reason": outcome.reason,
+        "error": outcome.error,
+    }
+    finished = store.finish_attempt(run_id, step, attempt, result, record, retry_delay=delay)
+    ctx.dispatcher.enqueue(finished.ready)
+    log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
+             f" ({outcome.error})" if outcome.error else "")
+    return finished.state
+
+
+def _engine_version(ctx) -> str | None:  # noqa: ANN001
+    try:
+        return ctx.runtime.engine_version()
+    except Exception:  # noqa: BLE001 - provenance is best effort when the engine is gone
+        return None

@@ -1,0 +1,115 @@
+"""``ctl run FILE``: one run, start to end, on this machine, with nothing left behind.
+
+Uses REDIS_URL when set, else a private redis-server on a unix socket. Workers are forked from
+this process (no second interpreter start-up), die with it, and are stopped when the run ends.
+Ctrl-C cancels the run: running containers are stopped and the run ends as cancelled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from scheduler.cli import common, runs, views, watch
+from scheduler.embedded import die_with_parent, embedded_redis
+from scheduler.model import Priority, Trigger
+from scheduler.service import create_run, submit_file
+from scheduler.settings import Settings
+from scheduler.spec import load_file, resolve_params
+
+CANCEL_GRACE = 30.0
+
+
+def run(
+    file: Path = typer.Argument(..., help="The DAG file to run."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="KEY=VALUE, repeatable."),
+    workers: int = typer.Option(2, "--workers", "-w", min=1, max=64, help="Worker processes to start."),
+    priority: Priority | None = typer.Option(None, help="Queue for the run's steps (default: high)."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Run a DAG file once, locally, in real containers; exit 0 only if the run succeeds."""
+    spec, _ = load_file(file)
+    resolve_params(spec, common.parse_params(param))  # bad params fail before anything starts
+    url = os.environ.get("REDIS_URL")
+    with ExitStack() as stack:
+        if not url:
+            url = stack.enter_context(embedded_redis())
+        current = Settings.from_env(url)
+        store = common.store(current)
+        submitted = submit_file(store, file)
+        stack.enter_context(worker_processes(current, workers))
+        run_id = create_run(store, common.dispatcher(current), submitted.spec.name, common.parse_params(param),
+                            trigger=Trigger.MANUAL, priority=priority, version=submitted.version,
+                            now=datetime.now(UTC))
+        views.err.print(f"run {run_id} ({workers} workers, Redis {current.safe_url})", highlight=False)
+        try:
+            with _sigterm_as_interrupt():
+                status = watch.follow(store, run_id)
+        except KeyboardInterrupt:
+            views.err.print(f"interrupted: cancelling run {run_id}", highlight=False)
+            _, _, ready = store.cancel_run(run_id)
+            common.dispatcher(current).enqueue(ready)
+            status = watch.follow(store, run_id, live=False, timeout=CANCEL_GRACE)
+            _remove_containers(run_id)
+            runs.finish(status, output) if status["state"] != "cancelled" else None
+            raise typer.Exit(130) from None
+    runs.finish(status, output)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def worker_processes(settings: Settings, count: int):
+    """Fork ``count`` RQ workers; stop them (and anything they left) on the way out."""
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_worker_main, args=(settings, i), daemon=False, name=f"worker-{i}")
+                 for i in range(count)]
+    for process in processes:
+        process.start()
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _worker_main(settings: Settings, index: int) -> None:
+    # Own process group: Ctrl-C reaches only the parent, which cancels the run and then stops us.
+    os.setpgrp()
+    die_with_parent()
+    from runner.worker import work
+
+    work(settings, name=f"local-{os.getppid()}-{index}-{os.getpid()}", log_level="WARNING")
+
+
+def _remove_containers(run_id: str) -> None:
+    """Safety net after a cancel: no container of this run may outlive ``ctl run``."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        for container in client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}):
+            container.remove(force=True)
+    except Exception:  # noqa: BLE001 - best effort; the workers already stopped them
+        pass
+
+

@@ -1,0 +1,69 @@
+"""``ctl``: the command line. Data goes to stdout, talk to stderr.
+
+Exit codes: 0 success, 1 invalid input or a failed run, 2 usage, 3 unexpected error, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from scheduler.cli import dags, local, runs, workers
+from scheduler.errors import ConveyorError
+
+app = typer.Typer(
+    name="ctl",
+    help="Conveyor: DAGs of containers, scheduled like cron, run through Redis and RQ.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(dags.validate)
+app.command()(dags.submit)
+app.command()(runs.trigger)
+app.command(name="runs")(runs.runs)
+app.command()(runs.status)
+app.command()(runs.logs)
+app.command()(runs.cancel)
+app.command(name="run")(local.run)
+app.command()(workers.worker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: expected failures print one message; only CONVEYOR_DEBUG=1 shows tracebacks."""
+    import redis
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ConveyorError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except redis.RedisError as exc:
+        print(f"Redis error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if os.environ.get("CONVEYOR_DEBUG"):
+            raise
+        print(f"unexpected error: {type(exc).__name__}: {exc} (set CONVEYOR_DEBUG=1 for details)", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

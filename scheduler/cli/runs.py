@@ -1,0 +1,104 @@
+"""Commands about runs: trigger, runs, status, logs, cancel."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from scheduler.cli import common, views, watch
+from scheduler.errors import NotFoundError
+from scheduler.model import Priority, Trigger
+from scheduler.service import create_run
+
+
+def trigger(
+    dag: str = typer.Argument(..., help="A submitted DAG's name."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="KEY=VALUE, repeatable."),
+    priority: Priority | None = typer.Option(None, help="Queue for this run's steps (default: high)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the run and exit 0 only if it succeeds."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Start a run of a submitted DAG now."""
+    current = common.settings()
+    store = common.store(current)
+    run_id = create_run(store, common.dispatcher(current), dag, common.parse_params(param),
+                        trigger=Trigger.MANUAL, priority=priority)
+    if not wait:
+        if output == common.Output.json:
+            views.print_json({"run_id": run_id})
+        else:
+            views.out.print(run_id, highlight=False)
+        return
+    views.err.print(f"run {run_id} created; waiting for it to end", highlight=False)
+    status = watch.follow(store, run_id)
+    finish(status, output)
+
+
+def finish(status: dict, output: common.Output) -> None:
+    """Print a finished run's summary and exit 0 only when it succeeded."""
+    if output == common.Output.json:
+        views.print_json(status)
+    else:
+        views.out.print(views.steps_table(status))
+    if status["state"] != "success":
+        raise typer.Exit(1)
+
+
+def runs(
+    dag: str | None = typer.Argument(None, help="Only this DAG's runs."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """List runs, newest first."""
+    store = common.store()
+    if dag and dag not in store.dag_names():
+        raise NotFoundError(store._unknown_dag(dag))
+    records = [views.run_object(store.run_record(rid)) for rid in store.run_ids(dag, limit)]
+    if output == common.Output.json:
+        views.print_json(records)
+    else:
+        views.out.print(views.runs_table(records))
+
+
+def status(
+    run_id: str = typer.Argument(..., help="The run's id."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Show a run and its steps."""
+    data = views.status_object(common.store(), run_id)
+    if output == common.Output.json:
+        views.print_json(data)
+    else:
+        views.out.print(views.steps_table(data))
+
+
+def logs(
+    run_id: str = typer.Argument(..., help="The run's id."),
+    step: str = typer.Argument(..., help="The step's name."),
+    attempt: int | None = typer.Option(None, "--attempt", "-a", min=1, help="Which attempt (default: the last)."),
+) -> None:
+    """Print a step attempt's output (stdout and stderr, as the container wrote them)."""
+    store = common.store()
+    steps = {s["name"]: s for s in store.step_records(run_id)}
+    if step not in steps:
+        raise NotFoundError(f"run '{run_id}' has no step '{step}'; steps: {', '.join(steps)}")
+    last = int(steps[step].get("attempt") or 0)
+    number = attempt or last
+    if number == 0 or number > last:
+        raise NotFoundError(f"step '{step}' of run '{run_id}' has no attempt {number or ''}".rstrip())
+    sys.stdout.buffer.write(store.read_log(run_id, step, number))
+    sys.stdout.flush()
+
+
+def cancel(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
+    """Cancel a run: waiting steps are cancelled, running containers are stopped."""
+    current = common.settings()
+    store = common.store(current)
+    state, running, ready = store.cancel_run(run_id)
+    common.dispatcher(current).enqueue(ready)
+    if state in {"success", "failed"}:
+        views.err.print(f"run {run_id} had already ended: {state}", highlight=False)
+        raise typer.Exit(1)
+    note = f"; stopping {running} running step(s)" if running else ""
+    views.out.print(f"run {run_id}: {state}{note}", highlight=False)

@@ -1,0 +1,125 @@
+"""Plain data for runs (what ``--output json`` prints) and the rich renderings of the same data.
+
+Commands build data here; nothing here talks to Redis except through the store passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from scheduler.store import RunStore
+
+ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_digest", "container_id", "host",
+                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error")
+STATE_STYLE = {
+    "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan", "queued": "blue",
+    "retrying": "yellow", "cancelled": "magenta", "skipped": "grey50", "pending": "grey50", "waiting": "blue",
+}
+
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _none(value: str | None) -> str | None:
+    return value if value not in (None, "") else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def run_object(record: dict[str, str]) -> dict[str, Any]:
+    """A run without its steps (``ctl runs --output json``)."""
+    provenance = json.loads(record.get("provenance") or "{}")
+    return {
+        "run_id": record["run_id"],
+        "dag": record["dag"],
+        "dag_version": int(record["dag_version"]),
+        "dag_sha256": provenance.get("dag_sha256"),
+        "git_commit": provenance.get("git_commit"),
+        "git_dirty": provenance.get("git_dirty"),
+        "state": record["state"],
+        "trigger": record.get("trigger"),
+        "priority": record.get("priority"),
+        "params": json.loads(record.get("params") or "{}"),
+        "logical_date": _none(record.get("logical_date")),
+        "data_interval_start": _none(record.get("data_interval_start")),
+        "data_interval_end": _none(record.get("data_interval_end")),
+        "created_at": _none(record.get("created_at")),
+        "started_at": _none(record.get("started_at")),
+        "ended_at": _none(record.get("ended_at")),
+    }
+
+
+def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {key: _none(raw.get(key)) for key in ATTEMPT_FIELDS}
+    data["number"] = _int(raw.get("number"))
+    data["exit_code"] = _int(raw.get("exit_code"))
+    data["pid"] = _int(raw.get("pid"))
+    return data
+
+
+def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
+    """``ctl status RUN_ID --output json``: the run and every step with its attempts."""
+    data = run_object(store.run_record(run_id))
+    data["steps"] = [
+        {
+            "name": step["name"],
+            "state": step["state"],
+            "attempts": [attempt_object(a) for a in step["attempts"]],
+        }
+        for step in store.step_records(run_id)
+    ]
+    return data
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def styled(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def steps_table(status: dict[str, Any]) -> Table:
+    title = f"{status['run_id']}  [{STATE_STYLE.get(status['state'], '')}]{status['state']}[/]"
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("step", "state", "attempt", "exit", "started", "duration", "error"):
+        table.add_column(column)
+    for step in status["steps"]:
+        last = step["attempts"][-1] if step["attempts"] else {}
+        table.add_row(
+            step["name"], styled(step["state"]), str(len(step["attempts"]) or ""),
+            "" if last.get("exit_code") is None else str(last["exit_code"]),
+            (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
+            Text(last.get("error") or "", style="red"),
+        )
+    return table
+
+
+def runs_table(runs: list[dict[str, Any]]) -> Table:
+    table = Table(expand=False)
+    for column in ("run_id", "dag", "version", "state", "trigger", "created", "duration"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run["run_id"], run["dag"], str(run["dag_version"]), styled(run["state"]), run["trigger"] or "",
+                      (run["created_at"] or "")[:19], duration(run["started_at"], run["ended_at"]))
+    return table
+
+
+def duration(start: str | None, end: str | None) -> str:
+    from datetime import UTC, datetime
+
+    if not start:
+        return ""
+    begin = datetime.fromisoformat(start)
+    finish = datetime.fromisoformat(end) if end else datetime.now(UTC)
+    seconds = (finish - begin).total_seconds()
+    return f"{seconds:.2f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

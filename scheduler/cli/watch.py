@@ -1,0 +1,45 @@
+"""Following a run to its end: a live rich table on a terminal, one line per change otherwise."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.live import Live
+
+from scheduler.cli import views
+from scheduler.store import RunStore
+
+POLL_SECONDS = 0.1
+
+
+def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """Block until the run ends (or ``timeout``); returns its final status object."""
+    live = views.err.is_terminal if live is None else live
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    status = views.status_object(store, run_id)
+    display = Live(views.steps_table(status), console=views.err, refresh_per_second=8) if live else None
+    try:
+        if display:
+            display.start()
+        while True:
+            status = views.status_object(store, run_id)
+            if display:
+                display.update(views.steps_table(status))
+            else:
+                for step in status["steps"]:
+                    if seen.get(step["name"]) != step["state"]:
+                        seen[step["name"]] = step["state"]
+                        last = step["attempts"][-1] if step["attempts"] else {}
+                        note = f" ({last['error']})" if last.get("error") and step["state"] != "success" else ""
+                        views.err.print(f"{run_id} {step['name']}: {step['state']}{note}", markup=False,
+                                        highlight=False)
+            if status["state"] in {"success", "failed", "cancelled"}:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                return status
+            time.sleep(POLL_SECONDS)
+    finally:
+        if display:
+            display.stop()

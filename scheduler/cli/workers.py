@@ -1,0 +1,41 @@
+"""``ctl worker``: take step attempts from the queues and run them as containers."""
+
+from __future__ import annotations
+
+import typer
+
+from scheduler.cli import common
+from scheduler.model import QUEUES
+
+
+def worker(
+    queues: str = typer.Option(",".join(QUEUES), "--queues", "-q", help="Queues to take work from, first first."),
+    burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
+    name: str | None = typer.Option(None, "--name", help="Worker name (default: host-pid)."),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run an RQ worker that executes step attempts in Docker containers."""
+    from runner.worker import work  # the CLI is where scheduler and runner meet
+
+    chosen = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in chosen if q not in QUEUES]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}",
+                                 param_hint="--queues")
+    current = common.settings()
+    common.store(current)  # fail early and clearly when Redis is unreachable
+    _check_docker()
+    work(current, chosen, burst=burst, name=name, log_level=log_level.upper())
+
+
+def _check_docker() -> None:
+    import docker
+    import docker.errors
+
+    from scheduler.errors import UnavailableError
+
+    try:
+        docker.from_env().ping()
+    except docker.errors.DockerException as exc:
+        raise UnavailableError(f"cannot reach the Docker engine: {exc}. Is dockerd running? "
+                               "(DOCKER_HOST selects another engine)") from None

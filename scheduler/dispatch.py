@@ -1,0 +1,54 @@
+"""Ready step attempts → RQ jobs. RQ is the transport only: one job per attempt, with a
+deterministic id, on the ``high``/``default``/``low`` queue; the DAG itself never reaches RQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+import redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+
+from scheduler.model import QUEUES
+from scheduler.store import Ready
+
+JOB_FUNC = "runner.job.run_attempt"  # by name: the scheduler never imports the runner
+RQ_TIMEOUT_GRACE = 60  # RQ's own job timeout is a safety net behind the runner's container timeout
+FAILURE_TTL = 7 * 86400
+
+
+def job_id(run_id: str, step: str, attempt: int) -> str:
+    return f"{run_id}-{step}-{attempt}"
+
+
+class Dispatcher:
+    """Enqueues attempts; enqueueing the same attempt twice is a no-op (``unique`` job ids)."""
+
+    def __init__(self, connection: redis.Redis, prefix: str = "conveyor"):
+        self.prefix = prefix
+        self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
+
+    def enqueue(self, items: Iterable[Ready]) -> int:
+        count = 0
+        for item in items:
+            queue = self.queues.get(item.queue) or self.queues["default"]
+            options = {
+                "args": (item.run_id, item.step, item.attempt, self.prefix),
+                "job_id": job_id(item.run_id, item.step, item.attempt),
+                "timeout": int(item.timeout + RQ_TIMEOUT_GRACE) if item.timeout else -1,
+                "result_ttl": 0,
+                "failure_ttl": FAILURE_TTL,
+                "description": f"{item.run_id} {item.step} attempt {item.attempt}",
+                "unique": True,
+            }
+            try:
+                if item.delay > 0:
+                    queue.enqueue_in(timedelta(seconds=item.delay), JOB_FUNC, **options)
+                else:
+                    queue.enqueue_call(JOB_FUNC, **options)
+                count += 1
+            except DuplicateJobError:
+                pass
+        return count
