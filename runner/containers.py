@@ -130,15 +130,18 @@ class DockerRuntime:
     def _run_container(self, container, plan: StepPlan, on_output: Callable[[bytes], None],  # noqa: ANN001
                        should_stop: Callable[[], str | None], base: dict) -> Outcome:
         cid = container.id
+        # Attach before start: raw bytes from the first one (the log driver would re-encode them as UTF-8).
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)
         try:
             container.start()
         except docker.errors.APIError as exc:
+            _close(stream)
             text = _explain(exc)
             if "executable file not found" in text or "no such file or directory" in text:
                 return Outcome(127, "command_not_found", f"command not found in the image: {plan.argv[0]!r}",
                                container_id=cid, **base)
             return Outcome(None, "start_failed", f"the container did not start: {text}", container_id=cid, **base)
-        logs = _LogPump(container, on_output)
+        logs = _LogPump(stream, on_output)
         stopper = _Stopper(container, should_stop)
         try:
             try:
@@ -199,11 +202,21 @@ def _repo_digest(repo_digests: list[str], ref: str) -> str | None:
     return repo_digests[0] if repo_digests else None
 
 
-class _LogPump:
-    """Follows a container's output in a thread, handing it on in batches (fewer Redis writes)."""
+def _close(stream) -> None:  # noqa: ANN001
+    """Close an attach stream and the HTTP response under it (docker-py leaves the socket to the GC)."""
+    for close in (getattr(stream, "close", None), getattr(getattr(stream, "_response", None), "close", None)):
+        try:
+            if close:
+                close()
+        except Exception:  # noqa: BLE001 - closing a dead socket
+            pass
 
-    def __init__(self, container, on_output: Callable[[bytes], None]):  # noqa: ANN001
-        self.container = container
+
+class _LogPump:
+    """Reads a container's attached output in a thread, handing it on in batches (fewer Redis writes)."""
+
+    def __init__(self, stream, on_output: Callable[[bytes], None]):  # noqa: ANN001
+        self.stream = stream
         self.on_output = on_output
         self.thread = threading.Thread(target=self._pump, daemon=True, name="conveyor-logs")
         self.thread.start()
@@ -212,7 +225,7 @@ class _LogPump:
         buffer = bytearray()
         last = time.monotonic()
         try:
-            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            for chunk in self.stream:
                 buffer += chunk
                 if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
                     self._flush(buffer)
@@ -232,6 +245,7 @@ class _LogPump:
 
     def join(self) -> None:
         self.thread.join(timeout=10)
+        _close(self.stream)
 
 
 class _Stopper:
