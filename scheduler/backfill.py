@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from scheduler.calendars import localize, utc
+from scheduler.calendars import localize, utc, zone
 from scheduler.schedules import Batch, Fire, Schedule, ScheduleError
 
 Interval = tuple[datetime, datetime]
@@ -41,15 +41,15 @@ def plan_batches(
     ``start``/``end`` may be aware datetimes, naive local datetimes, or dates (local
     midnight).
     """
-    zone = ZoneInfo(tz) if isinstance(tz, str) else tz
+    tzinfo = zone(tz) if isinstance(tz, str) else tz
     size = batch if isinstance(batch, Batch) else Batch.parse(batch)
-    first, last = _instant(start, zone), _instant(end, zone)
+    first, last = _instant(start, tzinfo), _instant(end, tzinfo)
     if utc(last) <= utc(first):
         raise ScheduleError(f"backfill range is empty: {first.isoformat()} is not before {last.isoformat()}")
     intervals: list[Interval] = []
     lower = first
     for k in range(1, MAX_BATCHES + 1):
-        upper = size.shift(first, zone, k)
+        upper = size.shift(first, tzinfo, k)
         if utc(upper) <= utc(lower):
             raise ScheduleError(f"batch {size.text} does not advance from {lower.isoformat()}")
         if utc(upper) >= utc(last):

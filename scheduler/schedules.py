@@ -312,22 +312,25 @@ class Schedule:
     def _stream(self, after_u: datetime) -> Iterator[_Item]:
         """Calendar-approved fires and calendar drops strictly after ``after_u``, by instant.
 
+        Lazy: an item is released as soon as no later cron time can produce an earlier one.
         A drop caused by a roll landing on a time that runs anyway comes where it lands.
         """
         heap: list[_Item] = []
         seq = 0
         last_fire: datetime | None = None
-        days = self._walls_by_day(after_u)
+        judged: tuple[date, tuple[date, str | None]] | None = None
+        walls = self._walls(after_u)
         while True:
-            batch = next(days, None)
-            if batch is not None:
-                day, walls = batch
-                target, reason = self._judge_day(day)
-                for wall in walls:
-                    seq += 1
-                    heapq.heappush(heap, self._item(day, wall, target, reason, seq))
-                bound = utc(localize(datetime.combine(self._safe_day(day), time()), self.tz))
-            while heap and (batch is None or heap[0].instant < bound):
+            wall = next(walls, None)
+            if wall is not None:
+                day = wall.date()
+                if judged is None or judged[0] != day:
+                    judged = (day, self._judge_day(day))
+                seq += 1
+                item = self._item(day, wall, *judged[1], seq)
+                heapq.heappush(heap, item)
+                bound = self._bound(day, item)
+            while heap and (wall is None or heap[0] < bound):
                 item = heapq.heappop(heap)
                 if item.instant <= after_u:
                     continue
@@ -340,19 +343,25 @@ class Schedule:
                 if item.reason is None:
                     last_fire = item.instant
                 yield item
-            if batch is None:
+            if wall is None:
                 return
+
+    def _bound(self, day: date, item: _Item) -> _Item:
+        """Items ordered before this bound can no longer be preceded by items of later cron times."""
+        if self.calendar is None or self.roll is Roll.SKIP:
+            # Wall time -> instant is monotone: nothing later comes before this item.
+            return _Item(item.instant, True, item.seq + 1)
+        if self.roll is Roll.FOLLOWING:
+            # Later times roll forward, never before their own instant (>= this one's).
+            instant = item.rolled_from if item.rolled_from is not None else item.instant
+            return _Item(instant, False, -1)
+        # Later times roll back at most to the start of the business day on or before theirs.
+        start = localize(datetime.combine(self.calendar.preceding(day), time()), self.tz)
+        return _Item(utc(start), False, -1)
 
     def _why(self, instant: datetime) -> str:
         reason = self.calendar.why_not(instant.astimezone(self.tz).date()) if self.calendar else None
         return reason or "not a business day"
-
-    def _safe_day(self, day: date) -> date:
-        """The first local date whose items later cron times can no longer precede."""
-        nxt = day + timedelta(days=1)
-        if self.calendar is not None and self.roll is Roll.PRECEDING:
-            return self.calendar.preceding(nxt)
-        return nxt
 
     def _judge_day(self, day: date) -> tuple[date, str | None]:
         """Where the cron times of ``day`` go (after a roll), and why they do not run (``None``: they do)."""
@@ -377,8 +386,8 @@ class Schedule:
         moved = utc(localize(datetime.combine(target, wall.time()), self.tz))
         return _Item(moved, True, seq, rolled_from=at)
 
-    def _walls_by_day(self, after_u: datetime) -> Iterator[tuple[date, list[datetime]]]:
-        """Cron wall times (all crons merged, deduplicated) after ``after_u``, grouped by local date."""
+    def _walls(self, after_u: datetime) -> Iterator[datetime]:
+        """Cron wall times (all crons merged, each once) from which items after ``after_u`` can come."""
         start = wall_clock(after_u, self.tz)
         if self.calendar is not None and self.roll is Roll.FOLLOWING:
             # Cron times on the non-business days just before may roll forward past after_u.
@@ -388,19 +397,11 @@ class Schedule:
                     break
                 day -= timedelta(days=1)
             start = min(start, datetime.combine(day, time()) - timedelta(seconds=1))
-        merged = heapq.merge(*(cron_times(expr, start) for expr in self.crons))
-        current: date | None = None
-        walls: list[datetime] = []
-        for wall in merged:
-            if walls and wall == walls[-1]:
-                continue
-            if current is not None and wall.date() != current:
-                yield current, walls
-                walls = []
-            current = wall.date()
-            walls.append(wall)
-        if current is not None:
-            yield current, walls
+        previous = None
+        for wall in heapq.merge(*(cron_times(expr, start) for expr in self.crons)):
+            if wall != previous:
+                yield wall
+            previous = wall
 
 
 def _aware(t: datetime | None, what: str) -> datetime:
