@@ -5,7 +5,9 @@ deterministic id, on the ``high``/``default``/``low`` queue; the DAG itself neve
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+import math
+import time
+from datetime import UTC, datetime
 
 import redis
 from rq import Queue
@@ -21,6 +23,11 @@ FAILURE_TTL = 7 * 86400
 
 def job_id(run_id: str, step: str, attempt: int) -> str:
     return f"{run_id}-{step}-{attempt}"
+
+
+def _not_before(delay: float) -> datetime:
+    """RQ's scheduler keeps whole seconds and drops the fraction: round up so a backoff is never cut short."""
+    return datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
 
 
 class Dispatcher:
@@ -45,7 +52,7 @@ class Dispatcher:
             }
             try:
                 if item.delay > 0:
-                    queue.enqueue_in(timedelta(seconds=item.delay), JOB_FUNC, **options)
+                    queue.enqueue_at(_not_before(item.delay), JOB_FUNC, **options)
                 else:
                     queue.enqueue_call(JOB_FUNC, **options)
                 count += 1

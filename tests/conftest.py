@@ -105,6 +105,7 @@ class Workers:
         self.settings = settings
         self.tmp_path = tmp_path
         self.processes: list[subprocess.Popen] = []
+        self.logs: list = []
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "REDIS_URL": self.settings.redis_url, "CONVEYOR_PREFIX": self.settings.prefix}
@@ -116,6 +117,7 @@ class Workers:
             process = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "worker", *args],
                                        env=self.env(), stdout=log, stderr=subprocess.STDOUT)
             self.processes.append(process)
+            self.logs.append(log)
             started.append(process)
         return started
 
@@ -129,6 +131,11 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for log in self.logs:
+            log.close()
+
+    def output(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
 
 
 @pytest.fixture
