@@ -169,6 +169,8 @@ class OutageSet:
 
 
 def _local_time(value: object, name: str, what: str) -> datetime:
+    if value is None:
+        raise OutageError(f"outage {name!r} needs either start and end, or cron and duration ({what} is missing)")
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime.combine(value, time())
     if isinstance(value, datetime):
