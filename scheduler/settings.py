@@ -44,7 +44,7 @@ class Settings:
             decode_responses=decode,
             socket_connect_timeout=5,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 

@@ -80,7 +80,7 @@ class RunStore:
             self.r.ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             where = settings.safe_url if settings else "Redis"
-            raise UnavailableError(f"cannot reach Redis at {where}: {exc}. Is redis-server running? "
+            raise UnavailableError(f"cannot reach Redis at {where}: {str(exc).rstrip('.')}. Is redis-server running? "
                                    "Set REDIS_URL, or leave it unset for `ctl run` to start its own.") from None
         except redis.AuthenticationError as exc:
             raise UnavailableError(f"Redis refused the credentials: {exc}") from None

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except typer.Exit as exc:
@@ -52,17 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"Redis error: {exc}", file=sys.stderr)
         return 1
+    except typer.exceptions.TyperException as exc:  # typer's own click: usage errors and the like
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        return int(getattr(exc, "exit_code", 2))
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
         if os.environ.get("CONVEYOR_DEBUG"):
             raise
         print(f"unexpected error: {type(exc).__name__}: {exc} (set CONVEYOR_DEBUG=1 for details)", file=sys.stderr)
         return 3
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ def trigger(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Start a run of a submitted DAG now."""
+    params = common.parse_params(param)
     current = common.settings()
     store = common.store(current)
-    run_id = create_run(store, common.dispatcher(current), dag, common.parse_params(param),
+    run_id = create_run(store, common.dispatcher(current), dag, params,
                         trigger=Trigger.MANUAL, priority=priority)
     if not wait:
         if output == common.Output.json:
