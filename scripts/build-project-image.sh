@@ -61,8 +61,11 @@ else
   [[ $(id -u) == 0 ]] || die "debootstrap needs root"
   if ! command -v debootstrap >/dev/null; then
     log "rootfs: debootstrap is missing, installing it with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    aptlog="$(mktemp)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends debootstrap; } >"$aptlog" 2>&1 \
+      || { tail -n 20 "$aptlog" >&2; die "apt-get install debootstrap failed"; }
+    rm -f "$aptlog"
   fi
   rootfs="$(mktemp -d /var/tmp/conveyor-rootfs.XXXXXX)"
   trap 'rm -rf "$rootfs"' EXIT
