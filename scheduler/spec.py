@@ -20,7 +20,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from scheduler import templates
-from scheduler.durations import DurationError, seconds
+from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
 from scheduler.model import Backoff, DagSpec, ParamSpec, Priority, StepSpec
@@ -28,6 +28,7 @@ from scheduler.yamlsource import Source, YamlProblems, parse
 
 STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
                "priority", "resources", "tags", "pull")
+PARAM_TYPES = ("string", "int", "float", "bool", "date")
 _MEMORY = re.compile(r"^(\d+)([bkmg]?)$", re.IGNORECASE)
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
@@ -93,8 +94,10 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
             hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
             yield source.problem((*path, extra), f"unknown field '{extra}'{hint}", key=True)
         return
-    if kind == "propertyNames":
-        # jsonschema reports the bad key as the instance, at the mapping's path.
+    schema_path = [part for part in error.absolute_schema_path if part != "$ref"]
+    if len(schema_path) >= 2 and schema_path[-2] == "propertyNames":
+        # A bad key: jsonschema reports the key itself as the instance, at the mapping's path,
+        # with the validator (pattern) of the propertyNames schema.
         yield source.problem((*path, instance), _name_message(path, instance), key=True)
         return
     if kind == "required":
@@ -105,6 +108,10 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
     if kind == "type":
         wanted = value if isinstance(value, list) else [value]
         words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        if error.schema.get("pattern") == DURATION_PATTERN:
+            words = "a duration like 30s, 5m, 2h, 1d, 1w"
+        elif path and path[-1] == "memory":
+            words = "a memory size like 256m or 1g"
         yield source.problem(path, f"should be {words}, not {_type_word(instance)}")
         return
     if kind == "enum":
@@ -130,11 +137,13 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
 
 def _name_message(path: tuple[Any, ...], name: Any) -> str:
     if path == ("steps",):
-        return f"'{name}' is not a valid step name: use letters, digits, '-' and '_' (at most 63)"
+        return (f"'{name}' is not a valid step name: use letters, digits, '-' and '_', "
+                "starting with a letter or digit (at most 63 characters)")
     if path == ("params",):
         return f"'{name}' is not a valid param name: use letters, digits and '_', not starting with a digit"
     if path and path[-1] == "env":
-        return f"'{name}' is not a valid environment variable name"
+        return (f"'{name}' is not a valid environment variable name: use letters, digits and '_', "
+                "not starting with a digit")
     return f"'{name}' is not a valid key here"
 
 
@@ -181,11 +190,12 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         merged = {**defaults, **step}
         at = ("steps", name)
         if "image" not in merged:
-            yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'")
+            yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'", key=True)
         if "command" not in merged:
-            yield source.problem(at, f"step '{name}' has no command; give it as a list, e.g. [\"echo\", \"hi\"]")
+            yield source.problem(at, f"step '{name}' has no command; give it as a list, e.g. [\"echo\", \"hi\"]",
+                                 key=True)
         command = merged.get("command")
-        where = at if "command" not in step else (*at, "command")
+        where = (*at, "command") if "command" in step else ("defaults", "command")
         if isinstance(command, str) and not merged.get("shell"):
             yield source.problem(where, "command is a string; write it as a list (exec form), "
                                         "e.g. [\"sh\", \"-c\", \"...\"], or set 'shell: true'")
@@ -205,7 +215,8 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
                     yield from _template_problem(source, (*env_at, key), value, known)
         backoff = merged.get("retry_backoff")
         if isinstance(backoff, dict):
-            yield from _duration_problems(source, (*at, "retry_backoff"), backoff, ("initial", "max"))
+            backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
+            yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -253,11 +264,15 @@ def _param_problems(source: Source, params: dict[str, Any]) -> Iterator[Problem]
         if not isinstance(decl, dict):
             continue
         ptype = decl.get("type", "string")
+        if ptype not in PARAM_TYPES:
+            continue  # the schema reports the type; checking values against it would only repeat that
         if "default" in decl:
             try:
-                coerce_value(ptype, decl["default"])
+                default = coerce_value(ptype, decl["default"])
             except ValueError as exc:
                 yield source.problem(("params", name, "default"), f"default for param '{name}': {exc}")
+            else:
+                yield from _default_in_enum(source, name, ptype, decl, default)
             if decl.get("required"):
                 yield source.problem(("params", name, "required"),
                                      f"param '{name}' is required and has a default; keep one of the two")
@@ -266,6 +281,21 @@ def _param_problems(source: Source, params: dict[str, Any]) -> Iterator[Problem]
                 coerce_value(ptype, option)
             except ValueError as exc:
                 yield source.problem(("params", name, "enum", index), f"enum value for param '{name}': {exc}")
+
+
+def _default_in_enum(source: Source, name: str, ptype: str, decl: dict[str, Any], default: Any) -> Iterator[Problem]:
+    enum = decl.get("enum")
+    if not isinstance(enum, list) or not enum:
+        return
+    allowed = []
+    for option in enum:
+        try:
+            allowed.append(coerce_value(ptype, option))
+        except ValueError:
+            return  # reported as a bad enum value
+    if default not in allowed:
+        yield source.problem(("params", name, "default"), f"default for param '{name}': {decl['default']!r} "
+                                                          f"is not one of: {', '.join(map(str, enum))}")
 
 
 # --- params --------------------------------------------------------------------------------------

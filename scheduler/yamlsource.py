@@ -99,7 +99,8 @@ def parse(raw: bytes | str, file: str) -> Source:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = raw.count(b"\n", 0, exc.start) + 1
-            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            line_start = raw.rfind(b"\n", 0, exc.start) + 1
+            col = len(raw[line_start:exc.start].decode("utf-8")) + 1  # in characters, as everywhere else
             raise YamlProblems(
                 [Problem(file, line, col, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8")]
             ) from None
@@ -108,15 +109,20 @@ def parse(raw: bytes | str, file: str) -> Source:
         if len(text) > MAX_BYTES:
             raise YamlProblems([Problem(file, 1, 1, "", f"file is {len(text):,} characters; the limit is {MAX_BYTES:,}")])
     text = text.removeprefix("\ufeff")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # control characters: the reader checks the whole text first
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: control character "
+                                                         f"#x{exc.character:02x} is not allowed")]) from None
     try:
         try:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            what = (exc.problem or exc.context or "invalid YAML").strip()
-            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {what}")]) from None
+            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {_syntax_message(exc)}")]) from None
         except yaml.YAMLError as exc:
             raise YamlProblems([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
         except RecursionError:
@@ -130,6 +136,26 @@ def parse(raw: bytes | str, file: str) -> Source:
     finally:
         loader.dispose()
     return Source(file, data, root)
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's problem, with its context and where that context starts when it is elsewhere."""
+    problem = (exc.problem or "").strip()
+    context = (exc.context or "").strip()
+    if "'\\t'" in problem:
+        return "found a tab character; indent YAML with spaces, not tabs"
+    if problem == "but found another document":
+        return "a DAG file holds one YAML document, but another one ('---') starts here"
+    if problem == "mapping values are not allowed here":
+        return f"{problem}; quote a value that contains ': '"
+    if not problem:
+        return context or "invalid YAML"
+    mark, where = exc.context_mark, exc.problem_mark
+    if context and mark is not None and (where is None or (mark.line, mark.column) != (where.line, where.column)):
+        problem = f"{problem} {context} that starts at line {mark.line + 1}, column {mark.column + 1}"
+    if problem.startswith("expected <block end>"):
+        problem += "; check the indentation"
+    return problem
 
 
 class YamlProblems(Exception):
