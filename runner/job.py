@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 
 from runner.containers import Outcome, labels_for
@@ -27,11 +28,13 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     def should_stop() -> str | None:
         return "cancelled" if store.is_cancelled(run_id) else None
 
+    began = time.perf_counter()
     try:
         outcome = ctx.runtime.run(plan, labels_for(plan, attempt, prefix), on_output, should_stop)
     except Exception as exc:  # noqa: BLE001 - whatever happens, the attempt must end exactly once
         log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
+    container_seconds = round(time.perf_counter() - began, 4)
     result = "success" if outcome.ok else "cancelled" if outcome.reason == "cancelled" else "failed"
     delay = plan.backoff.delay(attempt) if result == "failed" and attempt <= plan.retries else 0.0
     record = {
@@ -43,6 +46,7 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
         "engine_version": _engine_version(ctx),
         "reason": outcome.reason,
         "error": outcome.error,
+        "container_seconds": container_seconds,
     }
     finished = store.finish_attempt(run_id, step, attempt, result, record, retry_delay=delay)
     ctx.dispatcher.enqueue(finished.ready)

@@ -19,10 +19,10 @@ from scheduler.settings import Settings
 
 
 def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = False, name: str | None = None,
-         log_level: str = "INFO") -> bool:
+         log_level: str = "INFO", with_scheduler: bool = True) -> bool:
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     install(WorkerContext(settings, name=name))
     connection = settings.connect(decode=False)
     worker = SimpleWorker([Queue(q, connection=connection) for q in queues], connection=connection, name=name)
     logging.getLogger("conveyor.runner").setLevel(log_level)
-    return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)

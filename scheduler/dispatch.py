@@ -59,3 +59,25 @@ class Dispatcher:
             except DuplicateJobError:
                 pass
         return count
+
+
+class InlineRetryMover:
+    """Moves due delayed retries onto their queues from the caller's own loop.
+
+    ``ctl run`` ticks this from its watch loop instead of letting every worker fork RQ's scheduler
+    process, which sleeps in whole seconds and so holds up shutdown by up to a second.
+    """
+
+    def __init__(self, connection: redis.Redis):
+        from rq.scheduler import RQScheduler
+
+        self._scheduler = RQScheduler(list(QUEUES), connection=connection, logging_level="WARNING")
+
+    def tick(self) -> None:
+        if self._scheduler.should_reacquire_locks:
+            self._scheduler.acquire_locks()
+        if self._scheduler.acquired_locks:
+            self._scheduler.enqueue_scheduled_jobs()
+
+    def close(self) -> None:
+        self._scheduler.release_locks()

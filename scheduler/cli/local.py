@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from scheduler.cli import common, runs, views, watch
+from scheduler.dispatch import InlineRetryMover
 from scheduler.embedded import die_with_parent, embedded_redis
 from scheduler.model import Priority, Trigger
 from scheduler.service import create_run, submit_file
@@ -44,18 +45,20 @@ def run(
         store = common.store(current)
         submitted = submit_file(store, file)
         stack.enter_context(worker_processes(current, workers))
+        mover = InlineRetryMover(current.connect(decode=False))
+        stack.callback(mover.close)
         run_id = create_run(store, common.dispatcher(current), submitted.spec.name, common.parse_params(param),
                             trigger=Trigger.MANUAL, priority=priority, version=submitted.version,
                             now=datetime.now(UTC))
         views.err.print(f"run {run_id} ({workers} workers, Redis {current.safe_url})", highlight=False)
         try:
             with _sigterm_as_interrupt():
-                status = watch.follow(store, run_id)
+                status = watch.follow(store, run_id, tick=mover.tick)
         except KeyboardInterrupt:
             views.err.print(f"interrupted: cancelling run {run_id}", highlight=False)
             _, _, ready = store.cancel_run(run_id)
             common.dispatcher(current).enqueue(ready)
-            status = watch.follow(store, run_id, live=False, timeout=CANCEL_GRACE)
+            status = watch.follow(store, run_id, live=False, timeout=CANCEL_GRACE, tick=mover.tick)
             _remove_containers(run_id)
             runs.finish(status, output) if status["state"] != "cancelled" else None
             raise typer.Exit(130) from None
@@ -74,6 +77,8 @@ def _sigterm_as_interrupt():
 @contextmanager
 def worker_processes(settings: Settings, count: int):
     """Fork ``count`` RQ workers; stop them (and anything they left) on the way out."""
+    import runner.worker  # noqa: F401 - imported once here, shared by every forked worker
+
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_worker_main, args=(settings, i), daemon=False, name=f"worker-{i}")
                  for i in range(count)]
@@ -98,7 +103,8 @@ def _worker_main(settings: Settings, index: int) -> None:
     die_with_parent()
     from runner.worker import work
 
-    work(settings, name=f"local-{os.getppid()}-{index}-{os.getpid()}", log_level="WARNING")
+    # No RQ scheduler process per worker: the parent moves delayed retries (InlineRetryMover).
+    work(settings, name=f"local-{os.getppid()}-{index}-{os.getpid()}", log_level="WARNING", with_scheduler=False)
 
 
 def _remove_containers(run_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.live import Live
@@ -13,8 +14,9 @@ from scheduler.store import RunStore
 POLL_SECONDS = 0.1
 
 
-def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: float | None = None) -> dict[str, Any]:
-    """Block until the run ends (or ``timeout``); returns its final status object."""
+def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: float | None = None,
+           tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Block until the run ends (or ``timeout``); returns its final status object. ``tick`` runs every poll."""
     live = views.err.is_terminal if live is None else live
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -24,6 +26,8 @@ def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: f
         if display:
             display.start()
         while True:
+            if tick:
+                tick()
             status = views.status_object(store, run_id)
             if display:
                 display.update(views.steps_table(status))
