@@ -20,6 +20,7 @@ from scheduler.errors import Problem
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 50
 MAX_NODES = 50_000
+_SCAN_DEPTH = 2 * MAX_DEPTH  # the scanner's guard; the node walk places the exact limit
 
 _STANDARD_TAGS = {
     "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")
@@ -27,7 +28,20 @@ _STANDARD_TAGS = {
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1 booleans and timestamps."""
+    """SafeLoader without YAML 1.1 booleans and timestamps, that stops scanning at absurd nesting.
+
+    PyYAML's scanner slows down with the square of the nesting: a few thousand '[' take minutes.
+    """
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= _SCAN_DEPTH:
+            raise _TooDeep(self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= _SCAN_DEPTH:
+            raise _TooDeep(self.get_mark())
+        return super().add_indent(column)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -127,6 +141,9 @@ def parse(raw: bytes | str, file: str) -> Source:
             raise YamlProblems([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
         except RecursionError:
             raise YamlProblems([Problem(file, 1, 1, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
+        except _TooDeep as exc:
+            line, col = exc.mark.line + 1, exc.mark.column + 1
+            raise YamlProblems([Problem(file, line, col, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
         if root is None:
             raise YamlProblems([Problem(file, 1, 1, "", "the file is empty; a DAG needs at least 'name' and 'steps'")])
         problems = list(_check_nodes(root, file))
@@ -174,7 +191,7 @@ def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
 
     def walk(node: yaml.Node, depth: int, path: tuple[Any, ...]) -> Iterator[Problem]:
         if depth > MAX_DEPTH:
-            raise _TooDeep(node)
+            raise _TooDeep(node.start_mark)
         if id(node) in visited:  # an alias: its node was checked where it was anchored
             return
         visited.add(id(node))
@@ -219,7 +236,7 @@ def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
     try:
         found = list(walk(root, 0, ()))
     except _TooDeep as exc:
-        yield Problem(file, *where(exc.node), "", f"nesting is deeper than {MAX_DEPTH} levels")
+        yield Problem(file, exc.mark.line + 1, exc.mark.column + 1, "", f"nesting is deeper than {MAX_DEPTH} levels")
         return
     yield from found
     if not found and size(root) > MAX_NODES:
@@ -235,8 +252,8 @@ def _short_tag(tag: str) -> str:
 
 
 class _TooDeep(Exception):
-    def __init__(self, node: yaml.Node):
-        self.node = node
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
 
 
 def _plain(value: Any) -> Any:
