@@ -167,8 +167,6 @@ def test_a_file_of_exactly_the_limit_is_read(tmp_path: Path) -> None:
     assert spec.name == "demo"
 
 
-@pytest.mark.xfail(strict=True, reason="ctl validate prints problems through rich with emoji codes on: "
-                                       "':smile:' in a key is printed as an emoji (scheduler/cli/dags.py)")
 def test_ctl_validate_prints_keys_verbatim(tmp_path: Path) -> None:
     path = tmp_path / "emoji.yaml"
     path.write_text("name: demo\nsteps:\n  hello:\n    image: x\n    command: [echo]\n    ':smile:': 1\n")

@@ -22,8 +22,9 @@ STATE_STYLE = {
     "retrying": "yellow", "cancelled": "magenta", "skipped": "grey50", "pending": "grey50", "waiting": "blue",
 }
 
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+# No emoji codes or highlighting: names and messages from users are printed verbatim.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
 
 
 def _none(value: str | None) -> str | None:
