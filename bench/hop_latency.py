@@ -18,6 +18,7 @@ Targets (issue #2): median overhead <= 10 ms per hop, p99 <= 30 ms; start-up <= 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -94,7 +95,7 @@ def interleaved(steps: int, chains: int, folder: Path) -> tuple[list[float], ...
                 assert all(s["state"] == "success" for s in records), records
                 ends = [datetime.fromisoformat(s["attempts"][0]["ended_at"]) for s in records]
                 inside = [float(s["attempts"][0]["container_seconds"]) for s in records]
-                round_hops = [(b - a).total_seconds() for a, b in zip(ends, ends[1:], strict=False)]
+                round_hops = [(b - a).total_seconds() for a, b in itertools.pairwise(ends)]
                 hops += round_hops
                 overheads += [(h - statistics.median(round_bare)) * 1000 for h in round_hops]
                 exact += [(h - c) * 1000 for h, c in zip(round_hops, inside[1:], strict=True)]

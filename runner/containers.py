@@ -6,6 +6,7 @@ later); :class:`DockerRuntime` keeps it through the docker SDK.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -112,12 +113,10 @@ class DockerRuntime:
         try:
             return self._run_container(container, plan, on_output, should_stop, base)
         finally:
-            try:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                 container.remove(force=True)
-            except (docker.errors.APIError, requests.exceptions.RequestException):
-                pass
 
-    def _image(self, plan: StepPlan):  # noqa: ANN202 - docker's Image
+    def _image(self, plan: StepPlan):
         if plan.pull == "always":
             return self.client.images.pull(plan.image)
         try:
@@ -127,7 +126,7 @@ class DockerRuntime:
                 return self.client.images.pull(plan.image)
             raise
 
-    def _run_container(self, container, plan: StepPlan, on_output: Callable[[bytes], None],  # noqa: ANN001
+    def _run_container(self, container, plan: StepPlan, on_output: Callable[[bytes], None],
                        should_stop: Callable[[], str | None], base: dict) -> Outcome:
         cid = container.id
         # Attach before start: raw bytes from the first one (the log driver would re-encode them as UTF-8).
@@ -202,20 +201,20 @@ def _repo_digest(repo_digests: list[str], ref: str) -> str | None:
     return repo_digests[0] if repo_digests else None
 
 
-def _close(stream) -> None:  # noqa: ANN001
+def _close(stream) -> None:
     """Close an attach stream and the HTTP response under it (docker-py leaves the socket to the GC)."""
     for close in (getattr(stream, "close", None), getattr(getattr(stream, "_response", None), "close", None)):
         try:
             if close:
                 close()
-        except Exception:  # noqa: BLE001 - closing a dead socket
+        except Exception:
             pass
 
 
 class _LogPump:
     """Reads a container's attached output in a thread, handing it on in batches (fewer Redis writes)."""
 
-    def __init__(self, stream, on_output: Callable[[bytes], None]):  # noqa: ANN001
+    def __init__(self, stream, on_output: Callable[[bytes], None]):
         self.stream = stream
         self.on_output = on_output
         self.thread = threading.Thread(target=self._pump, daemon=True, name="conveyor-logs")
@@ -237,10 +236,8 @@ class _LogPump:
 
     def _flush(self, buffer: bytearray) -> None:
         if buffer:
-            try:
+            with contextlib.suppress(Exception):
                 self.on_output(bytes(buffer))
-            except Exception:  # noqa: BLE001 - a log sink failing must not end the attempt
-                pass
             buffer.clear()
 
     def join(self) -> None:
@@ -251,7 +248,7 @@ class _LogPump:
 class _Stopper:
     """Polls ``should_stop`` while the container runs and kills it when asked (cancel, lost lease...)."""
 
-    def __init__(self, container, should_stop: Callable[[], str | None]):  # noqa: ANN001
+    def __init__(self, container, should_stop: Callable[[], str | None]):
         self.container = container
         self.should_stop = should_stop
         self.reason: str | None = None
@@ -263,7 +260,7 @@ class _Stopper:
         while not self._done.wait(STOP_POLL_SECONDS):
             try:
                 reason = self.should_stop()
-            except Exception:  # noqa: BLE001 - keep watching through a Redis blip
+            except Exception:
                 continue
             if reason:
                 self.stop(reason)
@@ -272,10 +269,8 @@ class _Stopper:
     def stop(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-        try:
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
             self.container.kill()
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            pass
 
     def close(self) -> None:
         self._done.set()

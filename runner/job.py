@@ -31,7 +31,7 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     began = time.perf_counter()
     try:
         outcome = ctx.runtime.run(plan, labels_for(plan, attempt, prefix), on_output, should_stop)
-    except Exception as exc:  # noqa: BLE001 - whatever happens, the attempt must end exactly once
+    except Exception as exc:
         log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
     container_seconds = round(time.perf_counter() - began, 4)
@@ -55,8 +55,8 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     return finished.state
 
 
-def _engine_version(ctx) -> str | None:  # noqa: ANN001
+def _engine_version(ctx) -> str | None:
     try:
         return ctx.runtime.engine_version()
-    except Exception:  # noqa: BLE001 - provenance is best effort when the engine is gone
+    except Exception:
         return None

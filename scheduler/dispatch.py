@@ -4,9 +4,9 @@ deterministic id, on the ``high``/``default``/``low`` queue; the DAG itself neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import math
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import redis

@@ -4,6 +4,7 @@ temporary folder, no persistence, gone when the run ends (also when its parent d
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import shutil
 import signal
@@ -21,10 +22,8 @@ START_TIMEOUT = 10.0
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies (no orphans after kill -9)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @contextmanager

@@ -309,7 +309,7 @@ def coerce_value(ptype: str, value: Any) -> Any:
             return "true" if value else "false"
         return str(value)
     if ptype == "int":
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, (bool, float)):
             raise ValueError(f"{value!r} is not a whole number")
         try:
             return int(text)

@@ -40,7 +40,8 @@ def names_in(text: str) -> list[str]:
     for match in _TOKEN.finditer(text):
         name = match.group(1).strip()
         if not _NAME.match(name):
-            raise TemplateError(f"'{{{{{match.group(1)}}}}}' is not a template: use {{{{ params.NAME }}}} or {{{{ run_id }}}}")
+            raise TemplateError(
+                f"'{{{{{match.group(1)}}}}}' is not a template: use {{{{ params.NAME }}}} or {{{{ run_id }}}}")
         names.append(name)
     rest = _TOKEN.sub("", text)
     if "{{" in rest:

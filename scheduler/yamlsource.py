@@ -121,7 +121,8 @@ def parse(raw: bytes | str, file: str) -> Source:
     else:
         text = raw
         if len(text) > MAX_BYTES:
-            raise YamlProblems([Problem(file, 1, 1, "", f"file is {len(text):,} characters; the limit is {MAX_BYTES:,}")])
+            message = f"file is {len(text):,} characters; the limit is {MAX_BYTES:,}"
+            raise YamlProblems([Problem(file, 1, 1, "", message)])
     text = text.removeprefix("\ufeff")
     try:
         loader = _Loader(text)

@@ -48,7 +48,7 @@ def test_success_output_env_workdir_and_cleanup(runtime: DockerRuntime, image: s
 
 
 def test_argv_is_not_a_shell(runtime: DockerRuntime, image: str) -> None:
-    outcome, output = run(runtime, plan(image, ["echo", "$(id -u); rm -rf /", "`x`"]))
+    _outcome, output = run(runtime, plan(image, ["echo", "$(id -u); rm -rf /", "`x`"]))
     assert output == b"$(id -u); rm -rf / `x`\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime
 
@@ -68,7 +69,7 @@ def test_retries_with_backoff_record_every_attempt(tmp_path, store, dispatcher, 
     attempts = steps["always_fails"]["attempts"]
     assert [a["number"] for a in attempts] == ["1", "2", "3"]
     assert all(a["exit_code"] == "7" and a["reason"] == "exit_code" for a in attempts)
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         gap = (datetime.fromisoformat(after["started_at"]) - datetime.fromisoformat(before["ended_at"]))
         assert gap.total_seconds() >= 0.9, "the retry did not wait for its backoff"
     assert steps["after"]["state"] == "upstream_failed" and steps["after"]["attempts"] == []
@@ -100,8 +101,8 @@ def test_duplicate_deliveries_never_run_an_attempt_twice(tmp_path, store, dispat
     submit_file(store, path)
     from rq import Queue
 
-    from scheduler.service import load_version
     from scheduler.plan import plan_run
+    from scheduler.service import load_version
     from scheduler.spec import resolve_params
 
     spec, record = load_version(store, "fan")

@@ -115,7 +115,7 @@ def _remove_containers(run_id: str) -> None:
         client = docker.from_env()
         for container in client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}):
             container.remove(force=True)
-    except Exception:  # noqa: BLE001 - best effort; the workers already stopped them
+    except Exception:
         pass
 
 
