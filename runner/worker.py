@@ -18,11 +18,22 @@ from scheduler.model import QUEUES
 from scheduler.settings import Settings
 
 
+class ConveyorWorker(SimpleWorker):
+    """RQ's SimpleWorker whose command listener wakes every 0.2 s instead of every 60 s, so that a
+    stop takes milliseconds instead of RQ's one-second join timeout."""
+
+    def subscribe(self) -> None:
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=0.2, daemon=True, exception_handler=self._pubsub_exception_handler)
+
+
 def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = False, name: str | None = None,
          log_level: str = "INFO", with_scheduler: bool = True) -> bool:
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     install(WorkerContext(settings, name=name))
     connection = settings.connect(decode=False)
-    worker = SimpleWorker([Queue(q, connection=connection) for q in queues], connection=connection, name=name)
+    worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection, name=name)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
