@@ -22,8 +22,11 @@ from jsonschema.exceptions import ValidationError
 from scheduler import templates
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
+from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
 from scheduler.graph import find_cycle
 from scheduler.model import Backoff, DagSpec, ParamSpec, Priority, StepSpec
+from scheduler.outages import Outage, OutageError
+from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
 STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
@@ -48,17 +51,20 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema())
 
 
-def load_file(path: str | Path) -> tuple[DagSpec, bytes]:
-    """Read and validate a DAG file; returns the spec and the exact bytes it came from."""
+def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None) -> tuple[DagSpec, bytes]:
+    """Read and validate a DAG file; returns the spec and the exact bytes it came from.
+
+    ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return load_bytes(raw, str(path)), raw
+    return load_bytes(raw, str(path), calendars), raw
 
 
-def load_bytes(raw: bytes | str, file: str) -> DagSpec:
+def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None) -> DagSpec:
     """Validate a DAG document; raise :class:`SpecError` with every problem found."""
     try:
         source = parse(raw, file)
@@ -69,6 +75,9 @@ def load_bytes(raw: bytes | str, file: str) -> DagSpec:
                                              f"not {_type_word(source.data)}")])
     problems = list(_schema_problems(source))
     problems += list(_meaning_problems(source))
+    # Time sections with schema errors are not checked again for meaning (one message per mistake).
+    noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
+    problems += [p for p in _schedule_problems(source, calendars or {}) if p.path.split(".")[0] not in noisy]
     if problems:
         raise SpecError(sorted(set(problems)))
     return _build(source.data)
@@ -296,6 +305,87 @@ def _default_in_enum(source: Source, name: str, ptype: str, decl: dict[str, Any]
     if default not in allowed:
         yield source.problem(("params", name, "default"), f"default for param '{name}': {decl['default']!r} "
                                                           f"is not one of: {', '.join(map(str, enum))}")
+
+
+def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | None = None) -> Schedule | None:
+    """The DAG's schedule (None without one), with its inline calendars over the named ones given."""
+    if not isinstance(document.get("schedule"), dict):
+        return None
+    return Schedule.from_spec(document["schedule"], calendars={**(calendars or {}), **document.get("calendars", {})},
+                              outages=document.get("outages", {}), batch=document.get("batch"))
+
+
+def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator[Problem]:
+    """Crons, timezones, calendars and outages, each placed at its own key; then the whole schedule."""
+    data = source.data
+    schedule = data.get("schedule")
+    found = False
+    for name, outage in (data.get("outages") or {}).items() if isinstance(data.get("outages"), dict) else ():
+        try:
+            Outage.from_spec(name, outage)
+        except OutageError as exc:
+            found = True
+            yield source.problem(("outages", name), str(exc))
+    for name, calendar in (data.get("calendars") or {}).items() if isinstance(data.get("calendars"), dict) else ():
+        try:
+            resolve(calendar, {})
+        except CalendarError as exc:
+            found = True
+            yield source.problem(("calendars", name), str(exc))
+    if not isinstance(schedule, dict):
+        if "batch" in data and isinstance(data["batch"], str):
+            try:
+                Batch.parse(data["batch"])
+            except ScheduleError as exc:
+                yield source.problem(("batch",), str(exc))
+        return
+    crons = schedule.get("cron")
+    for index, cron in enumerate(crons if isinstance(crons, list) else [crons]):
+        try:
+            check_cron(cron)
+        except CalendarError as exc:
+            found = True
+            yield source.problem(("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron"),
+                                 str(exc))
+    if isinstance(schedule.get("timezone"), str):
+        try:
+            zone(schedule["timezone"])
+        except CalendarError as exc:
+            found = True
+            yield source.problem(("schedule", "timezone"), str(exc))
+    if isinstance(schedule.get("calendar"), str | dict):
+        inline = data.get("calendars") if isinstance(data.get("calendars"), dict) else {}
+        named = {**calendars, **inline}
+        try:
+            resolve(schedule["calendar"], _built(named))
+        except CalendarError as exc:
+            found = True
+            hint = "" if isinstance(schedule["calendar"], dict) else (
+                " (define it under 'calendars:' or submit it with `ctl calendar submit FILE`)")
+            yield source.problem(("schedule", "calendar"), f"{exc}{hint}")
+    defined = data.get("outages") if isinstance(data.get("outages"), dict) else {}
+    names = schedule.get("outages") if isinstance(schedule.get("outages"), list) else []
+    for index, name in enumerate(names):
+        if isinstance(name, str) and name not in defined:
+            found = True
+            close = difflib.get_close_matches(name, list(defined), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else "; define it under 'outages:'"
+            yield source.problem(("schedule", "outages", index), f"unknown outage '{name}'{hint}")
+    if not found:
+        try:
+            build_schedule(data, calendars)
+        except ScheduleError as exc:
+            yield source.problem(("schedule",), str(exc).removeprefix("schedule: "))
+
+
+def _built(named: Mapping[str, Any]) -> dict[str, Calendar]:
+    built = {}
+    for name, spec in named.items():
+        try:
+            built[name] = spec if isinstance(spec, Calendar) else Calendar.from_spec(name, spec)
+        except CalendarError:
+            continue  # reported where it is defined
+    return built
 
 
 # --- params --------------------------------------------------------------------------------------
