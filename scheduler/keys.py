@@ -35,6 +35,31 @@ class Keys:
     def dag_waiting(self, name: str) -> str:  # list: runs waiting for max_active_runs
         return f"{self.prefix}:dag:{name}:waiting"
 
+    def dag_fires(self, name: str) -> str:  # hash: logical date (UTC ISO) -> run_id, one run per fire
+        return f"{self.prefix}:dag:{name}:fires"
+
+    def dag_intervals(self, name: str) -> str:  # hash: data interval start -> latest run_id (backfill)
+        return f"{self.prefix}:dag:{name}:intervals"
+
+    # Scheduling ---------------------------------------------------------------------------------
+    def agenda(self) -> str:  # zset: scheduled DAG name by its next due time (epoch seconds)
+        return f"{self.prefix}:agenda"
+
+    def wake(self) -> str:  # list: pushed to wake the scheduler at once (submit, pause, outage change)
+        return f"{self.prefix}:wake"
+
+    def calendars(self) -> str:  # hash: named calendar -> JSON spec (ctl calendar submit)
+        return f"{self.prefix}:calendars"
+
+    def outages(self) -> str:  # hash: global outage name -> JSON spec (ctl outage add)
+        return f"{self.prefix}:outages"
+
+    def leader(self) -> str:  # string with a TTL: the leading scheduler's id and fencing token
+        return f"{self.prefix}:scheduler:leader"
+
+    def leader_token(self) -> str:  # counter: fencing tokens, one per leadership
+        return f"{self.prefix}:scheduler:token"
+
     # Runs -------------------------------------------------------------------------------------
     def runs(self) -> str:  # zset: every run_id by created time
         return f"{self.prefix}:runs"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,12 +21,12 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from scheduler import templates
+from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
-from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
 from scheduler.graph import find_cycle
 from scheduler.model import Backoff, DagSpec, ParamSpec, Priority, StepSpec
-from scheduler.outages import Outage, OutageError
+from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
@@ -307,12 +308,18 @@ def _default_in_enum(source: Source, name: str, ptype: str, decl: dict[str, Any]
                                                           f"is not one of: {', '.join(map(str, enum))}")
 
 
-def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | None = None) -> Schedule | None:
-    """The DAG's schedule (None without one), with its inline calendars over the named ones given."""
+def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | None = None,
+                   global_outages: Sequence[Outage] = ()) -> Schedule | None:
+    """The DAG's schedule (None without one), as the daemon and ``ctl next`` both use it: its inline
+    calendars over the named ones given, its own outages plus the global ones (which apply to every DAG)."""
     if not isinstance(document.get("schedule"), dict):
         return None
-    return Schedule.from_spec(document["schedule"], calendars={**(calendars or {}), **document.get("calendars", {})},
-                              outages=document.get("outages", {}), batch=document.get("batch"))
+    schedule = Schedule.from_spec(document["schedule"],
+                                  calendars={**(calendars or {}), **document.get("calendars", {})},
+                                  outages=document.get("outages", {}), batch=document.get("batch"))
+    if global_outages:
+        schedule = replace(schedule, outages=OutageSet.of([*schedule.outages.outages, *global_outages]))
+    return schedule
 
 
 def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator[Problem]:

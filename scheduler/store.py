@@ -63,7 +63,7 @@ class RunStore:
         self.log_cap = log_cap
         lib = resources.files("scheduler").joinpath("lua/lib.lua").read_text()
         load = resources.files("scheduler").joinpath
-        self._activate = client.register_script(lib + load("lua/activate.lua").read_text())
+        self._create = client.register_script(lib + load("lua/create.lua").read_text())
         self._start = client.register_script(lib + load("lua/start.lua").read_text())
         self._finish = client.register_script(lib + load("lua/finish.lua").read_text())
         self._cancel = client.register_script(lib + load("lua/cancel.lua").read_text())
@@ -141,11 +141,13 @@ class RunStore:
 
     # --- runs -----------------------------------------------------------------------------------
 
-    def create_run(self, plan: RunPlan, *, now: datetime | None = None) -> tuple[Ready, ...]:
-        """Write the run and its steps and start it (or make it wait for max_active_runs), atomically."""
-        k = self.keys
-        ts = plan.created_at.timestamp()
-        stamp = now_iso(now or plan.created_at)
+    def create_run(self, plan: RunPlan, *, idempotency_key: str | None = None,
+                   now: datetime | None = None) -> tuple[str, tuple[Ready, ...]]:
+        """Write the run and its steps and start it (or make it wait for max_active_runs), atomically.
+
+        With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
+        key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
+        """
         roots = [s for s in plan.order if not plan.upstream[s]]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {
@@ -157,23 +159,25 @@ class RunStore:
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance),
         }
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(k.run(plan.run_id), mapping=run)
-            for name in plan.order:
-                step = plan.steps[name]
-                pipe.hset(k.step(plan.run_id, name), mapping={
-                    "name": name, "state": "pending", "attempt": 0, "waiting": len(plan.upstream[name]),
-                    "upstream": json.dumps(list(plan.upstream[name])),
-                    "downstream": json.dumps(list(plan.downstream[name])),
-                    "max_attempts": step.retries + 1, "queue": step.queue,
-                    "timeout": "" if step.timeout is None else step.timeout,
-                    "plan": json.dumps(step.to_json()),
-                })
-            pipe.zadd(k.runs(), {plan.run_id: ts})
-            pipe.zadd(k.dag_runs(plan.dag), {plan.run_id: ts})
-            self._activate(args=[self.prefix, plan.run_id, stamp], client=pipe)
-            result = pipe.execute()
-        return _ready(result[-1])
+        steps = []
+        for name in plan.order:
+            step = plan.steps[name]
+            steps.append([name, {
+                "name": name, "state": "pending", "attempt": "0", "waiting": str(len(plan.upstream[name])),
+                "upstream": json.dumps(list(plan.upstream[name])),
+                "downstream": json.dumps(list(plan.downstream[name])),
+                "max_attempts": str(step.retries + 1), "queue": step.queue,
+                "timeout": "" if step.timeout is None else str(step.timeout),
+                "plan": json.dumps(step.to_json()),
+            }])
+        result = self._create(args=[
+            self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
+            idempotency_key or "", iso(plan.data_interval_start),
+            json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
+        ])
+        if result[0] == "exists":
+            return result[1], ()
+        return plan.run_id, _ready(result[1])
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
                       now: datetime | None = None) -> tuple[str, StepPlan | None]:

@@ -107,7 +107,7 @@ def test_duplicate_deliveries_never_run_an_attempt_twice(tmp_path, store, dispat
 
     spec, record = load_version(store, "fan")
     plan = plan_run(spec, version=record["version"], params=resolve_params(spec, {}), now=datetime.now().astimezone())
-    ready = store.create_run(plan)
+    _, ready = store.create_run(plan)
     queue = Queue("high", connection=dispatcher.queues["high"].connection)
     for copy in range(3):
         for item in ready:

@@ -187,3 +187,17 @@ def test_random_dags_run_in_topological_order(store: RunStore, graph: dict[str, 
         if name != failing:
             expected = "success" if all(final[u] == "success" for u in ups) else "upstream_failed"
             assert final[name] == expected, name
+
+
+def test_an_idempotency_key_creates_one_run_only(store: RunStore) -> None:
+    from datetime import UTC, datetime
+
+    from scheduler.plan import plan_run
+
+    spec = spec_from(DIAMOND)
+    store.submit_dag(spec.name, b"x", spec.document)
+    first = plan_run(spec, version=1, params={}, now=datetime.now(UTC))
+    second = plan_run(spec, version=1, params={}, now=datetime.now(UTC))
+    assert store.create_run(first, idempotency_key="2026-11-20T17:00:00-05:00")[0] == first.run_id
+    assert store.create_run(second, idempotency_key="2026-11-20T17:00:00-05:00") == (first.run_id, ())
+    assert store.run_ids("diamond") == [first.run_id]

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import dags, local, runs, workers
+from scheduler.cli import dags, local, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -29,6 +29,10 @@ app.command()(runs.logs)
 app.command()(runs.cancel)
 app.command(name="run")(local.run)
 app.command()(workers.worker)
+app.command()(scheduling.scheduler)
+app.command()(scheduling.pause)
+app.command()(scheduling.unpause)
+app.command(name="next")(scheduling.next_)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,19 @@ local function activate(rid, now, ready)
   end
 end
 
+-- Start a run now, or make it wait for one of its DAG's max_active_runs slots.
+local function start_or_wait(rid, now, ready)
+  local rk = run_key(rid)
+  local dag = redis.call('HGET', rk, 'dag')
+  local limit = tonumber(redis.call('HGET', rk, 'max_active') or '0')
+  if limit > 0 and redis.call('SCARD', P .. ':dag:' .. dag .. ':active') >= limit then
+    redis.call('RPUSH', P .. ':dag:' .. dag .. ':waiting', rid)
+    event(rid, 'run', '', 'waiting', '', now)
+    return
+  end
+  activate(rid, now, ready)
+end
+
 -- Mark a step terminal and count it against the run.
 local function settle(rid, s, state, now)
   local sk = step_key(rid, s)

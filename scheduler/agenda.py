@@ -1,0 +1,131 @@
+"""Scheduling state in Redis: which DAG is due when, how far each DAG's schedule has been
+evaluated (its cursor), pauses, named calendars, global outages, and the wake-up list that lets
+the daemon sleep until the next due time yet react at once to a change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from scheduler.calendars import Calendar, CalendarError
+from scheduler.errors import ConveyorError, NotFoundError
+from scheduler.outages import Outage, OutageError
+from scheduler.store import RunStore, now_iso
+
+
+class Agenda:
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.r = store.r
+        self.keys = store.keys
+
+    # --- the daemon's view ----------------------------------------------------------------------
+
+    def due(self, now: datetime) -> list[str]:
+        """DAGs whose next due time is at or before ``now``."""
+        return list(self.r.zrangebyscore(self.keys.agenda(), "-inf", now.timestamp()))
+
+    def next_due(self) -> float | None:
+        first = self.r.zrange(self.keys.agenda(), 0, 0, withscores=True)
+        return first[0][1] if first else None
+
+    def set_next(self, dag: str, due: datetime | None) -> None:
+        if due is None:
+            self.r.zrem(self.keys.agenda(), dag)
+        else:
+            self.r.zadd(self.keys.agenda(), {dag: due.timestamp()})
+
+    def cursor(self, dag: str) -> datetime | None:
+        raw = self.r.hget(self.keys.dag(dag), "cursor")
+        return datetime.fromisoformat(raw) if raw else None
+
+    def advance(self, dag: str, to: datetime) -> None:
+        """Move the DAG's cursor forward (never back: a slow second scheduler cannot rewind it)."""
+        self.r.eval(
+            "local c = redis.call('HGET', KEYS[1], 'cursor_ts') "
+            "if (not c) or tonumber(c) < tonumber(ARGV[1]) then "
+            "redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'cursor_ts', ARGV[1]) end",
+            1, self.keys.dag(dag), to.timestamp(), to.astimezone(UTC).isoformat())
+
+    def wait_for_wake(self, timeout: float) -> bool:
+        """Block until someone calls :meth:`wake` or ``timeout`` seconds pass; True when woken."""
+        got = self.r.blpop([self.keys.wake()], timeout=max(0.001, timeout))
+        if got:
+            self.r.delete(self.keys.wake())
+        return bool(got)
+
+    def wake(self) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.rpush(self.keys.wake(), "1")
+            pipe.ltrim(self.keys.wake(), -10, -1)
+            pipe.execute()
+
+    # --- DAGs -----------------------------------------------------------------------------------
+
+    def schedule_now(self, dag: str, *, now: datetime | None = None) -> None:
+        """After a submit or unpause: evaluate this DAG's schedule at once (from now on)."""
+        now = now or datetime.now(UTC)
+        with self.r.pipeline() as pipe:
+            pipe.hsetnx(self.keys.dag(dag), "cursor", now.astimezone(UTC).isoformat())
+            pipe.hsetnx(self.keys.dag(dag), "cursor_ts", now.timestamp())
+            pipe.zadd(self.keys.agenda(), {dag: 0})
+            pipe.execute()
+        self.wake()
+
+    def set_paused(self, dag: str, paused: bool) -> None:
+        if not self.r.exists(self.keys.dag(dag)):
+            raise NotFoundError(self.store._unknown_dag(dag))
+        self.r.hset(self.keys.dag(dag), mapping={"paused": int(paused), "updated_at": now_iso()})
+        if paused:
+            self.r.zrem(self.keys.agenda(), dag)
+            self.wake()
+        else:
+            self.schedule_now(dag)
+
+    def is_paused(self, dag: str) -> bool:
+        return self.r.hget(self.keys.dag(dag), "paused") == "1"
+
+    # --- calendars and outages -----------------------------------------------------------------
+
+    def calendars(self) -> dict[str, Any]:
+        return {name: json.loads(spec) for name, spec in self.r.hgetall(self.keys.calendars()).items()}
+
+    def put_calendars(self, specs: Mapping[str, Any]) -> list[str]:
+        """Store named calendars (checked first: all or nothing) and re-evaluate every schedule."""
+        for name, spec in specs.items():
+            try:
+                Calendar.from_spec(name, spec)
+            except CalendarError as exc:
+                raise ConveyorError(f"calendar '{name}': {exc}") from None
+        if specs:
+            self.r.hset(self.keys.calendars(), mapping={k: json.dumps(v) for k, v in specs.items()})
+        self._reschedule_all()
+        return sorted(specs)
+
+    def outages(self) -> dict[str, Any]:
+        return {name: json.loads(spec) for name, spec in self.r.hgetall(self.keys.outages()).items()}
+
+    def global_outages(self) -> list[Outage]:
+        return [Outage.from_spec(name, spec) for name, spec in self.outages().items()]
+
+    def put_outage(self, name: str, spec: Mapping[str, Any]) -> None:
+        try:
+            Outage.from_spec(name, spec)
+        except OutageError as exc:
+            raise ConveyorError(str(exc)) from None
+        self.r.hset(self.keys.outages(), name, json.dumps(dict(spec)))
+        self._reschedule_all()
+
+    def remove_outage(self, name: str) -> None:
+        if not self.r.hdel(self.keys.outages(), name):
+            raise NotFoundError(f"no global outage named '{name}'")
+        self._reschedule_all()
+
+    def _reschedule_all(self) -> None:
+        names = self.r.zrange(self.keys.agenda(), 0, -1)
+        if names:
+            self.r.zadd(self.keys.agenda(), dict.fromkeys(names, 0))
+        self.wake()

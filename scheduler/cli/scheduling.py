@@ -1,0 +1,120 @@
+"""Commands about time: the scheduler daemon, pause/unpause, and ``ctl next``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from scheduler.agenda import Agenda
+from scheduler.calendars import zone
+from scheduler.cli import common, views
+from scheduler.clock import Clock, FakeClock
+from scheduler.daemon import Scheduler
+from scheduler.errors import ConveyorError
+from scheduler.leader import DEFAULT_TTL
+from scheduler.schedules import Dropped
+from scheduler.service import load_version, store_calendars, submit_file
+from scheduler.spec import build_schedule, load_file
+
+
+def scheduler(
+    dags: Path | None = typer.Option(None, "--dags", envvar="CONVEYOR_DAGS",
+                                     help="Submit every *.yaml in this folder at start."),
+    lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL", min=1.0,
+                                    help="Leader lease in seconds; a standby takes over when it expires."),
+    fake_clock: datetime | None = typer.Option(None, "--fake-clock", hidden=True,
+                                               help="Testing: start the clock here (UTC unless an offset is given)."),
+    clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    current = common.settings()
+    store = common.store(current)
+    if dags:
+        for path in sorted(dags.glob("*.y*ml")):
+            done = submit_file(store, path)
+            logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
+    clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
+    daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop.set())
+    logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
+                                                 current.safe_url)
+    daemon.serve()
+
+
+def pause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
+    """Stop creating scheduled runs of a DAG (runs already created go on)."""
+    Agenda(common.store()).set_paused(dag, True)
+    views.out.print(f"{dag}: paused")
+
+
+def unpause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
+    """Create scheduled runs of a DAG again (missed ones follow the DAG's catchup setting)."""
+    Agenda(common.store()).set_paused(dag, False)
+    views.out.print(f"{dag}: active")
+
+
+def next_(
+    dag: str = typer.Argument(..., help="A submitted DAG's name, or a DAG file."),
+    count: int = typer.Option(10, "-n", "--count", min=1, max=1000, help="How many fire times."),
+    start: datetime | None = typer.Option(None, "--from", help="Start here instead of now (UTC unless an offset)."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Show the next fire times and every candidate time that was dropped, and why."""
+    path = Path(dag)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        calendars, outages = {}, []
+        try:
+            store = common.store()
+            agenda = Agenda(store)
+            calendars, outages = store_calendars(store), agenda.global_outages()
+        except ConveyorError:
+            pass  # a file can be checked without Redis; named calendars and global outages then do not apply
+        spec, _ = load_file(path, calendars)
+    else:
+        store = common.store()
+        calendars = store_calendars(store)
+        spec, _ = load_version(store, dag, calendars=calendars)
+        outages = Agenda(store).global_outages()
+    schedule = build_schedule(spec.document, calendars, outages)
+    if schedule is None:
+        raise ConveyorError(f"DAG '{spec.name}' has no schedule")
+    after = _aware(start) if start else datetime.now(UTC)
+    fires, dropped = [], []
+    for item in schedule.fires(after, n=count):
+        target = dropped if isinstance(item, Dropped) else fires
+        target.append(item)
+    data = {
+        "timezone": str(schedule.tz),
+        "fires": [{"at": f.logical_date.isoformat(), "utc": f.utc.isoformat(),
+                   **({"due": f.due.isoformat(), "deferred_by": f.deferred_by} if f.deferred_by else {}),
+                   "data_interval_start": f.data_interval_start.isoformat(),
+                   "data_interval_end": f.data_interval_end.isoformat()} for f in fires],
+        "dropped": [{"at": d.at.isoformat(), "utc": d.utc.isoformat(), "reason": d.reason} for d in dropped],
+    }
+    if output == common.Output.json:
+        views.print_json(data)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: next {len(fires)} fire times ({schedule.tz})", title_justify="left")
+    for column in ("local time", "UTC", "note"):
+        table.add_column(column)
+    events = [(f.utc, f.logical_date.isoformat(), f.utc.isoformat(),
+               f"deferred to {f.due.isoformat()} by outage {f.deferred_by}" if f.deferred_by else "") for f in fires]
+    events += [(d.utc, d.at.isoformat(), d.utc.isoformat(), f"dropped: {d.reason}") for d in dropped]
+    for _, local, utc, note in sorted(events):
+        table.add_row(local, utc, note)
+    views.out.print(table)
+
+
+def _aware(value: datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    return value if value.tzinfo else value.replace(tzinfo=zone("UTC"))
