@@ -15,6 +15,7 @@ already created is not created again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -166,7 +167,5 @@ class Scheduler:
                 log.warning("Redis unreachable (%s); retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-        try:
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, OSError):
             self.lease.release()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            pass
