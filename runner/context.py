@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 
 from runner.containers import ContainerRuntime, DockerRuntime
 from scheduler.dispatch import Dispatcher
+from scheduler.outages import OutageSet
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -17,6 +20,8 @@ from scheduler.store import RunStore
 class WorkerContext:
     settings: Settings
     name: str = ""
+    _outages: OutageSet | None = field(default=None, repr=False)
+    _outages_at: float = 0.0
 
     @cached_property
     def store(self) -> RunStore:
@@ -28,6 +33,14 @@ class WorkerContext:
 
     @cached_property
     def runtime(self) -> ContainerRuntime:
+        """``CONVEYOR_RUNTIME``: ``docker`` (the default) or ``kubernetes`` (one Pod per attempt)."""
+        kind = os.environ.get("CONVEYOR_RUNTIME", "docker").strip().lower() or "docker"
+        if kind == "kubernetes":
+            from runner.kubernetes import KubernetesRuntime  # the kubernetes client only where it is used
+
+            return KubernetesRuntime.from_env()
+        if kind != "docker":
+            raise ValueError(f"CONVEYOR_RUNTIME={kind!r} is not a runtime: use 'docker' or 'kubernetes'")
         return DockerRuntime()
 
     @cached_property
@@ -38,7 +51,17 @@ class WorkerContext:
     def pid(self) -> int:
         return os.getpid()
 
+    def global_outage(self, now: datetime) -> tuple[str, datetime, datetime] | None:
+        """The global outage window holding ``now`` (name, start, end), from a copy refreshed every few seconds."""
+        if self._outages is None or time.monotonic() - self._outages_at > OUTAGE_REFRESH_SECONDS:
+            from scheduler.agenda import Agenda
 
+            self._outages = OutageSet.of(Agenda(self.store).global_outages())
+            self._outages_at = time.monotonic()
+        return self._outages.find(now) if self._outages else None
+
+
+OUTAGE_REFRESH_SECONDS = 5.0
 _current: WorkerContext | None = None
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from datetime import UTC, datetime
 
 from runner.containers import Outcome, labels_for
 from runner.context import current
+from scheduler.store import Ready
 
 log = logging.getLogger("conveyor.runner")
 
@@ -16,6 +18,16 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     """Claim the attempt (fenced), run its container, record the result, enqueue the next steps."""
     ctx = current(prefix)
     store = ctx.store
+    now = datetime.now(UTC)
+    outage = ctx.global_outage(now)
+    if outage is not None:
+        # No new step starts inside a global outage: deliver this attempt again when it ends.
+        name, _, end = outage
+        timeout = store.step_plan(run_id, step).timeout
+        ctx.dispatcher.enqueue([Ready(run_id, step, attempt, _queue_of(store, run_id, step), timeout,
+                                      delay=(end - now).total_seconds(), tag=f"after-{int(end.timestamp())}")])
+        log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
+        return "deferred"
     status, plan = store.start_attempt(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name)
     if status != "ok" or plan is None:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, status)
@@ -53,6 +65,10 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _queue_of(store, run_id: str, step: str) -> str:
+    return store.r.hget(store.keys.step(run_id, step), "queue") or "default"
 
 
 def _engine_version(ctx) -> str | None:

@@ -43,7 +43,7 @@ class Dispatcher:
             queue = self.queues.get(item.queue) or self.queues["default"]
             options = {
                 "args": (item.run_id, item.step, item.attempt, self.prefix),
-                "job_id": job_id(item.run_id, item.step, item.attempt),
+                "job_id": job_id(item.run_id, item.step, item.attempt) + (f"-{item.tag}" if item.tag else ""),
                 "timeout": int(item.timeout + RQ_TIMEOUT_GRACE) if item.timeout else -1,
                 "result_ttl": 0,
                 "failure_ttl": FAILURE_TTL,

@@ -42,14 +42,15 @@ def context(spec: DagSpec, run_id: str, params: Mapping[str, Any], trigger: Trig
             interval: tuple[datetime | None, datetime | None]) -> dict[str, Any]:
     """The flat template context of a run (``params.x`` keys are dotted)."""
     start, end = interval
+    day = start or logical_date  # ds is the day whose data the run processes (as in Airflow 2)
     values: dict[str, Any] = {
         "run_id": run_id,
         "dag": spec.name,
         "trigger": trigger.value,
         "logical_date": logical_date.isoformat(),
         "ts": logical_date.isoformat(),
-        "ds": logical_date.strftime("%Y-%m-%d"),
-        "ds_nodash": logical_date.strftime("%Y%m%d"),
+        "ds": day.strftime("%Y-%m-%d"),
+        "ds_nodash": day.strftime("%Y%m%d"),
         "data_interval_start": (start or logical_date).isoformat(),
         "data_interval_end": (end or logical_date).isoformat(),
     }

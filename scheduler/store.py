@@ -38,6 +38,7 @@ class Ready:
     queue: str
     timeout: float | None
     delay: float = 0.0
+    tag: str = ""  # a re-delivery of the same attempt (e.g. deferred past an outage) gets its own job id
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import dags, local, runs, scheduling, workers
+from scheduler.cli import backfill, calendars, dags, local, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -33,6 +33,9 @@ app.command()(scheduling.scheduler)
 app.command()(scheduling.pause)
 app.command()(scheduling.unpause)
 app.command(name="next")(scheduling.next_)
+app.command()(backfill.backfill)
+app.add_typer(calendars.calendar_app, name="calendar")
+app.add_typer(calendars.outage_app, name="outage")
 
 
 def main(argv: list[str] | None = None) -> int:
