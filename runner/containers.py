@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +55,34 @@ class ContainerRuntime(Protocol):
             should_stop: Callable[[], str | None]) -> Outcome: ...
 
     def engine_version(self) -> str: ...
+
+
+AttemptKey = tuple[str, str, int]
+"""``(run_id, step, attempt)``: what a container or Pod belongs to."""
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container (or Pod) that this prefix's workers started, as the reaper sees it."""
+
+    id: str
+    run_id: str
+    step: str
+    attempt: int
+    labels: Mapping[str, str]
+
+    @property
+    def key(self) -> AttemptKey:
+        return (self.run_id, self.step, self.attempt)
+
+    @classmethod
+    def from_labels(cls, id: str, labels: Mapping[str, str]) -> Leftover:
+        try:
+            attempt = int(labels.get(f"{LABEL_PREFIX}.attempt", "0"))
+        except ValueError:
+            attempt = 0
+        return cls(id, labels.get(f"{LABEL_PREFIX}.run", ""), labels.get(f"{LABEL_PREFIX}.step", ""), attempt,
+                   dict(labels))
 
 
 def labels_for(plan: StepPlan, attempt: int, prefix: str) -> dict[str, str]:
@@ -116,6 +144,19 @@ class DockerRuntime:
             with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                 container.remove(force=True)
 
+    def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
+        """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""
+        containers = self.client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.prefix={prefix}"})
+        found = [Leftover.from_labels(c.id, c.labels) for c in containers]
+        return [leftover for leftover in found if leftover.key not in live_attempts]
+
+    def reap(self, ids: Iterable[str]) -> None:
+        """Force-remove the given containers (ids from :meth:`orphans`); one already gone is fine."""
+        for cid in ids:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError,
+                                     requests.exceptions.RequestException):
+                self.client.api.remove_container(cid, force=True)
+
     def _image(self, plan: StepPlan):
         if plan.pull == "always":
             return self.client.images.pull(plan.image)
@@ -170,9 +211,15 @@ class DockerRuntime:
         if stopper.reason:
             return Outcome(exit_code, stopper.reason, f"stopped: {stopper.reason}", container_id=cid, **base)
         try:
-            oom = container.client.api.inspect_container(cid)["State"].get("OOMKilled", False)
+            state = container.client.api.inspect_container(cid)["State"]
+        except docker.errors.NotFound:
+            state = {"Status": "removing"}
         except (docker.errors.APIError, requests.exceptions.RequestException):
-            oom = False
+            state = {}
+        if state.get("Status") in ("removing", "dead"):  # force-removed while it ran: wait saw it killed
+            return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
+                           container_id=cid, **base)
+        oom = state.get("OOMKilled", False)
         if oom:
             limit = f" (limit {plan.memory // (1024 * 1024)} MiB)" if plan.memory else ""
             return Outcome(exit_code, "oom_killed", f"killed for running out of memory{limit}",

@@ -1,0 +1,401 @@
+"""Running one step attempt as a Kubernetes Pod (the official ``kubernetes`` client).
+
+Each attempt is one Pod with one container named ``step`` and ``restartPolicy: Never``. The runtime
+creates it, follows its log into ``on_output``, polls it until it ends, maps the end to an
+:class:`~runner.containers.Outcome` and deletes it (zero grace), whatever happened.
+
+What differs from :class:`~runner.containers.DockerRuntime`, on purpose:
+
+- The container runs with ``allowPrivilegeEscalation: false``, every capability dropped and the
+  runtime's default seccomp profile. ``runAsNonRoot`` is *not* forced: the image decides its user.
+  A step that runs as root still cannot chown files it does not own or bind ports below 1024.
+- The timeout is ``activeDeadlineSeconds``, whole seconds, counted by the kubelet from the Pod's
+  start (image pull included). The runtime deletes the Pod itself if the kubelet has not ended it
+  ``DEADLINE_GRACE_SECONDS`` later.
+- stdout and stderr come interleaved through the log API (Docker's attach is the same mix).
+- A Pod whose container has not started within ``start_timeout`` (unschedulable, stuck volume...)
+  ends as ``start_timeout``.
+
+``pod_manifest`` is pure, so every Pod spec can be checked offline with ``kubernetes-validate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, LOG_FLUSH_SECONDS, AttemptKey, Leftover, Outcome
+from scheduler.model import StepPlan
+
+CONTAINER = "step"
+POLL_SECONDS = 0.5
+DEADLINE_GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 600.0
+API_ERROR_PATIENCE_SECONDS = 30.0
+PULL_POLICIES = {"never": "Never", "if-not-present": "IfNotPresent", "always": "Always"}
+# Waiting reasons that mean the image will not come (the kubelet would only back off and retry).
+IMAGE_WAITING_REASONS = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
+# Waiting reasons that mean the container cannot be made from this spec.
+CREATE_WAITING_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+MANAGED_BY = {"app.kubernetes.io/managed-by": "conveyor"}
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_Transport = (urllib3.exceptions.HTTPError, OSError)
+
+
+def label_value(value: str) -> str:
+    """``value`` if Kubernetes accepts it as a label value, else a readable, unique stand-in of ≤ 63 chars.
+
+    The exact values also go into the Pod's annotations (:func:`pod_manifest`).
+    """
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[: 63 - 11].strip("-_.")
+    return f"{readable}-{digest}" if readable else digest
+
+
+def pod_name(prefix: str, run_id: str, step: str, attempt: int | str) -> str:
+    """A DNS-1123 label (≤ 63 chars) that reads as ``<run>-<step>-<attempt>`` and ends in a hash of all
+    four (the prefix too: two deployments may share a namespace)."""
+    digest = hashlib.sha256(f"{prefix}\0{run_id}\0{step}\0{attempt}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{run_id}-{step}-{attempt}".lower())
+    readable = readable[: 63 - 11].strip("-")
+    return f"{readable}-{digest}" if readable else f"cv-{digest}"
+
+
+def _quantity_cpu(cpus: float) -> str:
+    return f"{max(1, round(cpus * 1000))}m"
+
+
+def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> dict[str, Any]:
+    """The Pod for one attempt, as plain data (pure; ``labels`` as :func:`runner.containers.labels_for` makes them)."""
+    attempt = labels.get(f"{LABEL_PREFIX}.attempt", "0")
+    name = pod_name(labels.get(f"{LABEL_PREFIX}.prefix", ""), plan.run_id, plan.step, attempt)
+    limits: dict[str, str] = {}
+    if plan.cpus:
+        limits["cpu"] = _quantity_cpu(plan.cpus)
+    if plan.memory:
+        limits["memory"] = str(int(plan.memory))
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": plan.image,
+        "command": list(plan.argv),  # exec form: no shell between the plan and the process
+        "imagePullPolicy": PULL_POLICIES.get(plan.pull, "IfNotPresent"),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if plan.env:
+        # Plain values only; secrets will come as valueFrom.secretKeyRef.
+        container["env"] = [{"name": str(k), "value": str(v)} for k, v in plan.env.items()]
+    if plan.working_dir:
+        container["workingDir"] = plan.working_dir
+    if limits:
+        container["resources"] = {"limits": limits, "requests": dict(limits)}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # a step has no business with the API server
+        "enableServiceLinks": False,  # no *_SERVICE_HOST variables: the env is the plan's
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+    }
+    if plan.timeout:
+        spec["activeDeadlineSeconds"] = max(1, math.ceil(plan.timeout))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, **{key: label_value(str(value)) for key, value in labels.items()}},
+            "annotations": {key: str(value) for key, value in labels.items()},
+        },
+        "spec": spec,
+    }
+
+
+class KubernetesRuntime:
+    """The Kubernetes API behind :class:`~runner.containers.ContainerRuntime`: one Pod per attempt."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str = "default", *,
+                 poll_seconds: float = POLL_SECONDS, start_timeout: float = START_TIMEOUT_SECONDS):
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.poll_seconds = poll_seconds
+        self.start_timeout = start_timeout
+        self._version: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KubernetesRuntime:
+        """In-cluster config when ``KUBERNETES_SERVICE_HOST`` is set, else the kubeconfig
+        (``KUBECONFIG`` or ``~/.kube/config``); namespace from ``CONVEYOR_K8S_NAMESPACE`` (``default``)."""
+        environ = os.environ if environ is None else environ
+        configuration = kubernetes.client.Configuration()
+        if environ.get("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        else:
+            kubernetes.config.load_kube_config(config_file=environ.get("KUBECONFIG") or None,
+                                               client_configuration=configuration)
+        return cls(kubernetes.client.ApiClient(configuration), environ.get("CONVEYOR_K8S_NAMESPACE") or "default")
+
+    def engine_version(self) -> str:
+        if self._version is None:
+            self._version = str(kubernetes.client.VersionApi(self.api_client).get_code().git_version)
+        return self._version
+
+    def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
+            should_stop: Callable[[], str | None]) -> Outcome:
+        manifest = pod_manifest(plan, labels, self.namespace)
+        name = manifest["metadata"]["name"]
+        try:
+            self.core.create_namespaced_pod(self.namespace, manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                return Outcome(None, "create_failed", f"a Pod named {name!r} already exists in namespace "
+                               f"{self.namespace!r} (a leftover of this attempt?)", container_id=name)
+            return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
+        except _Transport as exc:
+            return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
+        try:
+            return _Attempt(self, plan, name, on_output, should_stop).follow()
+        finally:
+            self.delete(name)
+
+    def delete(self, name: str) -> None:
+        """Delete a Pod at once (zero grace, dependents first); a Pod already gone is fine."""
+        with contextlib.suppress(ApiException, *_Transport):
+            self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0,
+                                            propagation_policy="Foreground")
+
+    def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
+        """The Pods carrying ``prefix`` whose attempt is not in ``live_attempts`` (for the reaper)."""
+        selector = f"{LABEL_PREFIX}.prefix={label_value(prefix)}"
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        found = []
+        for pod in pods:
+            meta = pod.metadata
+            exact = dict(meta.annotations or {})
+            if exact.get(f"{LABEL_PREFIX}.prefix") != prefix or meta.deletion_timestamp:
+                continue  # the selector may be a hash stand-in; a Pod being deleted is already reaped
+            leftover = Leftover.from_labels(meta.name, exact)
+            if leftover.key not in live_attempts:
+                found.append(leftover)
+        return found
+
+    def reap(self, ids: Iterable[str]) -> None:
+        """Delete the given Pods (names from :meth:`orphans`) at once."""
+        for name in ids:
+            self.delete(name)
+
+
+class _Attempt:
+    """One Pod from creation to its end: polls it, follows its log, stops it when asked."""
+
+    def __init__(self, runtime: KubernetesRuntime, plan: StepPlan, name: str, on_output: Callable[[bytes], None],
+                 should_stop: Callable[[], str | None]):
+        self.runtime = runtime
+        self.plan = plan
+        self.name = name
+        self.on_output = on_output
+        self.should_stop = should_stop
+        self.logs: _LogPump | None = None
+        self.image_id: str | None = None
+        self.killed = False
+
+    def outcome(self, exit_code: int | None, reason: str | None, error: str | None) -> Outcome:
+        digest = self.image_id if self.image_id and "@sha256:" in self.image_id else None
+        return Outcome(exit_code, reason, error, image_id=self.image_id, image_digest=digest, container_id=self.name)
+
+    def follow(self) -> Outcome:
+        try:
+            return self._follow()
+        finally:
+            if self.logs:
+                self.logs.join(timeout=2.0 if self.killed else 10.0)
+
+    def _follow(self) -> Outcome:
+        plan, began = self.plan, time.monotonic()
+        deadline = began + plan.timeout + DEADLINE_GRACE_SECONDS if plan.timeout else None
+        last_ok = began
+        while True:
+            reason = self._stop_reason()
+            if reason:
+                self.kill()
+                return self.outcome(None, reason, f"stopped: {reason}")
+            try:
+                pod = self.runtime.core.read_namespaced_pod(self.name, self.runtime.namespace)
+                last_ok = time.monotonic()
+            except ApiException as exc:
+                if exc.status == 404:
+                    return self.outcome(None, "container_removed",
+                                        "the Pod was deleted while it ran (by someone else?)")
+                pod = None
+                error = _explain(exc)
+            except _Transport as exc:
+                pod, error = None, str(exc)
+            if pod is None:
+                if time.monotonic() - last_ok > API_ERROR_PATIENCE_SECONDS:
+                    return self.outcome(None, "kubernetes_error",
+                                        f"lost the Kubernetes API while the step ran: {error}")
+            else:
+                ended = self._look(pod, began)
+                if ended is not None:
+                    return ended
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                return self.outcome(None, "timeout", f"killed after the step's timeout of {plan.timeout:g}s")
+            time.sleep(self.runtime.poll_seconds)
+
+    def kill(self) -> None:
+        self.killed = True
+        self.runtime.delete(self.name)
+
+    def _stop_reason(self) -> str | None:
+        try:
+            return self.should_stop()
+        except Exception:
+            return None
+
+    def _look(self, pod, began: float) -> Outcome | None:
+        """The outcome if the Pod has ended (or cannot start), else None; starts the log pump once it runs."""
+        status = pod.status
+        phase = status.phase if status else None
+        if pod.metadata.deletion_timestamp:
+            return self.outcome(None, "container_removed", "the Pod was deleted while it ran (by someone else?)")
+        state = _container(status)
+        if state is not None and state.image_id:
+            self.image_id = _image_id(state.image_id)
+        waiting = state.state.waiting if state is not None and state.state else None
+        running = state is not None and state.state and (state.state.running or state.state.terminated)
+        if running and self.logs is None:
+            self.logs = _LogPump(self.runtime, self.name, self.on_output)
+        if phase in ("Succeeded", "Failed"):
+            return self._ended(pod, state)
+        if waiting is not None and waiting.reason in IMAGE_WAITING_REASONS:
+            how = "pull policy is 'never'" if self.plan.pull == "never" else "it could not be pulled"
+            return self.outcome(None, "image_not_found", f"image '{self.plan.image}' is not on the node and {how} "
+                                f"({waiting.reason}: {waiting.message or 'no message'})")
+        if waiting is not None and waiting.reason in CREATE_WAITING_REASONS:
+            return self.outcome(None, "create_failed", f"the container could not be created: "
+                                f"{waiting.reason}: {waiting.message or 'no message'}")
+        if not running and time.monotonic() - began > self.runtime.start_timeout:
+            why = _pending_reason(status)
+            return self.outcome(None, "start_timeout",
+                                f"the Pod did not start within {self.runtime.start_timeout:g}s{why}")
+        return None
+
+    def _ended(self, pod, state) -> Outcome:
+        plan, status = self.plan, pod.status
+        terminated = None
+        if state is not None and state.state and state.state.terminated:
+            terminated = state.state.terminated
+        elif state is not None and state.last_state and state.last_state.terminated:
+            terminated = state.last_state.terminated
+        exit_code = terminated.exit_code if terminated is not None else None
+        if status.phase == "Succeeded":
+            return self.outcome(0 if exit_code is None else exit_code, None, None)
+        if status.reason == "DeadlineExceeded":
+            return self.outcome(exit_code, "timeout", f"killed after the step's timeout of {plan.timeout:g}s")
+        if status.reason == "Evicted":
+            return self.outcome(exit_code, "evicted", f"evicted from its node: {status.message or 'no message'}")
+        if terminated is None:
+            return self.outcome(None, "pod_failed", f"the Pod failed: {status.reason or ''} {status.message or ''}"
+                                .strip())
+        text = f"{terminated.reason or ''} {terminated.message or ''}"
+        if terminated.reason == "OOMKilled":
+            limit = f" (limit {plan.memory // (1024 * 1024)} MiB)" if plan.memory else ""
+            return self.outcome(exit_code, "oom_killed", f"killed for running out of memory{limit}")
+        if terminated.reason in ("StartError", "ContainerCannotRun") and (
+                "executable file not found" in text or "no such file or directory" in text):
+            return self.outcome(127, "command_not_found", f"command not found in the image: {plan.argv[0]!r}")
+        if terminated.reason in ("StartError", "ContainerCannotRun"):
+            return self.outcome(exit_code, "start_failed", f"the container did not start: {text.strip()}")
+        if exit_code != 0:
+            return self.outcome(exit_code, "exit_code", f"exited with code {exit_code}")
+        return self.outcome(exit_code, "pod_failed", f"the Pod failed: {text.strip() or status.reason}")
+
+
+def _container(status):
+    for state in (status.container_statuses or []) if status else []:
+        if state.name == CONTAINER:
+            return state
+    return None
+
+
+def _image_id(value: str) -> str:
+    """``docker-pullable://repo@sha256:…`` (dockershim) → ``repo@sha256:…``; containerd's values stay."""
+    return value.split("://", 1)[1] if "://" in value else value
+
+
+def _pending_reason(status) -> str:
+    for condition in (status.conditions or []) if status else []:
+        if condition.status == "False" and (condition.reason or condition.message):
+            return f" ({condition.reason or ''}: {condition.message or ''})"
+    return ""
+
+
+def _explain(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
+
+
+class _LogPump:
+    """Follows the Pod's log in a thread, handing it on in batches; never raises."""
+
+    def __init__(self, runtime: KubernetesRuntime, name: str, on_output: Callable[[bytes], None]):
+        self.runtime = runtime
+        self.name = name
+        self.on_output = on_output
+        self.response = None
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="conveyor-k8s-logs")
+        self.thread.start()
+
+    def _pump(self) -> None:
+        buffer = bytearray()
+        last = time.monotonic()
+        try:
+            self.response = self.runtime.core.read_namespaced_pod_log(
+                self.name, self.runtime.namespace, container=CONTAINER, follow=True, _preload_content=False)
+            for chunk in self.response.stream(LOG_FLUSH_BYTES, decode_content=True):
+                buffer += chunk
+                if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
+                    self._flush(buffer)
+                    last = time.monotonic()
+        except Exception:  # the Pod went away, the API dropped us, or we closed the response
+            pass
+        finally:
+            self._flush(buffer)
+
+    def _flush(self, buffer: bytearray) -> None:
+        if buffer:
+            with contextlib.suppress(Exception):
+                self.on_output(bytes(buffer))
+            buffer.clear()
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait for the log's end (the API closes it when the container ends); close it if it lingers."""
+        self.thread.join(timeout=timeout)
+        if self.response is not None:
+            with contextlib.suppress(Exception):
+                self.response.close()
+            with contextlib.suppress(Exception):
+                self.response.release_conn()
+        self.thread.join(timeout=1)
