@@ -144,7 +144,8 @@ class KubernetesRuntime:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KubernetesRuntime:
         """In-cluster config when ``KUBERNETES_SERVICE_HOST`` is set, else the kubeconfig
-        (``KUBECONFIG`` or ``~/.kube/config``); namespace from ``CONVEYOR_K8S_NAMESPACE`` (``default``)."""
+        (``KUBECONFIG`` or ``~/.kube/config``). The namespace is ``CONVEYOR_K8S_NAMESPACE``, else the worker
+        Pod's own ``POD_NAMESPACE`` (the chart sets it; its Role is there), else ``default``."""
         environ = os.environ if environ is None else environ
         configuration = kubernetes.client.Configuration()
         if environ.get("KUBERNETES_SERVICE_HOST"):
@@ -152,7 +153,8 @@ class KubernetesRuntime:
         else:
             kubernetes.config.load_kube_config(config_file=environ.get("KUBECONFIG") or None,
                                                client_configuration=configuration)
-        return cls(kubernetes.client.ApiClient(configuration), environ.get("CONVEYOR_K8S_NAMESPACE") or "default")
+        namespace = environ.get("CONVEYOR_K8S_NAMESPACE") or environ.get("POD_NAMESPACE") or "default"
+        return cls(kubernetes.client.ApiClient(configuration), namespace)
 
     def engine_version(self) -> str:
         if self._version is None:

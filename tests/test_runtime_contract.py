@@ -237,6 +237,15 @@ def test_worker_context_selects_the_runtime(monkeypatch: pytest.MonkeyPatch, tmp
     assert isinstance(runtime, KubernetesRuntime) and runtime.namespace == "steps"
     assert runtime.api_client.configuration.host == "https://127.0.0.1:6443"
     runtime.api_client.close()
+    monkeypatch.delenv("CONVEYOR_K8S_NAMESPACE")
+    monkeypatch.setenv("POD_NAMESPACE", "conveyor")  # what the chart gives its workers
+    runtime = WorkerContext(settings).runtime
+    assert runtime.namespace == "conveyor"
+    runtime.api_client.close()
+    monkeypatch.delenv("POD_NAMESPACE")
+    runtime = WorkerContext(settings).runtime
+    assert runtime.namespace == "default"
+    runtime.api_client.close()
     monkeypatch.setenv("CONVEYOR_RUNTIME", "podman")
     with pytest.raises(ValueError, match="podman"):
         _ = WorkerContext(settings).runtime
