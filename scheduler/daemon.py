@@ -113,7 +113,7 @@ class Scheduler:
             run_id = create_run_of(
                 self.store, self.dispatcher, compiled.spec, compiled.record, {}, trigger=Trigger.SCHEDULE,
                 logical_date=fire.logical_date, interval=(fire.data_interval_start, fire.data_interval_end),
-                now=now, idempotency_key=key, due_at=fire.due,
+                now=self.clock.now(), idempotency_key=key, due_at=fire.due,
             )
             self.created += 1
             log.info("%s: run %s for %s", dag, run_id, fire.logical_date.isoformat())

@@ -76,7 +76,8 @@ SPEC_KEYS = (
 DEFAULT_MAX_CATCHUP = 50
 NEXT_HORIZON = timedelta(days=5 * 366)
 E = TypeVar("E", bound=Enum)
-_LOOKBACKS = tuple(timedelta(hours=8**k) for k in range(6))  # 1h .. ~3.7 years
+# Widening windows to find the previous fire: a minutely cron finds it in the first, a monthly one later.
+_LOOKBACKS = (timedelta(minutes=2), *(timedelta(hours=8**k) for k in range(6)))  # 2 min, 1h .. ~3.7 years
 
 
 class ScheduleError(ValueError):
@@ -232,7 +233,7 @@ class Schedule:
         """
         after_u = _aware(after, "after")
         until_u = _aware(until, "until") if until is not None else None
-        previous = self._previous_fire(after_u)
+        previous = self._previous_fire(after_u) if self.batch is None else None  # only intervals need it
         count = 0
         for item in self._stream(after_u):
             if until_u is not None and item.instant > until_u:
