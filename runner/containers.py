@@ -85,9 +85,11 @@ class Leftover:
                    dict(labels))
 
 
-def labels_for(plan: StepPlan, attempt: int, prefix: str) -> dict[str, str]:
+def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None = None) -> dict[str, str]:
+    """Labels on every container: which store (Redis + prefix) and which attempt it belongs to."""
     return {
         f"{LABEL_PREFIX}.prefix": prefix,
+        **({f"{LABEL_PREFIX}.store": store_id} if store_id else {}),
         f"{LABEL_PREFIX}.run": plan.run_id,
         f"{LABEL_PREFIX}.dag": plan.dag,
         f"{LABEL_PREFIX}.step": plan.step,

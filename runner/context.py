@@ -22,6 +22,7 @@ class WorkerContext:
     name: str = ""
     _outages: OutageSet | None = field(default=None, repr=False)
     _outages_at: float = 0.0
+    stopping_since: float | None = None  # monotonic time the worker was asked to stop
 
     @cached_property
     def store(self) -> RunStore:
@@ -51,6 +52,9 @@ class WorkerContext:
     def pid(self) -> int:
         return os.getpid()
 
+    def shutdown_grace_over(self) -> bool:
+        return self.stopping_since is not None and time.monotonic() - self.stopping_since > self.settings.shutdown_grace
+
     def global_outage(self, now: datetime) -> tuple[str, datetime, datetime] | None:
         """The global outage window holding ``now`` (name, start, end), from a copy refreshed every few seconds."""
         if self._outages is None or time.monotonic() - self._outages_at > OUTAGE_REFRESH_SECONDS:
@@ -74,6 +78,7 @@ def current(prefix: str) -> WorkerContext:
     """The worker's context; built from the environment when the job runs under a plain ``rq worker``."""
     global _current
     if _current is None or _current.settings.prefix != prefix:
-        settings = Settings.from_env()
-        _current = WorkerContext(Settings(settings.redis_url, prefix, settings.log_cap))
+        from dataclasses import replace
+
+        _current = WorkerContext(replace(Settings.from_env(), prefix=prefix))
     return _current

@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 from rq import Queue, SimpleWorker
 
 from runner.context import WorkerContext, install
 from scheduler.model import QUEUES
+from scheduler.reaper import Reaper
 from scheduler.settings import Settings
 
 FAIR_TURN = 5
+log = logging.getLogger("conveyor.runner")
 
 
 class ConveyorWorker(SimpleWorker):
@@ -32,6 +35,13 @@ class ConveyorWorker(SimpleWorker):
     """
 
     _taken = 0
+    context: WorkerContext | None = None
+
+    def request_stop(self, signum, frame) -> None:
+        """Stop taking work; the running step gets the shutdown grace, then is stopped and handed back."""
+        if self.context is not None and self.context.stopping_since is None:
+            self.context.stopping_since = time.monotonic()
+        super().request_stop(signum, frame)
 
     def reorder_queues(self, reference_queue: Queue) -> None:
         self._taken += 1
@@ -47,8 +57,25 @@ class ConveyorWorker(SimpleWorker):
 def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = False, name: str | None = None,
          log_level: str = "INFO", with_scheduler: bool = True) -> bool:
     name = name or f"{socket.gethostname()}-{os.getpid()}"
-    install(WorkerContext(settings, name=name))
-    connection = settings.connect(decode=False)
-    worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection, name=name)
+    context = WorkerContext(settings, name=name)
+    install(context)
     logging.getLogger("conveyor.runner").setLevel(log_level)
-    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+    logging.getLogger("conveyor.reaper").setLevel(log_level)
+    reaper = Reaper(context.store, context.dispatcher, context.runtime, lost_counts=settings.lost_counts)
+    reaper.run_in_thread()
+    backoff = 0.5
+    try:
+        while True:
+            connection = settings.connect(decode=False)
+            worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection,
+                                    name=f"{name}-{int(time.time() * 1000) % 100000}" if backoff > 0.5 else name)
+            worker.context = context
+            worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+            if burst or context.stopping_since is not None or worker._stop_requested:
+                return True
+            # RQ's loop ends on a Redis error: ride it out instead of exiting (no crash loop).
+            log.warning("worker loop ended (Redis unreachable?); starting again in %.1fs", backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+    finally:
+        reaper.stop.set()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from scheduler.errors import ConveyorError
 from scheduler.leader import Lease
 from scheduler.model import DagSpec, Trigger
 from scheduler.outages import Outage
+from scheduler.reaper import Reaper
 from scheduler.schedules import OutagePolicy, Schedule
 from scheduler.service import create_run_of, load_version
 from scheduler.spec import build_schedule
@@ -40,7 +42,8 @@ from scheduler.store import RunStore
 
 log = logging.getLogger("conveyor.scheduler")
 RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this
-MAX_BLOCK = 1.0  # real seconds: how long one wait may last, so stop and lease renewal stay prompt
+MAX_BLOCK = 1.0
+REAP_EVERY = 2.0  # real seconds: how long one wait may last, so stop and lease renewal stay prompt
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Scheduler:
         self.stop = threading.Event()
         self._compiled: dict[str, Compiled] = {}
         self.created = 0
+        self.reaper = Reaper(store, dispatcher)  # lost attempts and vanished jobs (workers also sweep)
+        self._swept = 0.0
 
     # --- one pass -------------------------------------------------------------------------------
 
@@ -157,6 +162,10 @@ class Scheduler:
                     log.info("leading (fencing token %d, lease %.1fs)", self.lease.token, self.lease.ttl)
                     leading = True
                 nxt = self.tick(self.clock.now())
+                if time.monotonic() - self._swept > REAP_EVERY:
+                    self.reaper.lost_attempts()
+                    self.reaper.vanished_jobs()
+                    self._swept = time.monotonic()
                 wait = min(self.lease.ttl / 3, MAX_BLOCK)
                 if nxt is not None:
                     wait = min(wait, self.clock.real_seconds(nxt))

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 class Keys:
     prefix: str = "conveyor"
 
+    def store_id(self) -> str:  # string: this store's random id, labelled on containers (orphan reaping)
+        return f"{self.prefix}:store_id"
+
     # DAGs -------------------------------------------------------------------------------------
     def dags(self) -> str:  # set of DAG names
         return f"{self.prefix}:dags"
@@ -75,6 +78,12 @@ class Keys:
 
     def log(self, run_id: str, step: str, number: int) -> str:  # string: capped output of an attempt
         return f"{self.prefix}:log:{run_id}:{step}:{number}"
+
+    def running(self) -> str:  # zset: running attempts "run|step|n" by lease expiry (Redis TIME seconds)
+        return f"{self.prefix}:running"
+
+    def queued(self) -> str:  # zset: queued or retrying attempts "run|step|n" by when they are due
+        return f"{self.prefix}:queued"
 
     def events(self) -> str:  # stream: every state change, capped
         return f"{self.prefix}:events"

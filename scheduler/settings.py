@@ -18,6 +18,9 @@ class Settings:
     redis_url: str = field(repr=False)
     prefix: str = "conveyor"
     log_cap: int = DEFAULT_LOG_CAP
+    attempt_lease: float = 15.0  # seconds: a dead worker's attempt is declared lost within about this long
+    lost_counts: bool = True  # a lost attempt counts against the step's retries
+    shutdown_grace: float = 30.0  # seconds a stopping worker lets its running step finish
 
     @classmethod
     def from_env(cls, redis_url: str | None = None) -> Settings:
@@ -25,6 +28,9 @@ class Settings:
             redis_url=redis_url or os.environ.get("REDIS_URL", ""),
             prefix=os.environ.get("CONVEYOR_PREFIX", "conveyor"),
             log_cap=int(os.environ.get("CONVEYOR_LOG_CAP", DEFAULT_LOG_CAP)),
+            attempt_lease=float(os.environ.get("CONVEYOR_ATTEMPT_LEASE", 15.0)),
+            lost_counts=os.environ.get("CONVEYOR_LOST_COUNTS", "1").lower() not in {"0", "false", "no"},
+            shutdown_grace=float(os.environ.get("CONVEYOR_SHUTDOWN_GRACE", 30.0)),
         )
 
     @property

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -47,6 +48,27 @@ class Finished:
     ready: tuple[Ready, ...] = ()
 
 
+DEFAULT_LEASE = 15.0  # seconds; workers renew every third of it, so a dead worker is found within ~15-20 s
+
+
+def member(run_id: str, step: str, attempt: int) -> str:
+    """An attempt in the running and queued indexes."""
+    return f"{run_id}|{step}|{attempt}"
+
+
+def parse_member(entry: str) -> tuple[str, str, int]:
+    run_id, step, attempt = entry.rsplit("|", 2)
+    return run_id, step, int(attempt)
+
+
+def _finished(result: list[Any]) -> Finished:
+    if result[0] == "stale":
+        return Finished("stale")
+    if result[0] == "retry":
+        return Finished("retrying", _ready(result[1], float(result[2])))
+    return Finished(result[1], _ready(result[2]))
+
+
 def _ready(entries: list[Any], delay: float = 0.0) -> tuple[Ready, ...]:
     return tuple(
         Ready(rid, step, int(n), queue, float(timeout) if timeout else None, delay)
@@ -68,6 +90,8 @@ class RunStore:
         self._start = client.register_script(lib + load("lua/start.lua").read_text())
         self._finish = client.register_script(lib + load("lua/finish.lua").read_text())
         self._cancel = client.register_script(lib + load("lua/cancel.lua").read_text())
+        self._lose = client.register_script(lib + load("lua/lose.lua").read_text())
+        self._renew = client.register_script(lib + load("lua/renew.lua").read_text())
         self._append_log = client.register_script(load("lua/append_log.lua").read_text())
 
     @classmethod
@@ -75,6 +99,15 @@ class RunStore:
         store = cls(settings.connect(), settings.prefix, settings.log_cap)
         store.ping(settings)
         return store
+
+    @cached_property
+    def store_id(self) -> str:
+        """A random id of this Redis + prefix, so that two installations sharing a Docker engine (two
+        ``ctl run``s, say) never take each other's containers for orphans."""
+        import secrets
+
+        self.r.set(self.keys.store_id(), secrets.token_hex(8), nx=True)
+        return self.r.get(self.keys.store_id())
 
     def ping(self, settings: Settings | None = None) -> None:
         try:
@@ -181,9 +214,9 @@ class RunStore:
         return plan.run_id, _ready(result[1])
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-                      now: datetime | None = None) -> tuple[str, StepPlan | None]:
-        """Claim an attempt: ``('ok', plan)``, ``('stale', None)`` or ``('cancelled', None)``."""
-        result = self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid, worker])
+                      lease: float = DEFAULT_LEASE, now: datetime | None = None) -> tuple[str, StepPlan | None]:
+        """Claim an attempt and take its lease: ``('ok', plan)``, ``('stale', None)`` or ``('cancelled', None)``."""
+        result = self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid, worker, lease])
         if result[0] == "ok":
             return "ok", StepPlan.from_json(json.loads(result[1]))
         return result[0], None
@@ -195,13 +228,37 @@ class RunStore:
         for key, value in record.items():
             fields += [key, "" if value is None else value]
         result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
-        if result[0] == "stale":
-            return Finished("stale")
-        if result[0] == "retry":
-            _, nxt, queue, timeout = result
-            return Finished("retrying", (Ready(run_id, step, int(nxt), queue, float(timeout) if timeout else None,
-                                               retry_delay),))
-        return Finished(result[1], _ready(result[2]))
+        return _finished(result)
+
+    # --- leases ---------------------------------------------------------------------------------
+
+    def renew(self, run_id: str, step: str, attempt: int, lease: float = DEFAULT_LEASE) -> bool:
+        """Heartbeat: False once the attempt was declared lost (the caller must stop its container)."""
+        return bool(self._renew(args=[self.prefix, member(run_id, step, attempt), lease]))
+
+    def expired(self, limit: int = 100) -> list[str]:
+        """Running attempts whose lease expired by Redis's clock (candidates for :meth:`lose`)."""
+        now = self.r.time()
+        return list(self.r.zrangebyscore(self.keys.running(), "-inf", now[0] + now[1] / 1e6, start=0, num=limit))
+
+    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True,
+             now: datetime | None = None) -> Finished:
+        """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins)."""
+        result = self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts)])
+        if result[0] == "alive":
+            return Finished("alive")
+        return _finished(result)
+
+    def overdue_queued(self, older_than: float, limit: int = 500) -> list[tuple[str, str, int]]:
+        """Queued attempts due more than ``older_than`` seconds ago (their RQ job may have vanished)."""
+        now = self.r.time()
+        entries = self.r.zrangebyscore(self.keys.queued(), "-inf", now[0] + now[1] / 1e6 - older_than,
+                                       start=0, num=limit)
+        return [parse_member(e) for e in entries]
+
+    def queue_of(self, run_id: str, step: str) -> tuple[str, float | None]:
+        queue, timeout = self.r.hmget(self.keys.step(run_id, step), "queue", "timeout")
+        return queue or "default", float(timeout) if timeout else None
 
     def cancel_run(self, run_id: str, *, now: datetime | None = None) -> tuple[str, int, tuple[Ready, ...]]:
         """Cancel a run. Returns ``(state, running_steps_told_to_stop, newly_ready_other_runs)``."""

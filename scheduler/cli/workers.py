@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from scheduler.cli import common
@@ -24,7 +26,8 @@ def worker(
                                  param_hint="--queues")
     current = common.settings()
     common.store(current)  # fail early and clearly when Redis is unreachable
-    _check_docker()
+    if os.environ.get("CONVEYOR_RUNTIME", "docker").strip().lower() in {"", "docker"}:
+        _check_docker()
     work(current, chosen, burst=burst, name=name, log_level=log_level.upper())
 
 

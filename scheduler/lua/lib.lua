@@ -6,6 +6,15 @@ local function run_key(rid) return P .. ':run:' .. rid end
 local function step_key(rid, s) return P .. ':run:' .. rid .. ':step:' .. s end
 local function attempt_key(rid, s, n) return P .. ':run:' .. rid .. ':step:' .. s .. ':a:' .. n end
 
+-- Redis's own clock (seconds): leases and the queued index use it, so workers' clocks need not agree.
+local function server_time()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- Members of the running (lease) and queued indexes: one per attempt.
+local function member(rid, s, n) return rid .. '|' .. s .. '|' .. n end
+
 local function event(rid, kind, step, state, attempt, now)
   redis.call('XADD', P .. ':events', 'MAXLEN', '~', 10000, '*',
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)
@@ -15,6 +24,7 @@ end
 local function queue_step(rid, s, now)
   local sk = step_key(rid, s)
   redis.call('HSET', sk, 'state', 'queued', 'attempt', 1, 'queued_at', now)
+  redis.call('ZADD', P .. ':queued', server_time(), member(rid, s, 1))
   event(rid, 'step', s, 'queued', '1', now)
   return {rid, s, '1', redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
 end
@@ -44,6 +54,8 @@ end
 -- Mark a step terminal and count it against the run.
 local function settle(rid, s, state, now)
   local sk = step_key(rid, s)
+  local n = redis.call('HGET', sk, 'attempt')
+  redis.call('ZREM', P .. ':queued', member(rid, s, n))
   redis.call('HSET', sk, 'state', state)
   if not redis.call('HGET', sk, 'ended_at') then redis.call('HSET', sk, 'ended_at', now) end
   local rk = run_key(rid)
@@ -86,4 +98,44 @@ local function maybe_end_run(rid, now, ready)
       end
     end
   end
+end
+
+-- End the running attempt n of a step (already fenced by the caller) with an outcome:
+-- success | failed | cancelled | lost (counts as a failed try) | requeue (handed back: does not count).
+-- Returns {'retry', {ready entry of the next attempt}, delay} or {'done', state, ready entries}.
+local function end_attempt(rid, s, n, outcome, now, delay)
+  local rk, sk = run_key(rid), step_key(rid, s)
+  redis.call('ZREM', P .. ':running', member(rid, s, n))
+  redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
+  local cancelled = redis.call('HGET', rk, 'cancel') == '1'
+  if outcome == 'requeue' and not cancelled then
+    redis.call('HINCRBY', sk, 'max_attempts', 1)
+    delay = 0
+  end
+  local new = outcome
+  if outcome == 'lost' then new = 'failed' end
+  if cancelled or outcome == 'cancelled' then new = 'cancelled'
+  elseif (new == 'failed' or new == 'requeue') and tonumber(n) < tonumber(redis.call('HGET', sk, 'max_attempts')) then
+    local nxt = tonumber(n) + 1
+    redis.call('HSET', sk, 'state', 'retrying', 'attempt', nxt, 'retry_in', delay)
+    redis.call('ZADD', P .. ':queued', server_time() + tonumber(delay), member(rid, s, nxt))
+    event(rid, 'step', s, 'retrying', tostring(nxt), now)
+    return {'retry', {{rid, s, tostring(nxt), redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}},
+            tostring(delay)}
+  end
+  if new == 'requeue' then new = 'failed' end
+  local ready = {}
+  settle(rid, s, new, now)
+  if new == 'success' then
+    for _, d in ipairs(cjson.decode(redis.call('HGET', sk, 'downstream'))) do
+      local dk = step_key(rid, d)
+      if redis.call('HINCRBY', dk, 'waiting', -1) <= 0 and redis.call('HGET', dk, 'state') == 'pending' then
+        table.insert(ready, queue_step(rid, d, now))
+      end
+    end
+  else
+    settle_downstream(rid, s, new == 'cancelled' and 'cancelled' or 'upstream_failed', now)
+  end
+  maybe_end_run(rid, now, ready)
+  return {'done', new, ready}
 end

@@ -1,5 +1,6 @@
 -- A worker claims an attempt. Only the attempt the step is waiting for can start, once.
--- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now, 6 host, 7 pid, 8 worker name
+-- The worker takes a lease on it (expiring after the TTL unless renewed: see renew.lua, lose.lua).
+-- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now, 6 host, 7 pid, 8 worker name, 9 lease ttl seconds
 -- Returns: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'}
 local rid, s, n, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rk, sk = run_key(rid), step_key(rid, s)
@@ -10,6 +11,8 @@ if current ~= n or (state ~= 'queued' and state ~= 'retrying') then
 end
 if redis.call('HGET', rk, 'cancel') == '1' then return {'cancelled'} end
 redis.call('HSET', sk, 'state', 'running', 'started_at', now)
+redis.call('ZREM', P .. ':queued', member(rid, s, n))
+redis.call('ZADD', P .. ':running', server_time() + tonumber(ARGV[9]), member(rid, s, n))
 redis.call('HSET', attempt_key(rid, s, n), 'number', n, 'state', 'running', 'started_at', now,
   'host', ARGV[6], 'pid', ARGV[7], 'worker', ARGV[8])
 if redis.call('HGET', rk, 'state') == 'queued' then
