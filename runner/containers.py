@@ -134,6 +134,8 @@ class DockerRuntime:
                 nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
                 mem_limit=plan.memory,
                 memswap_limit=plan.memory,
+                volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in plan.mounts}
+                or None,
                 detach=True,
             )
         except docker.errors.APIError as exc:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import redis
 
 from runner.containers import Outcome, labels_for
 from runner.context import current
+from runner.secrets import Masker, SecretError
+from runner.secrets import resolve as resolve_secrets
+from scheduler.model import StepPlan
+from scheduler.settings import Settings
 from scheduler.store import Ready
 
 log = logging.getLogger("conveyor.runner")
@@ -39,7 +45,7 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
         return status
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
 
-    def on_output(chunk: bytes) -> None:
+    def store_output(chunk: bytes) -> None:
         store.append_log(run_id, step, attempt, chunk)
 
     renewed = time.monotonic()
@@ -58,11 +64,17 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
         return None
 
     began = time.perf_counter()
+    masker = Masker({}, store_output)
     try:
-        outcome = ctx.runtime.run(plan, labels_for(plan, attempt, prefix, store.store_id), on_output, should_stop)
+        prepared, secret_values = prepare(plan, ctx.settings)
+        masker = Masker(secret_values, store_output)
+        outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, prefix, store.store_id), masker, should_stop)
+    except StepRefused as exc:
+        outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
         log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
+    masker.close()
     container_seconds = round(time.perf_counter() - began, 4)
     result = {"cancelled": "cancelled", "worker_shutdown": "requeue"}.get(outcome.reason or "", "failed")
     if outcome.ok:
@@ -85,6 +97,34 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+class StepRefused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def prepare(plan: StepPlan, settings: Settings) -> tuple[StepPlan, dict[str, str]]:
+    """The plan as this worker runs it: its default limits, secret values in the env (only in memory),
+    and mounts checked against the paths it allows."""
+    for mount in plan.mounts:
+        source = os.path.realpath(mount.source)
+        if not any(source == os.path.realpath(a) or source.startswith(os.path.realpath(a).rstrip("/") + "/")
+                   for a in settings.allowed_mounts):
+            raise StepRefused("mount_not_allowed", f"this worker does not allow mounting {mount.source} "
+                              "(start it with --allow-mount PATH)")
+    try:
+        secret_values = resolve_secrets(plan.secrets)
+    except SecretError as exc:
+        raise StepRefused("secret_missing", str(exc)) from None
+    prepared = replace(
+        plan,
+        env={**plan.env, **secret_values},
+        cpus=plan.cpus if plan.cpus is not None else settings.default_cpus,
+        memory=plan.memory if plan.memory is not None else settings.default_memory,
+    )
+    return prepared, secret_values
 
 
 def _with_redis_retries(call, patience: float = REDIS_PATIENCE):

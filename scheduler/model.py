@@ -69,6 +69,15 @@ class Trigger(StrEnum):
 TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
 
 
+def memory_bytes(value: str | int | None) -> int | None:
+    """``256m``, ``1g``, ``512k``, ``100b`` or plain bytes (the schema checks the form)."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip().lower()
+    scale = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}.get(text[-1:])
+    return int(text[:-1]) * scale if scale else int(text)
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Wait before retry n: ``initial * factor**(n-1)``, capped at ``max``, randomized by ``jitter``."""
@@ -113,6 +122,15 @@ class StepSpec:
     memory: int | None = None
     tags: Mapping[str, Any] = field(default_factory=dict)
     pull: str = "never"
+    mounts: tuple[Mount, ...] = ()
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> {env: X} | {file: /p}
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,8 @@ class StepPlan:
     retries: int
     backoff: Backoff
     tags: Mapping[str, Any]
+    mounts: tuple[Mount, ...] = ()
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # references only, never values
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -159,6 +179,8 @@ class StepPlan:
         data["env"] = dict(self.env)
         data["tags"] = dict(self.tags)
         data["backoff"] = vars(self.backoff).copy()
+        data["mounts"] = [vars(m).copy() for m in self.mounts]
+        data["secrets"] = {k: dict(v) for k, v in self.secrets.items()}
         return data
 
     @classmethod
@@ -166,4 +188,5 @@ class StepPlan:
         values = dict(data)
         values["argv"] = tuple(values["argv"])
         values["backoff"] = Backoff(**values["backoff"])
+        values["mounts"] = tuple(Mount(**m) for m in values.get("mounts", ()))
         return cls(**values)

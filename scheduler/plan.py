@@ -100,6 +100,8 @@ def plan_run(
             retries=step.retries,
             backoff=step.backoff,
             tags={**spec.tags, **step.tags},
+            mounts=step.mounts,
+            secrets=step.secrets,
         )
     return RunPlan(
         run_id=run_id,

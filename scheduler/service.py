@@ -13,11 +13,14 @@ from typing import Any
 
 from scheduler.agenda import Agenda
 from scheduler.dispatch import Dispatcher
+from scheduler.errors import ParamError
 from scheduler.model import DagSpec, Priority, Trigger
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
 from scheduler.spec import load_bytes, load_file, resolve_params
 from scheduler.store import RunStore
+
+MAX_PARAMS_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ def create_run_of(
 ) -> str:
     """:func:`create_run` for a DAG version already loaded (the daemon keeps them compiled)."""
     params = resolve_params(spec, given_params)
+    size = len(json.dumps(params))
+    if size > MAX_PARAMS_BYTES:  # one bad run must not fill Redis: every step plan carries the params
+        raise ParamError(f"{spec.name}: the params take {size:,} bytes; the limit is {MAX_PARAMS_BYTES:,}")
     plan = plan_run(
         spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
         priority=priority, logical_date=logical_date, interval=interval,

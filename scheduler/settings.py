@@ -8,6 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from scheduler.model import memory_bytes
+
 DEFAULT_LOG_CAP = 1024 * 1024
 
 
@@ -21,6 +23,9 @@ class Settings:
     attempt_lease: float = 15.0  # seconds: a dead worker's attempt is declared lost within about this long
     lost_counts: bool = True  # a lost attempt counts against the step's retries
     shutdown_grace: float = 30.0  # seconds a stopping worker lets its running step finish
+    default_cpus: float | None = None  # limits for steps that set none (ctl worker --default-cpus)
+    default_memory: int | None = None
+    allowed_mounts: tuple[str, ...] = ()  # host paths steps may mount (ctl worker --allow-mount)
 
     @classmethod
     def from_env(cls, redis_url: str | None = None) -> Settings:
@@ -31,6 +36,9 @@ class Settings:
             attempt_lease=float(os.environ.get("CONVEYOR_ATTEMPT_LEASE", 15.0)),
             lost_counts=os.environ.get("CONVEYOR_LOST_COUNTS", "1").lower() not in {"0", "false", "no"},
             shutdown_grace=float(os.environ.get("CONVEYOR_SHUTDOWN_GRACE", 30.0)),
+            default_cpus=float(os.environ.get("CONVEYOR_DEFAULT_CPUS") or 0) or None,
+            default_memory=memory_bytes(os.environ.get("CONVEYOR_DEFAULT_MEMORY")),
+            allowed_mounts=tuple(p for p in os.environ.get("CONVEYOR_ALLOW_MOUNTS", "").split(os.pathsep) if p),
         )
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cache
@@ -25,15 +24,14 @@ from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zo
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
-from scheduler.model import Backoff, DagSpec, ParamSpec, Priority, StepSpec
+from scheduler.model import Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
 STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
-               "priority", "resources", "tags", "pull")
+               "priority", "resources", "tags", "pull", "mounts", "secrets")
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
-_MEMORY = re.compile(r"^(\d+)([bkmg]?)$", re.IGNORECASE)
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
     "number": "a number", "boolean": "true or false", "null": "empty",
@@ -473,16 +471,6 @@ def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
 # --- building -------------------------------------------------------------------------------------
 
 
-def _memory_bytes(value: Any) -> int | None:
-    if value is None:
-        return None
-    match = _MEMORY.match(str(value))
-    if match is None:  # the schema's pattern rules this out
-        raise ValueError(f"bad memory size {value!r}")
-    scale = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * scale
-
-
 def _build(data: dict[str, Any]) -> DagSpec:
     defaults = data.get("defaults", {})
     steps = {}
@@ -512,9 +500,11 @@ def _build(data: dict[str, Any]) -> DagSpec:
             timeout=seconds(merged.get("timeout")),
             priority=Priority(merged["priority"]) if "priority" in merged else None,
             cpus=resources_.get("cpus"),
-            memory=_memory_bytes(resources_.get("memory")),
+            memory=memory_bytes(resources_.get("memory")),
             tags=tags,
             pull=merged.get("pull", "never"),
+            mounts=tuple(Mount(m["source"], m["target"], m.get("read_only", True)) for m in merged.get("mounts", ())),
+            secrets={**defaults.get("secrets", {}), **raw.get("secrets", {})},
         )
     params = {
         name: ParamSpec(

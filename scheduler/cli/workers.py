@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import typer
 
 from scheduler.cli import common
-from scheduler.model import QUEUES
+from scheduler.model import QUEUES, memory_bytes
 
 
 def worker(
@@ -15,6 +17,10 @@ def worker(
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
     name: str | None = typer.Option(None, "--name", help="Worker name (default: host-pid)."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    allow_mount: list[Path] = typer.Option(None, "--allow-mount", help="A host path steps may mount (repeatable)."),
+    default_cpus: float | None = typer.Option(None, "--default-cpus", help="CPU limit for steps that set none."),
+    default_memory: str | None = typer.Option(None, "--default-memory", help="Memory limit for steps that set "
+                                              "none, e.g. 1g."),
 ) -> None:
     """Run an RQ worker that executes step attempts in Docker containers."""
     from runner.worker import work  # the CLI is where scheduler and runner meet
@@ -24,7 +30,12 @@ def worker(
     if unknown or not chosen:
         raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}",
                                  param_hint="--queues")
-    current = common.settings()
+    current = replace(
+        common.settings(),
+        **({"allowed_mounts": tuple(str(p) for p in allow_mount)} if allow_mount else {}),
+        **({"default_cpus": default_cpus} if default_cpus else {}),
+        **({"default_memory": memory_bytes(default_memory)} if default_memory else {}),
+    )
     common.store(current)  # fail early and clearly when Redis is unreachable
     if os.environ.get("CONVEYOR_RUNTIME", "docker").strip().lower() in {"", "docker"}:
         _check_docker()
