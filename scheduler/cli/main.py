@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, dags, local, runs, scheduling, workers
+from scheduler.cli import backfill, calendars, dags, local, observe, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -34,6 +34,8 @@ app.command()(scheduling.pause)
 app.command()(scheduling.unpause)
 app.command(name="next")(scheduling.next_)
 app.command()(backfill.backfill)
+app.command()(observe.stats)
+app.command()(observe.graph)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 

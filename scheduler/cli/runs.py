@@ -58,16 +58,26 @@ def runs(
     records = [views.run_object(store.run_record(rid)) for rid in store.run_ids(dag, limit)]
     if output == common.Output.json:
         views.print_json(records)
+    elif dag and records:
+        steps = {r["run_id"]: {s["name"]: s["state"] for s in store.step_records(r["run_id"])} for r in records}
+        views.out.print(views.grid_table(records, steps))
+        views.out.print(views.runs_table(records, numbered=True))
     else:
         views.out.print(views.runs_table(records))
 
 
 def status(
     run_id: str = typer.Argument(..., help="The run's id."),
+    follow: bool = typer.Option(False, "--watch", "-w", help="Follow the run live until it ends; then exit 0 "
+                                "only if it succeeded."),
     output: common.Output = common.OutputOption,
 ) -> None:
     """Show a run and its steps."""
-    data = views.status_object(common.store(), run_id)
+    store = common.store()
+    if follow:
+        finish(watch.follow(store, run_id), output)
+        return
+    data = views.status_object(store, run_id)
     if output == common.Output.json:
         views.print_json(data)
     else:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import typer
 
+from scheduler import logs
 from scheduler.agenda import Agenda
 from scheduler.calendars import zone
-from scheduler.cli import common, views
+from scheduler.cli import common, observe, views
 from scheduler.clock import Clock, FakeClock
 from scheduler.daemon import Scheduler
 from scheduler.errors import ConveyorError
@@ -30,11 +31,14 @@ def scheduler(
                                                help="Testing: start the clock here (UTC unless an offset is given)."),
     clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_format: observe.LogFormat = observe.LogFormatOption,
+    metrics_port: int | None = observe.MetricsPortOption,
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(log_level, log_format.value)
     current = common.settings()
     store = common.store(current)
+    observe.start_metrics(store, current, metrics_port)
     if dags:
         for path in sorted(dags.glob("*.y*ml")):
             done = submit_file(store, path)

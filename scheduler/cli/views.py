@@ -105,13 +105,50 @@ def steps_table(status: dict[str, Any]) -> Table:
     return table
 
 
-def runs_table(runs: list[dict[str, Any]]) -> Table:
+def runs_table(runs: list[dict[str, Any]], numbered: bool = False) -> Table:
+    """Runs as given (newest first); ``numbered`` adds the ``#`` of each run's column in :func:`grid_table`."""
     table = Table(expand=False)
-    for column in ("run_id", "dag", "version", "state", "trigger", "created", "duration"):
+    for column in (("#",) if numbered else ()) + ("run_id", "dag", "version", "state", "trigger", "created",
+                                                   "duration"):
         table.add_column(column)
-    for run in runs:
-        table.add_row(run["run_id"], run["dag"], str(run["dag_version"]), styled(run["state"]), run["trigger"] or "",
+    for i, run in enumerate(runs):
+        table.add_row(*((str(len(runs) - i),) if numbered else ()), run["run_id"], run["dag"],
+                      str(run["dag_version"]), styled(run["state"]), run["trigger"] or "",
                       (run["created_at"] or "")[:19], duration(run["started_at"], run["ended_at"]))
+    return table
+
+
+GRID_GLYPH = {
+    "success": "s", "failed": "F", "upstream_failed": "U", "running": "R", "queued": "q", "retrying": "r",
+    "cancelled": "C", "skipped": "-", "pending": ".", "waiting": "w",
+}
+
+
+def grid_cell(state: str | None) -> Text:
+    if not state:
+        return Text("")
+    color = STATE_STYLE.get(state, "")
+    return Text(f" {GRID_GLYPH.get(state, '?')} ", style=f"bold reverse {color}" if color else "")
+
+
+def grid_table(runs: list[dict[str, Any]], steps: dict[str, dict[str, str]]) -> Table:
+    """Airflow's grid: one column per run (oldest left, numbered 1..N), a row for the run's state and one
+    per step (in the newest run's order, then steps only older versions had). ``runs`` newest first, as
+    listed; ``steps`` maps run_id -> {step: state}. A letter per state, so the grid reads without colour."""
+    ordered = list(reversed(runs))
+    names: list[str] = []
+    for run in runs:
+        names += [n for n in steps.get(run["run_id"], {}) if n not in names]
+    legend = "  ".join(f"{g} {s}" for s, g in GRID_GLYPH.items())
+    table = Table(title=f"{runs[0]['dag'] if runs else ''}: last {len(runs)} runs", title_justify="left",
+                  caption=legend, caption_justify="left", expand=False, pad_edge=False, padding=(0, 0))
+    table.add_column("", no_wrap=True)
+    for i, run in enumerate(ordered, start=1):
+        created = run.get("created_at") or ""
+        table.add_column(f"{i}\n{created[5:10]}\n{created[11:16]}", justify="center", no_wrap=True, min_width=5)
+    table.add_row(Text("run ", style="bold"), *[grid_cell(run["state"]) for run in ordered])
+    for name in names:
+        table.add_row(f"{name} ", *[grid_cell(steps.get(run["run_id"], {}).get(name)) for run in ordered])
     return table
 
 

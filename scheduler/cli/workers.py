@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from scheduler.cli import common
+from scheduler import logs
+from scheduler.cli import common, observe
 from scheduler.model import QUEUES, memory_bytes
 
 
@@ -21,6 +22,8 @@ def worker(
     default_cpus: float | None = typer.Option(None, "--default-cpus", help="CPU limit for steps that set none."),
     default_memory: str | None = typer.Option(None, "--default-memory", help="Memory limit for steps that set "
                                               "none, e.g. 1g."),
+    log_format: observe.LogFormat = observe.LogFormatOption,
+    metrics_port: int | None = observe.MetricsPortOption,
 ) -> None:
     """Run an RQ worker that executes step attempts in Docker containers."""
     from runner.worker import work  # the CLI is where scheduler and runner meet
@@ -36,7 +39,9 @@ def worker(
         **({"default_cpus": default_cpus} if default_cpus else {}),
         **({"default_memory": memory_bytes(default_memory)} if default_memory else {}),
     )
-    common.store(current)  # fail early and clearly when Redis is unreachable
+    logs.setup(log_level, log_format.value)
+    store = common.store(current)  # fail early and clearly when Redis is unreachable
+    observe.start_metrics(store, current, metrics_port)
     if os.environ.get("CONVEYOR_RUNTIME", "docker").strip().lower() in {"", "docker"}:
         _check_docker()
     work(current, chosen, burst=burst, name=name, log_level=log_level.upper())

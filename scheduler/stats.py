@@ -1,0 +1,351 @@
+"""Run history: statistics over runs, steps and attempts (``ctl stats``) and retention (:func:`prune`).
+
+:func:`load` reads records from the store; :func:`report` is pure over them (and takes ``now``).
+
+Definitions (docs/operations.md repeats them):
+
+- **failure rate**: failed / (success + failed) units, where a unit is a run (``--by dag``), a step of
+  a run (``--by step``, ``--by tag:KEY``) or an attempt (``--by host``; ``lost`` counts as failed).
+  Cancelled units and ``upstream_failed`` steps never had a fair chance and count in neither.
+- **retries**: attempts after a step's first (a retry after a failure, a lost worker or a hand-back).
+- **p50 / p95**: of successful units' durations (started to ended), linear interpolation.
+- **too long** (:func:`slow_attempts`): an attempt of a step, compared with that step's *earlier*
+  successful attempts (the last ``HISTORY`` of them, at least ``MIN_SAMPLES``), is too long when it
+  took more than ``max(FACTOR x p95, p50 + MADS x MAD)`` and at least ``MIN_EXCESS`` seconds more
+  than p50. Running attempts are judged on their time so far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from scheduler.store import RunStore
+
+RUN_ENDED = frozenset({"success", "failed", "cancelled"})
+MIN_SAMPLES = 5
+HISTORY = 100
+FACTOR = 2.0
+MADS = 3.0
+MIN_EXCESS = 1.0  # seconds: a 20 ms step taking 60 ms is not worth anyone's attention
+DIMENSIONS = ("dag", "step", "host")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    state: str
+    host: str
+    started: float | None
+    ended: float | None
+
+    def duration(self, now: float | None = None) -> float | None:
+        if self.started is None:
+            return None
+        end = self.ended if self.ended is not None else now
+        return None if end is None else max(0.0, end - self.started)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    state: str
+    tags: dict[str, str] = field(default_factory=dict)
+    attempts: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    dag: str
+    state: str
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.started is None or self.ended is None else max(0.0, self.ended - self.started)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _epoch(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _tag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load(store: RunStore, since: float, dag: str | None = None, chunk: int = 200) -> list[Run]:
+    """Runs created at or after ``since`` (epoch seconds), oldest first, with steps and attempts.
+    Three pipelined round trips per ``chunk`` runs."""
+    keys = store.keys
+    ids = store.r.zrangebyscore(keys.dag_runs(dag) if dag else keys.runs(), since, "+inf", withscores=True)
+    runs: list[Run] = []
+    for offset in range(0, len(ids), chunk):
+        part = ids[offset:offset + chunk]
+        with store.r.pipeline(transaction=False) as pipe:
+            for run_id, _ in part:
+                pipe.hgetall(keys.run(run_id))
+            records = pipe.execute()
+        names = [json.loads(r.get("steps") or "[]") if r else [] for r in records]
+        with store.r.pipeline(transaction=False) as pipe:
+            for (run_id, _), steps in zip(part, names, strict=True):
+                for name in steps:
+                    pipe.hgetall(keys.step(run_id, name))
+            step_records = iter(pipe.execute())
+        per_run = [[next(step_records) for _ in steps] for steps in names]
+        with store.r.pipeline(transaction=False) as pipe:
+            for (run_id, _), steps in zip(part, per_run, strict=True):
+                for step in steps:
+                    for n in range(1, int(step.get("attempt") or 0) + 1):
+                        pipe.hgetall(keys.attempt(run_id, step.get("name", ""), n))
+            attempt_records = iter(pipe.execute())
+        for (run_id, created), record, steps in zip(part, records, per_run, strict=True):
+            built = []
+            for step in steps:
+                attempts = [next(attempt_records) for _ in range(int(step.get("attempt") or 0))]
+                plan = json.loads(step.get("plan") or "{}")
+                built.append(Step(
+                    step.get("name", ""), step.get("state", ""),
+                    {str(k): _tag_value(v) for k, v in (plan.get("tags") or {}).items()},
+                    tuple(Attempt(int(a.get("number") or 0), a.get("state", ""), a.get("host") or "",
+                                  _epoch(a.get("started_at")), _epoch(a.get("ended_at"))) for a in attempts if a),
+                ))
+            if record:
+                runs.append(Run(run_id, record.get("dag", ""), record.get("state", ""), float(created),
+                                _epoch(record.get("started_at")), _epoch(record.get("ended_at")), tuple(built)))
+    return runs
+
+
+# --- statistics (pure) --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between closest ranks; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def mad(values: Sequence[float]) -> float:
+    """Median absolute deviation (unscaled)."""
+    median = percentile(values, 50) or 0.0
+    return percentile([abs(v - median) for v in values], 50) or 0.0
+
+
+def threshold(history: Sequence[float]) -> float | None:
+    """How long is too long after this history of successful durations; None below MIN_SAMPLES."""
+    if len(history) < MIN_SAMPLES:
+        return None
+    p50, p95 = percentile(history, 50) or 0.0, percentile(history, 95) or 0.0
+    return max(FACTOR * p95, p50 + MADS * mad(history), p50 + MIN_EXCESS)
+
+
+@dataclass
+class _Group:
+    count: int = 0
+    failed: int = 0
+    succeeded: int = 0
+    retries: int = 0
+    durations: list[float] = field(default_factory=list)
+
+    def add(self, state: str, duration: float | None, failed_states: Iterable[str] = ("failed",)) -> None:
+        if state == "success":
+            self.count += 1
+            self.succeeded += 1
+            if duration is not None:
+                self.durations.append(duration)
+        elif state in failed_states:
+            self.count += 1
+            self.failed += 1
+
+    def to_json(self, key: str) -> dict[str, Any]:
+        return {
+            "key": key, "count": self.count, "failed": self.failed,
+            "failure_rate": round(self.failed / self.count, 4) if self.count else None,
+            "retries": self.retries,
+            "p50_seconds": _round(percentile(self.durations, 50)),
+            "p95_seconds": _round(percentile(self.durations, 95)),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _last_duration(step: Step) -> float | None:
+    return step.attempts[-1].duration() if step.attempts else None
+
+
+def group(runs: Iterable[Run], by: str) -> list[dict[str, Any]]:
+    """One row per dag, ``dag.step``, host or tag value (``tag:KEY``), the most failures first."""
+    groups: dict[str, _Group] = defaultdict(_Group)
+    tag = by.removeprefix("tag:") if by.startswith("tag:") else None
+    for run in runs:
+        if by == "dag":
+            g = groups[run.dag]
+            if run.state in RUN_ENDED:
+                g.add(run.state, run.duration)
+            g.retries += sum(max(0, len(s.attempts) - 1) for s in run.steps)
+            continue
+        for step in run.steps:
+            if by == "host":
+                for a in step.attempts:
+                    g = groups[a.host or "(none)"]
+                    g.add(a.state, a.duration(), ("failed", "lost"))
+                    g.retries += int(a.number > 1)
+                continue
+            if tag is not None:
+                if tag not in step.tags:
+                    continue
+                key = step.tags[tag]
+            else:
+                key = f"{run.dag}.{step.name}"
+            g = groups[key]
+            g.add(step.state, _last_duration(step))
+            g.retries += max(0, len(step.attempts) - 1)
+    rows = [g.to_json(key) for key, g in groups.items()]
+    return sorted(rows, key=lambda r: (-r["failed"], -(r["failure_rate"] or 0), r["key"]))
+
+
+def slow_attempts(runs: Iterable[Run], now: float) -> list[dict[str, Any]]:
+    """Attempts that took far longer than their step's own history (see the module's docstring)."""
+    by_step: dict[tuple[str, str], list[tuple[Run, Attempt]]] = defaultdict(list)
+    for run in runs:
+        for step in run.steps:
+            for a in step.attempts:
+                if a.started is not None:
+                    by_step[(run.dag, step.name)].append((run, a))
+    found = []
+    for (dag, step), attempts in by_step.items():
+        history: list[float] = []
+        for run, a in sorted(attempts, key=lambda item: item[1].started or 0.0):
+            took = a.duration(now)
+            limit = threshold(history[-HISTORY:])
+            if took is not None and limit is not None and took > limit:
+                window = history[-HISTORY:]
+                found.append({
+                    "run_id": run.run_id, "dag": dag, "step": step, "attempt": a.number, "state": a.state,
+                    "host": a.host or None, "seconds": round(took, 3), "threshold_seconds": round(limit, 3),
+                    "p50_seconds": _round(percentile(window, 50)), "p95_seconds": _round(percentile(window, 95)),
+                    "samples": len(window), "ratio": round(took / (percentile(window, 50) or 1e-9), 1),
+                    "started_at": datetime.fromtimestamp(a.started or 0, UTC).isoformat(),
+                })
+            if a.state == "success" and took is not None:
+                history.append(took)
+    return sorted(found, key=lambda f: -f["ratio"])
+
+
+def failing_hosts(runs: Iterable[Run], top: int = 5) -> list[dict[str, Any]]:
+    rows = [r for r in group(runs, "host") if r["failed"]]
+    return [{"host": r["key"], "failures": r["failed"], "attempts": r["count"], "failure_rate": r["failure_rate"]}
+            for r in rows[:top]]
+
+
+def failing_tags(runs: Iterable[Run], top: int = 5) -> list[dict[str, Any]]:
+    """Tag values (every key) whose steps failed most."""
+    runs = list(runs)
+    keys = sorted({k for run in runs for step in run.steps for k in step.tags})
+    rows = []
+    for key in keys:
+        for row in group(runs, f"tag:{key}"):
+            if row["failed"]:
+                rows.append({"tag": key, "value": row["key"], "failures": row["failed"], "steps": row["count"],
+                             "failure_rate": row["failure_rate"]})
+    return sorted(rows, key=lambda r: (-r["failures"], -(r["failure_rate"] or 0)))[:top]
+
+
+def report(runs: Sequence[Run], by: str = "dag", *, now: float, since: float, top: int = 5) -> dict[str, Any]:
+    """Everything ``ctl stats`` shows, as plain data."""
+    states: dict[str, int] = defaultdict(int)
+    for run in runs:
+        states[run.state] += 1
+    return {
+        "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+        "runs": len(runs),
+        "run_states": dict(sorted(states.items())),
+        "by": by,
+        "groups": group(runs, by),
+        "slow_attempts": slow_attempts(runs, now),
+        "failing_hosts": failing_hosts(runs, top),
+        "failing_tags": failing_tags(runs, top),
+    }
+
+
+def check_by(by: str) -> str:
+    if by in DIMENSIONS or (by.startswith("tag:") and len(by) > 4):
+        return by
+    raise ValueError(f"unknown grouping {by!r}; use dag, step, host or tag:KEY")
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+_DELETE_IF = """
+-- Remove a hash field only if it still names this run (a newer run may have taken the key).
+-- KEYS[1] hash; ARGV[1] field, ARGV[2] run_id
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+def prune(store: RunStore, older_than: datetime | float, *, limit: int = 1000) -> int:
+    """Delete whole runs created before ``older_than`` that have ended: the run hash, its step and
+    attempt hashes, its logs, its entries in the run indexes and the DAG's fires/intervals entries that
+    still point at it. Active runs are never touched. Returns how many runs were deleted (at most
+    ``limit`` per call: call again while it returns ``limit``).
+
+    After pruning, ``ctl backfill --reprocess none`` treats a pruned interval as never run.
+    """
+    cutoff = older_than.timestamp() if isinstance(older_than, datetime) else float(older_than)
+    keys = store.keys
+    delete_if = store.r.register_script(_DELETE_IF)
+    candidates = store.r.zrangebyscore(keys.runs(), "-inf", f"({cutoff}", start=0, num=limit)
+    deleted = 0
+    for run_id in candidates:
+        record = store.r.hgetall(keys.run(run_id))
+        if record and record.get("state") not in RUN_ENDED:
+            continue
+        names = json.loads(record.get("steps") or "[]") if record else []
+        with store.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(keys.step(run_id, name), "attempt")
+            counts = [int(n or 0) for n in pipe.execute()] if names else []
+        doomed = [keys.run(run_id)]
+        for name, count in zip(names, counts, strict=True):
+            doomed.append(keys.step(run_id, name))
+            for n in range(1, count + 1):
+                doomed += [keys.attempt(run_id, name, n), keys.log(run_id, name, n)]
+        dag = record.get("dag") if record else None
+        with store.r.pipeline(transaction=False) as pipe:
+            pipe.unlink(*doomed)
+            pipe.zrem(keys.runs(), run_id)
+            if dag:
+                pipe.zrem(keys.dag_runs(dag), run_id)
+            pipe.execute()
+        if dag:
+            logical = record.get("logical_date")
+            if logical:
+                fire = datetime.fromisoformat(logical).astimezone(UTC).isoformat()
+                delete_if(keys=[keys.dag_fires(dag)], args=[fire, run_id])
+            if record.get("data_interval_start"):
+                delete_if(keys=[keys.dag_intervals(dag)], args=[record["data_interval_start"], run_id])
+        deleted += 1
+    return deleted
