@@ -12,7 +12,8 @@ Definitions (docs/operations.md repeats them):
 - **too long** (:func:`slow_attempts`): an attempt of a step, compared with that step's *earlier*
   successful attempts (the last ``HISTORY`` of them, at least ``MIN_SAMPLES``), is too long when it
   took more than ``max(FACTOR x p95, p50 + MADS x MAD)`` and at least ``MIN_EXCESS`` seconds more
-  than p50. Running attempts are judged on their time so far.
+  than p50. Running attempts are judged on their time so far; an attempt found too long does not
+  join the history (one slow day does not hide the next).
 """
 
 from __future__ import annotations
@@ -249,6 +250,7 @@ def slow_attempts(runs: Iterable[Run], now: float) -> list[dict[str, Any]]:
                     "samples": len(window), "ratio": round(took / (percentile(window, 50) or 1e-9), 1),
                     "started_at": datetime.fromtimestamp(a.started or 0, UTC).isoformat(),
                 })
+                continue  # an outlier does not become the norm for the next attempts
             if a.state == "success" and took is not None:
                 history.append(took)
     return sorted(found, key=lambda f: -f["ratio"])
