@@ -15,6 +15,7 @@ from runner.containers import Outcome, labels_for
 from runner.context import current
 from runner.secrets import Masker, SecretError
 from runner.secrets import resolve as resolve_secrets
+from scheduler import conditions
 from scheduler.model import StepPlan
 from scheduler.settings import Settings
 from scheduler.store import Ready
@@ -37,6 +38,12 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
                                       delay=(end - now).total_seconds(), tag=f"after-{int(end.timestamp())}")])
         log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
         return "deferred"
+    condition = store.r.hget(store.keys.step(run_id, step), "when")
+    if condition and not conditions.evaluate(condition, store.condition_context(run_id)[0]):
+        skipped = store.skip_step(run_id, step, attempt)
+        ctx.dispatcher.enqueue(skipped.ready)
+        log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
+        return skipped.state
     lease = ctx.settings.attempt_lease
     status, plan = store.start_attempt(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name,
                                        lease=lease)

@@ -124,6 +124,11 @@ class StepSpec:
     pull: str = "never"
     mounts: tuple[Mount, ...] = ()
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> {env: X} | {file: /p}
+    trigger_rule: str = "all_success"
+    when: str | None = None
+    rerun_before_downstream: bool = False
+    pool: str | None = None
+    pool_slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,11 @@ class StepPlan:
     tags: Mapping[str, Any]
     mounts: tuple[Mount, ...] = ()
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # references only, never values
+    trigger_rule: str = "all_success"
+    when: str | None = None
+    pool: str | None = None
+    pool_slots: int = 1
+    pinned_image: str | None = None  # a rerun runs the image id the step ran before, not a moved tag
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -102,6 +102,10 @@ def plan_run(
             tags={**spec.tags, **step.tags},
             mounts=step.mounts,
             secrets=step.secrets,
+            trigger_rule=step.trigger_rule,
+            when=step.when,
+            pool=step.pool,
+            pool_slots=step.pool_slots,
         )
     return RunPlan(
         run_id=run_id,

@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from scheduler import templates
+from scheduler import conditions, templates
 from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
@@ -243,11 +243,28 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             upstream[name] = good
         else:
             upstream[name] = []
+    for name, step in steps.items():
+        if isinstance(step, dict) and isinstance(step.get("when"), str):
+            try:
+                conditions.check(step["when"], params, _ancestors(upstream, name))
+            except conditions.ConditionError as exc:
+                yield source.problem(("steps", name, "when"), str(exc))
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.
         shown = " -> ".join(reversed(cycle))
         yield source.problem(("steps", cycle[0], "depends_on"), f"dependency cycle: {shown}")
+
+
+def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(upstream.get(name, []))
+    while todo:
+        step = todo.pop()
+        if step not in seen:
+            seen.add(step)
+            todo += upstream.get(step, [])
+    return seen
 
 
 def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:
@@ -505,6 +522,11 @@ def _build(data: dict[str, Any]) -> DagSpec:
             pull=merged.get("pull", "never"),
             mounts=tuple(Mount(m["source"], m["target"], m.get("read_only", True)) for m in merged.get("mounts", ())),
             secrets={**defaults.get("secrets", {}), **raw.get("secrets", {})},
+            trigger_rule=raw.get("trigger_rule", "all_success"),
+            when=raw.get("when"),
+            rerun_before_downstream=bool(raw.get("rerun_before_downstream", False)),
+            pool=raw.get("pool"),
+            pool_slots=int(raw.get("pool_slots", 1)),
         )
     params = {
         name: ParamSpec(

@@ -92,6 +92,7 @@ class RunStore:
         self._cancel = client.register_script(lib + load("lua/cancel.lua").read_text())
         self._lose = client.register_script(lib + load("lua/lose.lua").read_text())
         self._renew = client.register_script(lib + load("lua/renew.lua").read_text())
+        self._skip = client.register_script(lib + load("lua/skip.lua").read_text())
         self._append_log = client.register_script(load("lua/append_log.lua").read_text())
 
     @classmethod
@@ -197,12 +198,14 @@ class RunStore:
         for name in plan.order:
             step = plan.steps[name]
             steps.append([name, {
-                "name": name, "state": "pending", "attempt": "0", "waiting": str(len(plan.upstream[name])),
+                "name": name, "state": "pending", "attempt": "0", "rule": step.trigger_rule,
+                "retries": str(step.retries), "up_done": "0", "up_success": "0", "up_failed": "0",
                 "upstream": json.dumps(list(plan.upstream[name])),
                 "downstream": json.dumps(list(plan.downstream[name])),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 "plan": json.dumps(step.to_json()),
+                **({"when": step.when} if step.when else {}),
             }])
         result = self._create(args=[
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
@@ -229,6 +232,20 @@ class RunStore:
             fields += [key, "" if value is None else value]
         result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
         return _finished(result)
+
+    def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
+        """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
+        record = self.run_record(run_id)
+        context: dict[str, Any] = {f"params.{k}": v for k, v in json.loads(record["params"]).items()}
+        for step in self.step_records(run_id):
+            last = step["attempts"][-1] if step["attempts"] else {}
+            context[f"{step['name']}.state"] = step["state"]
+            context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
+        return context, record["dag"]
+
+    def skip_step(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished:
+        """Skip a queued step whose condition is false (fenced by the attempt number)."""
+        return _finished(self._skip(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
 
     # --- leases ---------------------------------------------------------------------------------
 

@@ -201,3 +201,70 @@ def test_an_idempotency_key_creates_one_run_only(store: RunStore) -> None:
     assert store.create_run(first, idempotency_key="2026-11-20T17:00:00-05:00")[0] == first.run_id
     assert store.create_run(second, idempotency_key="2026-11-20T17:00:00-05:00") == (first.run_id, ())
     assert store.run_ids("diamond") == [first.run_id]
+
+
+RULES = """
+name: rules
+defaults: {image: img, command: [x]}
+steps:
+  ok: {}
+  bad: {}
+  all_success: {depends_on: [ok, bad]}
+  all_done: {depends_on: [ok, bad], trigger_rule: all_done}
+  all_failed: {depends_on: [bad], trigger_rule: all_failed}
+  one_success: {depends_on: [ok, bad], trigger_rule: one_success}
+  one_failed: {depends_on: [ok, bad], trigger_rule: one_failed}
+  none_failed: {depends_on: [ok], trigger_rule: none_failed}
+  none_failed_bad: {depends_on: [ok, bad], trigger_rule: none_failed}
+  after_skip: {depends_on: [all_success]}
+  after_skip_none_failed: {depends_on: [all_failed_none], trigger_rule: none_failed}
+  all_failed_none: {depends_on: [ok], trigger_rule: all_failed}
+  cleanup: {depends_on: [all_success, one_failed], trigger_rule: always}
+"""
+
+
+def test_trigger_rules_and_skip_propagation(store: RunStore) -> None:
+    plan, ready = new_run(store, spec_from(RULES))
+    rid = plan.run_id
+    queued: list[str] = [r.step for r in ready]
+    for step, outcome in (("ok", "success"), ("bad", "failed")):
+        start(store, rid, step)
+        queued += [r.step for r in finish(store, rid, step, outcome).ready]
+    s = states(store, rid)
+    assert s["all_success"] == "upstream_failed" and s["after_skip"] == "upstream_failed"
+    assert s["all_failed_none"] == "skipped"  # its upstream succeeded
+    assert s["after_skip_none_failed"] == "queued"  # none_failed runs after a skip
+    assert s["none_failed"] == "queued" and s["none_failed_bad"] == "upstream_failed"
+    assert {"all_done", "all_failed", "one_success", "one_failed"} <= set(queued)
+    assert s["cleanup"] == "pending"  # waits for one_failed to end
+    start(store, rid, "one_failed")
+    assert [r.step for r in finish(store, rid, "one_failed", "success").ready] == ["cleanup"]
+
+
+def test_a_cancelled_run_still_runs_its_cleanup_step(store: RunStore) -> None:
+    plan, _ = new_run(store, spec_from("""
+        name: finally
+        defaults: {image: img, command: [x]}
+        steps:
+          work: {}
+          more: {depends_on: [work]}
+          cleanup: {depends_on: [work, more], trigger_rule: always}
+    """))
+    rid = plan.run_id
+    start(store, rid, "work")
+    store.cancel_run(rid)
+    assert states(store, rid) == {"work": "running", "more": "cancelled", "cleanup": "pending"}
+    ready = store.finish_attempt(rid, "work", 1, "cancelled", {}).ready
+    assert [r.step for r in ready] == ["cleanup"]
+    assert start(store, rid, "cleanup") == "ok"
+    finish(store, rid, "cleanup", "success")
+    assert states(store, rid)["cleanup"] == "success" and store.run_record(rid)["state"] == "cancelled"
+
+
+def test_skip_step_is_fenced_and_propagates(store: RunStore) -> None:
+    plan, _ = new_run(store, spec_from(DIAMOND))
+    rid = plan.run_id
+    assert store.skip_step(rid, "a", 2).state == "stale"
+    assert store.skip_step(rid, "a", 1).state == "skipped"
+    assert states(store, rid) == {"a": "skipped", "b": "skipped", "c": "skipped", "d": "skipped"}
+    assert store.run_record(rid)["state"] == "success"

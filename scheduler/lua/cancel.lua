@@ -1,5 +1,6 @@
 -- Cancel a run: steps not yet running are cancelled now; running ones are told to stop
--- (their workers see the flag and end the attempt as cancelled).
+-- (their workers see the flag and end the attempt as cancelled). Steps with trigger_rule 'always' are
+-- cleanup: they still run once their upstream steps are done, like a finally block.
 -- ARGV: 1 prefix, 2 run_id, 3 now
 -- Returns: {'done', state} when the run had already ended | {'ok', running_count, ready entries...}
 local rid, now = ARGV[2], ARGV[3]
@@ -9,11 +10,14 @@ if state == 'success' or state == 'failed' or state == 'cancelled' then return {
 redis.call('HSET', rk, 'cancel', '1')
 redis.call('LREM', P .. ':dag:' .. redis.call('HGET', rk, 'dag') .. ':waiting', 0, rid)
 local running = 0
+local ready = {}
 for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps'))) do
-  local st = redis.call('HGET', step_key(rid, s), 'state')
-  if st == 'pending' or st == 'queued' or st == 'retrying' then settle(rid, s, 'cancelled', now)
+  local sk = step_key(rid, s)
+  local st = redis.call('HGET', sk, 'state')
+  if (st == 'pending' or st == 'queued' or st == 'retrying') and redis.call('HGET', sk, 'rule') ~= 'always' then
+    settle(rid, s, 'cancelled', now)
+    propagate(rid, s, 'cancelled', now, ready)  -- 'always' steps (cleanup) still run once upstream is done
   elseif st == 'running' then running = running + 1 end
 end
-local ready = {}
 maybe_end_run(rid, now, ready)
 return {'ok', running, ready}

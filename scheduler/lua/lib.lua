@@ -20,13 +20,15 @@ local function event(rid, kind, step, state, attempt, now)
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)
 end
 
--- Queue a step's first attempt; returns the entry the caller enqueues on RQ.
+-- Queue a step's next attempt (1 at first; after a rerun, the numbering goes on); returns the entry
+-- the caller enqueues on RQ.
 local function queue_step(rid, s, now)
   local sk = step_key(rid, s)
-  redis.call('HSET', sk, 'state', 'queued', 'attempt', 1, 'queued_at', now)
-  redis.call('ZADD', P .. ':queued', server_time(), member(rid, s, 1))
-  event(rid, 'step', s, 'queued', '1', now)
-  return {rid, s, '1', redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
+  local n = tostring(redis.call('HINCRBY', sk, 'attempt', 1))
+  redis.call('HSET', sk, 'state', 'queued', 'queued_at', now)
+  redis.call('ZADD', P .. ':queued', server_time(), member(rid, s, n))
+  event(rid, 'step', s, 'queued', n, now)
+  return {rid, s, n, redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
 end
 
 -- Take one of the DAG's active slots and queue the run's root steps.
@@ -64,15 +66,56 @@ local function settle(rid, s, state, now)
   event(rid, 'step', s, state, redis.call('HGET', sk, 'attempt'), now)
 end
 
--- Steps downstream of a failed or cancelled one can never run: settle them too.
-local function settle_downstream(rid, s, state, now)
-  local todo = cjson.decode(redis.call('HGET', step_key(rid, s), 'downstream'))
+local FAILED = {failed = true, upstream_failed = true}
+
+-- What a pending step's trigger rule says, given how its upstream steps ended so far:
+-- 'run', a terminal state to settle it in ('skipped', 'upstream_failed', 'cancelled'), or nil (wait).
+local function decide(rid, dk)
+  local h = redis.call('HMGET', dk, 'up_done', 'up_success', 'up_failed', 'rule', 'upstream')
+  local done, succ, fail = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
+  local rule, total = h[4] or 'all_success', #cjson.decode(h[5])
+  if rule ~= 'always' and redis.call('HGET', run_key(rid), 'cancel') == '1' then return 'cancelled' end
+  local all = done >= total
+  if rule == 'all_success' then
+    if fail > 0 then return 'upstream_failed' end
+    if all then return (succ == total) and 'run' or 'skipped' end
+  elseif rule == 'all_failed' then
+    if done - fail > 0 then return 'skipped' end
+    if all then return 'run' end
+  elseif rule == 'all_done' or rule == 'always' then
+    if all then return 'run' end
+  elseif rule == 'one_success' then
+    if succ > 0 then return 'run' end
+    if all then return (fail > 0) and 'upstream_failed' or 'skipped' end
+  elseif rule == 'one_failed' then
+    if fail > 0 then return 'run' end
+    if all then return 'skipped' end
+  elseif rule == 'none_failed' then
+    if fail > 0 then return 'upstream_failed' end
+    if all then return 'run' end
+  end
+  return nil
+end
+
+-- A step reached a terminal state: count it at each direct downstream step and follow what their
+-- trigger rules decide (queue them, or settle them, which in turn tells their own downstream).
+local function propagate(rid, s, state, now, ready)
+  local todo = {{s, state}}
   while #todo > 0 do
-    local d = table.remove(todo)
-    if redis.call('HGET', step_key(rid, d), 'state') == 'pending' then
-      settle(rid, d, state, now)
-      for _, dd in ipairs(cjson.decode(redis.call('HGET', step_key(rid, d), 'downstream'))) do
-        table.insert(todo, dd)
+    local item = table.remove(todo, 1)
+    for _, d in ipairs(cjson.decode(redis.call('HGET', step_key(rid, item[1]), 'downstream'))) do
+      local dk = step_key(rid, d)
+      if redis.call('HGET', dk, 'state') == 'pending' then
+        redis.call('HINCRBY', dk, 'up_done', 1)
+        if item[2] == 'success' then redis.call('HINCRBY', dk, 'up_success', 1)
+        elseif FAILED[item[2]] then redis.call('HINCRBY', dk, 'up_failed', 1) end
+        local decision = decide(rid, dk)
+        if decision == 'run' then
+          table.insert(ready, queue_step(rid, d, now))
+        elseif decision then
+          settle(rid, d, decision, now)
+          table.insert(todo, {d, decision})
+        end
       end
     end
   end
@@ -107,7 +150,7 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   local rk, sk = run_key(rid), step_key(rid, s)
   redis.call('ZREM', P .. ':running', member(rid, s, n))
   redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
-  local cancelled = redis.call('HGET', rk, 'cancel') == '1'
+  local cancelled = redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always'
   if outcome == 'requeue' and not cancelled then
     redis.call('HINCRBY', sk, 'max_attempts', 1)
     delay = 0
@@ -126,16 +169,7 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   if new == 'requeue' then new = 'failed' end
   local ready = {}
   settle(rid, s, new, now)
-  if new == 'success' then
-    for _, d in ipairs(cjson.decode(redis.call('HGET', sk, 'downstream'))) do
-      local dk = step_key(rid, d)
-      if redis.call('HINCRBY', dk, 'waiting', -1) <= 0 and redis.call('HGET', dk, 'state') == 'pending' then
-        table.insert(ready, queue_step(rid, d, now))
-      end
-    end
-  else
-    settle_downstream(rid, s, new == 'cancelled' and 'cancelled' or 'upstream_failed', now)
-  end
+  propagate(rid, s, new, now, ready)
   maybe_end_run(rid, now, ready)
   return {'done', new, ready}
 end

@@ -9,7 +9,9 @@ local current = redis.call('HGET', sk, 'attempt')
 if current ~= n or (state ~= 'queued' and state ~= 'retrying') then
   return {'stale', state or '', current or ''}
 end
-if redis.call('HGET', rk, 'cancel') == '1' then return {'cancelled'} end
+if redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always' then
+  return {'cancelled'}
+end
 redis.call('HSET', sk, 'state', 'running', 'started_at', now)
 redis.call('ZREM', P .. ':queued', member(rid, s, n))
 redis.call('ZADD', P .. ':running', server_time() + tonumber(ARGV[9]), member(rid, s, n))
