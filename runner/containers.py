@@ -162,6 +162,8 @@ class DockerRuntime:
                 self.client.api.remove_container(cid, force=True)
 
     def _image(self, plan: StepPlan):
+        if plan.pinned_image:  # a rerun: exactly the image the step ran before, whatever its tag says now
+            return self.client.images.get(plan.pinned_image)
         if plan.pull == "always":
             return self.client.images.pull(plan.image)
         try:

@@ -64,7 +64,7 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
             if not store.renew(run_id, step, attempt, lease):
                 return "lost"
             renewed = time.monotonic()
-        if store.is_cancelled(run_id):
+        if store.is_cancelled(run_id, step):
             return "cancelled"
         if ctx.shutdown_grace_over():
             return "worker_shutdown"

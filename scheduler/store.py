@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from scheduler.errors import NotFoundError, UnavailableError
+from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import StepPlan
 from scheduler.plan import RunPlan
@@ -93,6 +93,8 @@ class RunStore:
         self._lose = client.register_script(lib + load("lua/lose.lua").read_text())
         self._renew = client.register_script(lib + load("lua/renew.lua").read_text())
         self._skip = client.register_script(lib + load("lua/skip.lua").read_text())
+        self._rerun = client.register_script(lib + load("lua/rerun.lua").read_text())
+        self._cancel_step = client.register_script(lib + load("lua/cancel_step.lua").read_text())
         self._append_log = client.register_script(load("lua/append_log.lua").read_text())
 
     @classmethod
@@ -285,8 +287,36 @@ class RunStore:
             return result[1], 0, ()
         return "cancelling" if int(result[1]) else "cancelled", int(result[1]), _ready(result[2])
 
-    def is_cancelled(self, run_id: str) -> bool:
-        return self.r.hget(self.keys.run(run_id), "cancel") == "1"
+    def cancel_step(self, run_id: str, step: str, *, now: datetime | None = None) -> tuple[str, tuple[Ready, ...]]:
+        """Cancel one step: ``('cancelled', ready)``, ``('stopping', ())`` or ``('done', ())`` if it had ended."""
+        self.step_plan(run_id, step)
+        result = self._cancel_step(args=[self.prefix, run_id, step, now_iso(now)])
+        return result[0], _ready(result[1]) if result[0] == "cancelled" else ()
+
+    def is_cancelled(self, run_id: str, step: str | None = None) -> bool:
+        """Was the run (or, given ``step``, that step) asked to stop?"""
+        if step is None:
+            return self.r.hget(self.keys.run(run_id), "cancel") == "1"
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.run(run_id), "cancel")
+            pipe.hmget(self.keys.step(run_id, step), "cancel", "rule")
+            run_flag, (step_flag, rule) = pipe.execute()
+        return step_flag == "1" or (run_flag == "1" and rule != "always")
+
+    def rerun(self, run_id: str, steps: list[str], *, plans: Mapping[str, StepPlan] | None = None,
+              now: datetime | None = None) -> tuple[Ready, ...]:
+        """Rerun ``steps`` (topological order) of an ended run, optionally with new plans (``--latest``)."""
+        if plans:
+            with self.r.pipeline() as pipe:
+                for name, plan in plans.items():
+                    pipe.hset(self.keys.step(run_id, name), mapping={
+                        "plan": json.dumps(plan.to_json()), "retries": plan.retries, "queue": plan.queue,
+                        "timeout": "" if plan.timeout is None else plan.timeout, "rule": plan.trigger_rule})
+                pipe.execute()
+        result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps)])
+        if result[0] == "running":
+            raise ConveyorError(f"run {run_id} has not ended; cancel it first (ctl cancel {run_id})")
+        return _ready(result[1])
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, dags, local, observe, runs, scheduling, workers
+from scheduler.cli import backfill, calendars, dags, local, observe, reruns, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command()(scheduling.pause)
 app.command()(scheduling.unpause)
 app.command(name="next")(scheduling.next_)
 app.command()(backfill.backfill)
+app.command()(reruns.rerun)
 app.command()(observe.stats)
 app.command()(observe.graph)
 app.add_typer(calendars.calendar_app, name="calendar")

@@ -102,10 +102,21 @@ def logs(
     sys.stdout.flush()
 
 
-def cancel(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
-    """Cancel a run: waiting steps are cancelled, running containers are stopped."""
+def cancel(
+    run_id: str = typer.Argument(..., help="The run's id."),
+    step: str | None = typer.Option(None, "--step", "-s", help="Cancel only this step."),
+) -> None:
+    """Cancel a run (or one step): waiting steps are cancelled, running containers are stopped."""
     current = common.settings()
     store = common.store(current)
+    if step is not None:
+        outcome, ready = store.cancel_step(run_id, step)
+        common.dispatcher(current).enqueue(ready)
+        if outcome == "done":
+            views.err.print(f"step {step} of run {run_id} had already ended")
+            raise typer.Exit(1)
+        views.out.print(f"run {run_id} step {step}: {'stopping' if outcome == 'stopping' else 'cancelled'}")
+        return
     state, running, ready = store.cancel_run(run_id)
     common.dispatcher(current).enqueue(ready)
     if state in {"success", "failed"}:

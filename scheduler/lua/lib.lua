@@ -150,7 +150,8 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   local rk, sk = run_key(rid), step_key(rid, s)
   redis.call('ZREM', P .. ':running', member(rid, s, n))
   redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
-  local cancelled = redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always'
+  local cancelled = (redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always')
+    or redis.call('HGET', sk, 'cancel') == '1'
   if outcome == 'requeue' and not cancelled then
     redis.call('HINCRBY', sk, 'max_attempts', 1)
     delay = 0
