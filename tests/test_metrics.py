@@ -186,3 +186,19 @@ def test_only_events_after_start_are_counted(store: RunStore, settings: Settings
         assert not [key for key in samples if key[0] == "conveyor_runs_total"]
     finally:
         started.stop()
+
+
+def test_the_dashboard_uses_only_exported_metric_names(store: RunStore, settings: Settings) -> None:
+    import json
+    import re
+
+    from prometheus_client import generate_latest
+
+    from tests.conftest import ROOT
+
+    registry, _ = metrics.build(store, settings.connect(decode=False))
+    exported = set(re.findall(r"^# TYPE (conveyor_\w+) ", generate_latest(registry).decode(), re.M))
+    dashboard = json.loads((ROOT / "compose/grafana/conveyor-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
+            for name in re.findall(r"(conveyor_\w+?)(?:_bucket)?\b", target["expr"])}
+    assert used and used <= exported, used - exported
