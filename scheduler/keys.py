@@ -79,6 +79,9 @@ class Keys:
     def log(self, run_id: str, step: str, number: int) -> str:  # string: capped output of an attempt
         return f"{self.prefix}:log:{run_id}:{step}:{number}"
 
+    def pools(self) -> str:  # hash: pool name -> slots (the Lua scripts also use {prefix}:pool_used and
+        return f"{self.prefix}:pools"  # {prefix}:pool:NAME:waiting)
+
     def running(self) -> str:  # zset: running attempts "run|step|n" by lease expiry (Redis TIME seconds)
         return f"{self.prefix}:running"
 

@@ -30,7 +30,7 @@ from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
 STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
-               "priority", "resources", "tags", "pull", "mounts", "secrets")
+               "priority", "resources", "tags", "pull", "mounts", "secrets", "pool", "pool_slots")
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
@@ -525,8 +525,8 @@ def _build(data: dict[str, Any]) -> DagSpec:
             trigger_rule=raw.get("trigger_rule", "all_success"),
             when=raw.get("when"),
             rerun_before_downstream=bool(raw.get("rerun_before_downstream", False)),
-            pool=raw.get("pool"),
-            pool_slots=int(raw.get("pool_slots", 1)),
+            pool=merged.get("pool"),
+            pool_slots=int(merged.get("pool_slots", 1)),
         )
     params = {
         name: ParamSpec(

@@ -65,7 +65,7 @@ def _finished(result: list[Any]) -> Finished:
     if result[0] == "stale":
         return Finished("stale")
     if result[0] == "retry":
-        return Finished("retrying", _ready(result[1], float(result[2])))
+        return Finished("retrying", _ready(result[1], float(result[2])) + _ready(result[3]))
     return Finished(result[1], _ready(result[2]))
 
 
@@ -95,6 +95,7 @@ class RunStore:
         self._skip = client.register_script(lib + load("lua/skip.lua").read_text())
         self._rerun = client.register_script(lib + load("lua/rerun.lua").read_text())
         self._cancel_step = client.register_script(lib + load("lua/cancel_step.lua").read_text())
+        self._pool_set = client.register_script(lib + load("lua/pool_set.lua").read_text())
         self._append_log = client.register_script(load("lua/append_log.lua").read_text())
 
     @classmethod
@@ -208,6 +209,7 @@ class RunStore:
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 "plan": json.dumps(step.to_json()),
                 **({"when": step.when} if step.when else {}),
+                **({"pool": step.pool, "pool_slots": str(step.pool_slots)} if step.pool else {}),
             }])
         result = self._create(args=[
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
@@ -248,6 +250,19 @@ class RunStore:
     def skip_step(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished:
         """Skip a queued step whose condition is false (fenced by the attempt number)."""
         return _finished(self._skip(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
+
+    # --- pools ----------------------------------------------------------------------------------
+
+    def set_pool(self, name: str, slots: int | None, *, now: datetime | None = None) -> tuple[Ready, ...]:
+        """Define, resize (``slots``) or remove (``None``) a pool; returns attempts that got slots."""
+        return _ready(self._pool_set(args=[self.prefix, name, -1 if slots is None else slots, now_iso(now)]))
+
+    def pools(self) -> list[dict[str, Any]]:
+        defined = self.r.hgetall(self.keys.pools())
+        used = self.r.hgetall(f"{self.prefix}:pool_used")
+        return [{"name": name, "slots": int(slots), "used": int(used.get(name, 0)),
+                 "waiting": self.r.zcard(f"{self.prefix}:pool:{name}:waiting")}
+                for name, slots in sorted(defined.items())]
 
     # --- leases ---------------------------------------------------------------------------------
 

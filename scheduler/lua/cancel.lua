@@ -15,7 +15,8 @@ for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps'))) do
   local sk = step_key(rid, s)
   local st = redis.call('HGET', sk, 'state')
   if (st == 'pending' or st == 'queued' or st == 'retrying') and redis.call('HGET', sk, 'rule') ~= 'always' then
-    settle(rid, s, 'cancelled', now)
+    release_pool(rid, s, now, ready)
+  settle(rid, s, 'cancelled', now)
     propagate(rid, s, 'cancelled', now, ready)  -- 'always' steps (cleanup) still run once upstream is done
   elseif st == 'running' then running = running + 1 end
 end

@@ -11,7 +11,8 @@ if state == 'running' then
 end
 if state ~= 'pending' and state ~= 'queued' and state ~= 'retrying' then return {'done', state or ''} end
 local ready = {}
-settle(rid, s, 'cancelled', now)
+release_pool(rid, s, now, ready)
+  settle(rid, s, 'cancelled', now)
 propagate(rid, s, 'cancelled', now, ready)
 maybe_end_run(rid, now, ready)
 return {'cancelled', ready}

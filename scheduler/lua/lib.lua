@@ -53,11 +53,58 @@ local function start_or_wait(rid, now, ready)
   activate(rid, now, ready)
 end
 
+-- Pools ------------------------------------------------------------------------------------------
+-- {P}:pools (hash name -> slots), {P}:pool_used (hash name -> slots taken), {P}:pool:NAME:waiting
+-- (zset of attempts waiting for slots, by queue rank then time). A step takes its slots when it
+-- starts (start.lua) or when they are handed to it here, and gives them back when its attempt ends.
+local RANK = {high = 0, default = 1, low = 2}
+
+local function pool_rank(sk)
+  return (RANK[redis.call('HGET', sk, 'queue') or 'default'] or 1) * 1e10 + server_time()
+end
+
+-- Hand a pool's free slots to waiting attempts, best queue first; returns their ready entries.
+local function fill_pool(pool, now, ready)
+  local slots = tonumber(redis.call('HGET', P .. ':pools', pool) or '-1')
+  if slots < 0 then slots = 1e18 end
+  local used = tonumber(redis.call('HGET', P .. ':pool_used', pool) or '0')
+  local wkey = P .. ':pool:' .. pool .. ':waiting'
+  for _, m in ipairs(redis.call('ZRANGE', wkey, 0, -1)) do
+    local wr, ws, wn = string.match(m, '^(.*)|(.*)|(%d+)$')
+    local wk = step_key(wr, ws)
+    if redis.call('HGET', wk, 'state') ~= 'queued' or redis.call('HGET', wk, 'attempt') ~= wn then
+      redis.call('ZREM', wkey, m)
+    else
+      local need = tonumber(redis.call('HGET', wk, 'pool_slots') or '1')
+      if used + need <= slots then
+        used = used + need
+        redis.call('HINCRBY', P .. ':pool_used', pool, need)
+        redis.call('HSET', wk, 'pool_held', '1')
+        redis.call('ZREM', wkey, m)
+        redis.call('ZADD', P .. ':queued', server_time(), m)
+        table.insert(ready, {wr, ws, wn, redis.call('HGET', wk, 'queue'), redis.call('HGET', wk, 'timeout') or ''})
+      end
+    end
+  end
+end
+
+-- Give back the slots a step holds (its attempt ended, or it was cancelled before it started).
+local function release_pool(rid, s, now, ready)
+  local sk = step_key(rid, s)
+  local pool = redis.call('HGET', sk, 'pool')
+  if not pool or pool == '' or redis.call('HGET', sk, 'pool_held') ~= '1' then return end
+  redis.call('HSET', sk, 'pool_held', '0')
+  redis.call('HINCRBY', P .. ':pool_used', pool, -tonumber(redis.call('HGET', sk, 'pool_slots') or '1'))
+  fill_pool(pool, now, ready)
+end
+
 -- Mark a step terminal and count it against the run.
 local function settle(rid, s, state, now)
   local sk = step_key(rid, s)
   local n = redis.call('HGET', sk, 'attempt')
   redis.call('ZREM', P .. ':queued', member(rid, s, n))
+  local pool = redis.call('HGET', sk, 'pool')
+  if pool and pool ~= '' then redis.call('ZREM', P .. ':pool:' .. pool .. ':waiting', member(rid, s, n)) end
   redis.call('HSET', sk, 'state', state)
   if not redis.call('HGET', sk, 'ended_at') then redis.call('HSET', sk, 'ended_at', now) end
   local rk = run_key(rid)
@@ -149,6 +196,8 @@ end
 local function end_attempt(rid, s, n, outcome, now, delay)
   local rk, sk = run_key(rid), step_key(rid, s)
   redis.call('ZREM', P .. ':running', member(rid, s, n))
+  local freed = {}
+  release_pool(rid, s, now, freed)
   redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
   local cancelled = (redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always')
     or redis.call('HGET', sk, 'cancel') == '1'
@@ -165,10 +214,10 @@ local function end_attempt(rid, s, n, outcome, now, delay)
     redis.call('ZADD', P .. ':queued', server_time() + tonumber(delay), member(rid, s, nxt))
     event(rid, 'step', s, 'retrying', tostring(nxt), now)
     return {'retry', {{rid, s, tostring(nxt), redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}},
-            tostring(delay)}
+            tostring(delay), freed}
   end
   if new == 'requeue' then new = 'failed' end
-  local ready = {}
+  local ready = freed
   settle(rid, s, new, now)
   propagate(rid, s, new, now, ready)
   maybe_end_run(rid, now, ready)

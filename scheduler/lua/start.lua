@@ -1,7 +1,7 @@
 -- A worker claims an attempt. Only the attempt the step is waiting for can start, once.
 -- The worker takes a lease on it (expiring after the TTL unless renewed: see renew.lua, lose.lua).
 -- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now, 6 host, 7 pid, 8 worker name, 9 lease ttl seconds
--- Returns: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'}
+-- Returns: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'} | {'pooled'} (waits for a slot)
 local rid, s, n, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rk, sk = run_key(rid), step_key(rid, s)
 local state = redis.call('HGET', sk, 'state')
@@ -11,6 +11,21 @@ if current ~= n or (state ~= 'queued' and state ~= 'retrying') then
 end
 if redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always' then
   return {'cancelled'}
+end
+local pool = redis.call('HGET', sk, 'pool')
+if pool and pool ~= '' and redis.call('HGET', sk, 'pool_held') ~= '1' then
+  -- A step waiting for a pool slot does not hold a worker: it waits in the pool's queue instead.
+  local slots = tonumber(redis.call('HGET', P .. ':pools', pool) or '-1')  -- an undefined pool does not limit
+  local need = tonumber(redis.call('HGET', sk, 'pool_slots') or '1')
+  local used = tonumber(redis.call('HGET', P .. ':pool_used', pool) or '0')
+  if slots >= 0 and used + need > slots then
+    redis.call('ZADD', P .. ':pool:' .. pool .. ':waiting', pool_rank(sk), member(rid, s, n))
+    redis.call('ZREM', P .. ':queued', member(rid, s, n))
+    event(rid, 'step', s, 'pool_wait', n, now)
+    return {'pooled'}
+  end
+  redis.call('HINCRBY', P .. ':pool_used', pool, need)
+  redis.call('HSET', sk, 'pool_held', '1')
 end
 redis.call('HSET', sk, 'state', 'running', 'started_at', now)
 redis.call('ZREM', P .. ':queued', member(rid, s, n))
