@@ -37,8 +37,8 @@ class GraphFormat(StrEnum):
 
 LogFormatOption = typer.Option(LogFormat.text, "--log-format", envvar="CONVEYOR_LOG_FORMAT",
                                help="text for people, json for log collectors (one object per line).")
-MetricsPortOption = typer.Option(None, "--metrics-port", envvar="CONVEYOR_METRICS_PORT", min=1, max=65535,
-                                 help="Serve Prometheus metrics on this port (default: off).")
+MetricsPortOption = typer.Option(None, "--metrics-port", envvar="CONVEYOR_METRICS_PORT", min=0, max=65535,
+                                 help="Serve Prometheus metrics on this port (default and 0: off).")
 
 
 def start_metrics(store: RunStore, current: Settings, port: int | None, addr: str = "0.0.0.0") -> Any:
