@@ -16,6 +16,7 @@ from runner.context import current
 from runner.secrets import Masker, SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions
+from scheduler.logs import attempt_context, bind
 from scheduler.model import StepPlan
 from scheduler.settings import Settings
 from scheduler.store import Ready
@@ -26,6 +27,11 @@ REDIS_PATIENCE = 120.0
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
     """Claim the attempt (fenced), run its container, record the result, enqueue the next steps."""
+    with attempt_context(run_id, None, step, attempt):  # every log line names the run, step and attempt
+        return _run_attempt(run_id, step, attempt, prefix)
+
+
+def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
     ctx = current(prefix)
     store = ctx.store
     now = datetime.now(UTC)
@@ -50,6 +56,7 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
     if status != "ok" or plan is None:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, status)
         return status
+    bind(dag=plan.dag)
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
 
     def store_output(chunk: bytes) -> None:

@@ -39,17 +39,12 @@ class Dispatcher:
 
     def enqueue(self, items: Iterable[Ready]) -> int:
         count = 0
+        items = list(items)
+        if len(items) > 1 and all(item.delay <= 0 for item in items):
+            return self._enqueue_pipelined(items)
         for item in items:
             queue = self.queues.get(item.queue) or self.queues["default"]
-            options = {
-                "args": (item.run_id, item.step, item.attempt, self.prefix),
-                "job_id": job_id(item.run_id, item.step, item.attempt) + (f"-{item.tag}" if item.tag else ""),
-                "timeout": int(item.timeout + RQ_TIMEOUT_GRACE) if item.timeout else -1,
-                "result_ttl": 0,
-                "failure_ttl": FAILURE_TTL,
-                "description": f"{item.run_id} {item.step} attempt {item.attempt}",
-                "unique": True,
-            }
+            options = self._options(item)
             try:
                 if item.delay > 0:
                     queue.enqueue_at(_not_before(item.delay), JOB_FUNC, **options)
@@ -59,6 +54,30 @@ class Dispatcher:
             except DuplicateJobError:
                 pass
         return count
+
+    def _enqueue_pipelined(self, items: list[Ready]) -> int:
+        """Many ready attempts in one round trip (a fan-out, a scheduler tick). Not ``unique``: a second
+        delivery of the same attempt is harmless, since only one can start (start.lua)."""
+        connection = self.queues["default"].connection
+        with connection.pipeline() as pipe:
+            for item in items:
+                queue = self.queues.get(item.queue) or self.queues["default"]
+                options = self._options(item)
+                options.pop("unique")
+                queue.enqueue_call(JOB_FUNC, pipeline=pipe, **options)
+            pipe.execute()
+        return len(items)
+
+    def _options(self, item: Ready) -> dict:
+        return {
+            "args": (item.run_id, item.step, item.attempt, self.prefix),
+            "job_id": job_id(item.run_id, item.step, item.attempt) + (f"-{item.tag}" if item.tag else ""),
+            "timeout": int(item.timeout + RQ_TIMEOUT_GRACE) if item.timeout else -1,
+            "result_ttl": 0,
+            "failure_ttl": FAILURE_TTL,
+            "description": f"{item.run_id} {item.step} attempt {item.attempt}",
+            "unique": True,
+        }
 
 
 class InlineRetryMover:

@@ -186,6 +186,24 @@ class RunStore:
         With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
         key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
         """
+        return self._created(plan, self._create(args=self._create_args(plan, idempotency_key, now)))
+
+    def create_runs(self, plans: list[tuple[RunPlan, str | None]], *,
+                    now: datetime | None = None) -> list[tuple[str, tuple[Ready, ...]]]:
+        """:meth:`create_run` for many runs in one round trip (each still atomic on its own)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for plan, key in plans:
+                self._create(args=self._create_args(plan, key, now), client=pipe)
+            results = pipe.execute()
+        return [self._created(plan, result) for (plan, _), result in zip(plans, results, strict=True)]
+
+    @staticmethod
+    def _created(plan: RunPlan, result: list[Any]) -> tuple[str, tuple[Ready, ...]]:
+        if result[0] == "exists":
+            return result[1], ()
+        return plan.run_id, _ready(result[1])
+
+    def _create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
         roots = [s for s in plan.order if not plan.upstream[s]]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {
@@ -211,14 +229,11 @@ class RunStore:
                 **({"when": step.when} if step.when else {}),
                 **({"pool": step.pool, "pool_slots": str(step.pool_slots)} if step.pool else {}),
             }])
-        result = self._create(args=[
+        return [
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
             idempotency_key or "", iso(plan.data_interval_start),
             json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
-        ])
-        if result[0] == "exists":
-            return result[1], ()
-        return plan.run_id, _ready(result[1])
+        ]
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
                       lease: float = DEFAULT_LEASE, now: datetime | None = None) -> tuple[str, StepPlan | None]:

@@ -33,6 +33,8 @@ def scheduler(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
+    history_days: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS", min=0,
+                                       help="Delete ended runs older than this many days (0: keep all)."),
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
     logs.setup(log_level, log_format.value)
@@ -44,7 +46,8 @@ def scheduler(
             done = submit_file(store, path)
             logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
-    daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl)
+    daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl,
+                       history_days=history_days)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
