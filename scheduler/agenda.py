@@ -32,19 +32,20 @@ class Agenda:
         first = self.r.zrange(self.keys.agenda(), 0, 0, withscores=True)
         return first[0][1] if first else None
 
-    def set_next(self, dag: str, due: datetime | None) -> None:
+    def set_next(self, dag: str, due: datetime | None, client: Any = None) -> None:
+        client = client or self.r
         if due is None:
-            self.r.zrem(self.keys.agenda(), dag)
+            client.zrem(self.keys.agenda(), dag)
         else:
-            self.r.zadd(self.keys.agenda(), {dag: due.timestamp()})
+            client.zadd(self.keys.agenda(), {dag: due.timestamp()})
 
     def cursor(self, dag: str) -> datetime | None:
         raw = self.r.hget(self.keys.dag(dag), "cursor")
         return datetime.fromisoformat(raw) if raw else None
 
-    def advance(self, dag: str, to: datetime) -> None:
+    def advance(self, dag: str, to: datetime, client: Any = None) -> None:
         """Move the DAG's cursor forward (never back: a slow second scheduler cannot rewind it)."""
-        self.r.eval(
+        (client or self.r).eval(
             "local c = redis.call('HGET', KEYS[1], 'cursor_ts') "
             "if (not c) or tonumber(c) < tonumber(ARGV[1]) then "
             "redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'cursor_ts', ARGV[1]) end",

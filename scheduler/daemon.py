@@ -122,11 +122,13 @@ class Scheduler:
                 log.error("%s: cannot evaluate its schedule: %s (trying again in %s)", dag, exc, RETRY_LATER)
                 self.agenda.set_next(dag, now + RETRY_LATER)
         self._create(work)
-        for dag, compiled, _ in work:
-            self.agenda.advance(dag, now)
-            upcoming = compiled.schedule.next_fires(now, 2) if compiled.schedule else []
-            self._upcoming[dag] = (now.timestamp(), compiled.version, compiled.context, upcoming)
-            self.agenda.set_next(dag, next_due(compiled.schedule, now, upcoming))
+        with self.store.r.pipeline(transaction=False) as pipe:
+            for dag, compiled, _ in work:
+                self.agenda.advance(dag, now, client=pipe)
+                upcoming = compiled.schedule.next_fires(now, 2) if compiled.schedule else []
+                self._upcoming[dag] = (now.timestamp(), compiled.version, compiled.context, upcoming)
+                self.agenda.set_next(dag, next_due(compiled.schedule, now, upcoming), client=pipe)
+            pipe.execute()
         return self.agenda.next_due()
 
     def evaluate(self, dag: str, now: datetime, calendars: dict[str, Any], outages: list[Outage],
