@@ -150,8 +150,9 @@ class DockerRuntime:
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""
-        containers = self.client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.prefix={prefix}"})
-        found = [Leftover.from_labels(c.id, c.labels) for c in containers]
+        # The low-level list: one call, no inspect per container (which races with removals, and costs).
+        containers = self.client.api.containers(all=True, filters={"label": f"{LABEL_PREFIX}.prefix={prefix}"})
+        found = [Leftover.from_labels(c["Id"], c.get("Labels") or {}) for c in containers]
         return [leftover for leftover in found if leftover.key not in live_attempts]
 
     def reap(self, ids: Iterable[str]) -> None:
