@@ -265,6 +265,31 @@ def _close(stream) -> None:
             pass
 
 
+def pump_in_batches(chunks: Iterable[bytes], on_output: Callable[[bytes], None],
+                    ends: tuple[type[BaseException], ...] = (Exception,)) -> None:
+    """Hand output on in batches (64 KiB or every 0.25 s: fewer Redis writes), up to the stream's end or
+    one of ``ends``; whatever arrived is always handed on, and a failing sink never stops the step."""
+    buffer = bytearray()
+    last = time.monotonic()
+
+    def flush() -> None:
+        if buffer:
+            with contextlib.suppress(Exception):
+                on_output(bytes(buffer))
+            buffer.clear()
+
+    try:
+        for chunk in chunks:
+            buffer += chunk
+            if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
+                flush()
+                last = time.monotonic()
+    except ends:
+        pass
+    finally:
+        flush()
+
+
 class _LogPump:
     """Reads a container's attached output in a thread, handing it on in batches (fewer Redis writes)."""
 
@@ -275,24 +300,7 @@ class _LogPump:
         self.thread.start()
 
     def _pump(self) -> None:
-        buffer = bytearray()
-        last = time.monotonic()
-        try:
-            for chunk in self.stream:
-                buffer += chunk
-                if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
-                    self._flush(buffer)
-                    last = time.monotonic()
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            pass
-        finally:
-            self._flush(buffer)
-
-    def _flush(self, buffer: bytearray) -> None:
-        if buffer:
-            with contextlib.suppress(Exception):
-                self.on_output(bytes(buffer))
-            buffer.clear()
+        pump_in_batches(self.stream, self.on_output, (docker.errors.APIError, requests.exceptions.RequestException))
 
     def join(self) -> None:
         self.thread.join(timeout=10)

@@ -37,7 +37,7 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, LOG_FLUSH_SECONDS, AttemptKey, Leftover, Outcome
+from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, AttemptKey, Leftover, Outcome, pump_in_batches
 from scheduler.model import StepPlan
 
 CONTAINER = "step"
@@ -371,26 +371,13 @@ class _LogPump:
         self.thread.start()
 
     def _pump(self) -> None:
-        buffer = bytearray()
-        last = time.monotonic()
         try:
             self.response = self.runtime.core.read_namespaced_pod_log(
                 self.name, self.runtime.namespace, container=CONTAINER, follow=True, _preload_content=False)
-            for chunk in self.response.stream(LOG_FLUSH_BYTES, decode_content=True):
-                buffer += chunk
-                if len(buffer) >= LOG_FLUSH_BYTES or time.monotonic() - last >= LOG_FLUSH_SECONDS:
-                    self._flush(buffer)
-                    last = time.monotonic()
-        except Exception:  # the Pod went away, the API dropped us, or we closed the response
-            pass
-        finally:
-            self._flush(buffer)
-
-    def _flush(self, buffer: bytearray) -> None:
-        if buffer:
-            with contextlib.suppress(Exception):
-                self.on_output(bytes(buffer))
-            buffer.clear()
+        except Exception:  # the Pod went away or the API dropped us: no log to follow
+            return
+        # The stream ends when the container does, or raises when the Pod goes away or we close it.
+        pump_in_batches(self.response.stream(LOG_FLUSH_BYTES, decode_content=True), self.on_output)
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the log's end (the API closes it when the container ends); close it if it lingers."""

@@ -35,12 +35,7 @@ def calendar_submit(file: Path = typer.Argument(..., help="YAML: a mapping of ca
 @calendar_app.command("list")
 def calendar_list(output: common.Output = common.OutputOption) -> None:
     """Show the named calendars."""
-    calendars = Agenda(common.store()).calendars()
-    if output == common.Output.json:
-        views.print_json(calendars)
-    else:
-        for name, spec in sorted(calendars.items()):
-            views.out.print(f"{name}: {spec}")
+    _print_named(Agenda(common.store()).calendars(), output)
 
 
 @outage_app.command("add")
@@ -64,12 +59,7 @@ def outage_add(
 @outage_app.command("list")
 def outage_list(output: common.Output = common.OutputOption) -> None:
     """Show the global outages."""
-    outages = Agenda(common.store()).outages()
-    if output == common.Output.json:
-        views.print_json(outages)
-    else:
-        for name, spec in sorted(outages.items()):
-            views.out.print(f"{name}: {spec}")
+    _print_named(Agenda(common.store()).outages(), output)
 
 
 @outage_app.command("remove")
@@ -77,3 +67,11 @@ def outage_remove(name: str = typer.Argument(..., help="The outage's name.")) ->
     """Remove a global outage."""
     Agenda(common.store()).remove_outage(name)
     views.out.print(f"outage {name}: removed")
+
+
+def _print_named(specs: dict, output: common.Output) -> None:
+    if output == common.Output.json:
+        views.print_json(specs)
+        return
+    for name, spec in sorted(specs.items()):
+        views.out.print(f"{name}: {spec}", markup=False)
