@@ -19,7 +19,7 @@ from scheduler import conditions
 from scheduler.logs import attempt_context, bind
 from scheduler.model import StepPlan
 from scheduler.settings import Settings
-from scheduler.store import Ready
+from scheduler.store import Ready, member
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
@@ -42,6 +42,8 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         timeout = store.step_plan(run_id, step).timeout
         ctx.dispatcher.enqueue([Ready(run_id, step, attempt, _queue_of(store, run_id, step), timeout,
                                       delay=(end - now).total_seconds(), tag=f"after-{int(end.timestamp())}")])
+        # Keep the reconciler from taking the wait for a vanished job: due again at the window's end.
+        store.r.zadd(store.keys.queued(), {member(run_id, step, attempt): end.timestamp()}, xx=True)
         log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
         return "deferred"
     condition = store.r.hget(store.keys.step(run_id, step), "when")

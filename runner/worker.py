@@ -1,7 +1,8 @@
 """``ctl worker``: an RQ worker that runs step attempts in its own process (no fork per job).
 
 RQ's ``SimpleWorker`` saves the fork per job (25–28 ms here) because every job is a container
-that runs out of process anyway. ``with_scheduler`` lets RQ move delayed retries onto queues.
+that runs out of process anyway. Delayed retries are not RQ's scheduled jobs: every worker moves
+due ones onto the queues itself (``DelayedMover``), so a killed worker takes none with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from rq import Queue, SimpleWorker
 
 from runner.context import WorkerContext, install
+from scheduler.dispatch import DelayedMover
 from scheduler.model import QUEUES
 from scheduler.reaper import Reaper
 from scheduler.settings import Settings
@@ -55,7 +57,7 @@ class ConveyorWorker(SimpleWorker):
 
 
 def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = False, name: str | None = None,
-         log_level: str = "INFO", with_scheduler: bool = True) -> bool:
+         log_level: str = "INFO") -> bool:
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     context = WorkerContext(settings, name=name)
     install(context)
@@ -63,6 +65,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     logging.getLogger("conveyor.reaper").setLevel(log_level)
     reaper = Reaper(context.store, context.dispatcher, context.runtime, lost_counts=settings.lost_counts)
     reaper.run_in_thread()
+    DelayedMover(context.dispatcher).run_in_thread(reaper.stop)
     backoff = 0.5
     try:
         while True:
@@ -70,7 +73,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
             worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection,
                                     name=f"{name}-{int(time.time() * 1000) % 100000}" if backoff > 0.5 else name)
             worker.context = context
-            worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+            worker.work(burst=burst, logging_level=log_level)
             if burst or context.stopping_since is not None or worker._stop_requested:
                 return True
             # RQ's loop ends on a Redis error: ride it out instead of exiting (no crash loop).

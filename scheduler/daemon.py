@@ -214,6 +214,7 @@ class Scheduler:
                     log.info("leading (fencing token %d, lease %.1fs)", self.lease.token, self.lease.ttl)
                     leading = True
                 nxt = self.tick(self.clock.now())
+                self.dispatcher.move_due()
                 if time.monotonic() - self._swept > REAP_EVERY:
                     self.reaper.lost_attempts()
                     self.reaper.vanished_jobs()
@@ -222,7 +223,7 @@ class Scheduler:
                     # A few hundred runs per pass keeps each pass short next to the lease renewal.
                     stats.prune(self.store, self.clock.now() - timedelta(days=self.history_days), limit=200)
                     self._pruned = time.monotonic()
-                wait = min(self.lease.ttl / 3, MAX_BLOCK)
+                wait = min(self.lease.ttl / 3, MAX_BLOCK, self.dispatcher.next_delayed() or MAX_BLOCK)
                 if nxt is not None:
                     wait = min(wait, self.clock.real_seconds(nxt))
                 if wait > 0:

@@ -4,10 +4,9 @@ deterministic id, on the ``high``/``default``/``low`` queue; the DAG itself neve
 
 from __future__ import annotations
 
-import math
-import time
+import json
+import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 import redis
 from rq import Queue
@@ -25,31 +24,87 @@ def job_id(run_id: str, step: str, attempt: int) -> str:
     return f"{run_id}-{step}-{attempt}"
 
 
-def _not_before(delay: float) -> datetime:
-    """RQ's scheduler keeps whole seconds and drops the fraction: round up so a backoff is never cut short."""
-    return datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
+def _encode(item: Ready) -> str:
+    return json.dumps([item.run_id, item.step, item.attempt, item.queue, item.timeout, item.tag])
+
+
+def _decode(entry: bytes | str) -> Ready:
+    run_id, step, attempt, queue, timeout, tag = json.loads(entry)
+    return Ready(run_id, step, attempt, queue, timeout, 0.0, tag)
+
+
+# KEYS: 1 delayed zset.  ARGV: pairs of (delay seconds, entry).  Scores are Redis's own clock.
+_DELAY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), ARGV[i + 1]) end
+return #ARGV / 2
+"""
+# KEYS: 1 delayed zset.  ARGV: 1 limit.  Removes and returns the entries that are due.
+_POP_DUE = """
+local t = redis.call('TIME')
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) + tonumber(t[2]) / 1000000,
+  'LIMIT', 0, tonumber(ARGV[1]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
 
 
 class Dispatcher:
-    """Enqueues attempts; enqueueing the same attempt twice is a no-op (``unique`` job ids)."""
+    """Enqueues attempts; enqueueing the same attempt twice is a no-op (``unique`` job ids).
+
+    A delayed attempt (a retry after its backoff, a step after an outage) waits in Redis's
+    ``{prefix}:delayed`` sorted set, not in RQ's scheduler, whose single lock-holding worker takes
+    delayed jobs with it when it is killed. Every worker, the leading scheduler and ``ctl run``
+    move due entries onto the queues (:meth:`move_due`); two movers at once are harmless (one pops
+    an entry; even a double delivery could start the attempt only once).
+    """
 
     def __init__(self, connection: redis.Redis, prefix: str = "conveyor"):
         self.prefix = prefix
+        self.connection = connection
         self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
+        self.delayed_key = f"{prefix}:delayed"
+        self._delay = connection.register_script(_DELAY)
+        self._pop_due = connection.register_script(_POP_DUE)
+
+    def move_due(self, limit: int = 500) -> int:
+        """Enqueue every delayed attempt whose time has come; returns how many."""
+        moved = 0
+        while True:
+            entries = self._pop_due(keys=[self.delayed_key], args=[limit])
+            if not entries:
+                return moved
+            items = [_decode(e) for e in entries]
+            self.enqueue(items)
+            moved += len(items)
+            if len(entries) < limit:
+                return moved
+
+    def next_delayed(self) -> float | None:
+        """Seconds until the next delayed attempt is due (by Redis's clock), or None."""
+        first = self.connection.zrange(self.delayed_key, 0, 0, withscores=True)
+        if not first:
+            return None
+        now = self.connection.time()
+        return max(0.0, first[0][1] - (now[0] + now[1] / 1e6))
 
     def enqueue(self, items: Iterable[Ready]) -> int:
-        count = 0
         items = list(items)
-        if len(items) > 1 and all(item.delay <= 0 for item in items):
-            return self._enqueue_pipelined(items)
-        for item in items:
+        later = [item for item in items if item.delay > 0]
+        if later:
+            args: list = []
+            for item in later:
+                args += [item.delay, _encode(item)]
+            self._delay(keys=[self.delayed_key], args=args)
+        now = [item for item in items if item.delay <= 0]
+        if len(now) > 1:
+            return len(later) + self._enqueue_pipelined(now)
+        count = len(later)
+        for item in now:
             queue = self.queues.get(item.queue) or self.queues["default"]
-            options = self._options(item)
             try:
-                if item.delay > 0:
-                    queue.enqueue_at(_not_before(item.delay), JOB_FUNC, **options)
-                else:
-                    queue.enqueue_call(JOB_FUNC, **options)
+                queue.enqueue_call(JOB_FUNC, **self._options(item))
                 count += 1
             except DuplicateJobError:
                 pass
@@ -80,23 +135,28 @@ class Dispatcher:
         }
 
 
-class InlineRetryMover:
-    """Moves due delayed retries onto their queues from the caller's own loop.
+class DelayedMover:
+    """Moves due delayed attempts onto the queues from a loop of the caller's (``ctl run``) or in a
+    thread (workers): it sleeps until the next one is due, at most ``MAX_SLEEP`` seconds."""
 
-    ``ctl run`` ticks this from its watch loop instead of letting every worker fork RQ's scheduler
-    process, which sleeps in whole seconds and so holds up shutdown by up to a second.
-    """
+    MAX_SLEEP = 0.5
 
-    def __init__(self, connection: redis.Redis):
-        from rq.scheduler import RQScheduler
-
-        self._scheduler = RQScheduler(list(QUEUES), connection=connection, logging_level="WARNING")
+    def __init__(self, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
 
     def tick(self) -> None:
-        if self._scheduler.should_reacquire_locks:
-            self._scheduler.acquire_locks()
-        if self._scheduler.acquired_locks:
-            self._scheduler.enqueue_scheduled_jobs()
+        self.dispatcher.move_due()
 
-    def close(self) -> None:
-        self._scheduler.release_locks()
+    def run_in_thread(self, stop: threading.Event) -> threading.Thread:
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    self.dispatcher.move_due()
+                    wait = self.dispatcher.next_delayed()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    wait = 1.0
+                stop.wait(self.MAX_SLEEP if wait is None else min(wait, self.MAX_SLEEP))
+
+        thread = threading.Thread(target=loop, name="conveyor-delayed", daemon=True)
+        thread.start()
+        return thread

@@ -227,3 +227,32 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, aof_redis, image:
     assert store.read_log(run_id, "nap", len(steps["nap"]["attempts"])).endswith(b"done\n")
     assert "Traceback" not in output
     assert json.loads(store.run_record(run_id)["params"]) == {}
+
+
+def test_a_delayed_retry_survives_the_worker_that_scheduled_it(tmp_path: Path, settings: Settings, store: RunStore,
+                                                               dispatcher: Dispatcher, image: str) -> None:
+    """Retries wait in Redis, not in one worker's RQ scheduler: killing that worker loses none."""
+    submit_file(store, write_dag(tmp_path, """
+        name: flaky
+        steps:
+          once: {image: conveyor/busybox:local, command: [sh, -c, "exit 1"], retries: 1,
+                 retry_backoff: {initial: 3s, jitter: 0}}
+    """))
+    pool = Workers(settings, tmp_path)
+    try:
+        [first] = pool.start(1)
+        run_id = create_run(store, dispatcher, "flaky", {})
+        deadline = time.monotonic() + 30
+        while store.step_records(run_id)[0]["state"] != "retrying":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        pool.start(1)
+        record = wait_for_run(store, run_id, timeout=30)
+    finally:
+        pool.stop()
+    attempts = store.step_records(run_id)[0]["attempts"]
+    assert record["state"] == "failed" and len(attempts) == 2
+    gap = (datetime.fromisoformat(attempts[1]["started_at"]) - datetime.fromisoformat(attempts[0]["ended_at"]))
+    assert 2.9 <= gap.total_seconds() < 8, gap

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from scheduler.cli import common, runs, views, watch
-from scheduler.dispatch import InlineRetryMover
+from scheduler.dispatch import DelayedMover
 from scheduler.embedded import die_with_parent, embedded_redis
 from scheduler.model import Priority, Trigger
 from scheduler.service import create_run, submit_file
@@ -45,8 +45,7 @@ def run(
         store = common.store(current)
         submitted = submit_file(store, file)
         stack.enter_context(worker_processes(current, workers))
-        mover = InlineRetryMover(current.connect(decode=False))
-        stack.callback(mover.close)
+        mover = DelayedMover(common.dispatcher(current))
         run_id = create_run(store, common.dispatcher(current), submitted.spec.name, common.parse_params(param),
                             trigger=Trigger.MANUAL, priority=priority, version=submitted.version,
                             now=datetime.now(UTC))
@@ -103,8 +102,7 @@ def _worker_main(settings: Settings, index: int) -> None:
     die_with_parent()
     from runner.worker import work
 
-    # No RQ scheduler process per worker: the parent moves delayed retries (InlineRetryMover).
-    work(settings, name=f"local-{os.getppid()}-{index}-{os.getpid()}", log_level="WARNING", with_scheduler=False)
+    work(settings, name=f"local-{os.getppid()}-{index}-{os.getpid()}", log_level="WARNING")
 
 
 def _remove_containers(run_id: str) -> None:
