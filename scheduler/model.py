@@ -150,10 +150,18 @@ class DagSpec:
     priority: Priority | None = None
     tags: Mapping[str, Any] = field(default_factory=dict)
     document: Mapping[str, Any] = field(default_factory=dict)
+    handlers: Mapping[str, StepSpec] = field(default_factory=dict)  # "_on_failure" etc. -> the step
+
 
     @property
     def schedule(self) -> Mapping[str, Any] | None:
         return self.document.get("schedule")
+
+
+# Handler steps by the DAG key that defines them, their step name (step names cannot start with
+# "_", job ids can contain it) and the run state that fires them.
+HANDLERS = {"on_failure": ("_on_failure", "failed"), "on_success": ("_on_success", "success"),
+            "on_exit": ("_on_exit", "exit")}
 
 
 @dataclass(frozen=True)

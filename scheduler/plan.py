@@ -10,7 +10,7 @@ from typing import Any
 
 from scheduler import templates
 from scheduler.graph import downstream_map, topological_order
-from scheduler.model import TRIGGER_PRIORITY, DagSpec, Priority, StepPlan, Trigger
+from scheduler.model import HANDLERS, TRIGGER_PRIORITY, DagSpec, Priority, StepPlan, Trigger
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class RunPlan:
     order: tuple[str, ...]
     upstream: Mapping[str, tuple[str, ...]]
     downstream: Mapping[str, tuple[str, ...]]
-    steps: Mapping[str, StepPlan]
+    steps: Mapping[str, StepPlan]  # the steps of the graph, then the handler steps
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    handlers: Mapping[str, str] = field(default_factory=dict)  # handler step -> the run state that fires it
 
 
 def new_run_id(dag: str, now: datetime) -> str:
@@ -78,7 +79,7 @@ def plan_run(
     run_priority = priority or spec.priority or TRIGGER_PRIORITY[trigger]
     upstream = {name: step.depends_on for name, step in spec.steps.items()}
     steps = {}
-    for name, step in spec.steps.items():
+    for name, step in [*spec.steps.items(), *spec.handlers.items()]:
         step_ctx = {**ctx, "step": name}
         argv = tuple(templates.render(part, step_ctx) for part in step.command)
         if step.shell:
@@ -124,4 +125,5 @@ def plan_run(
         downstream={k: tuple(v) for k, v in downstream_map(upstream).items()},
         steps=steps,
         provenance=dict(provenance or {}),
+        handlers={name: fires for _, (name, fires) in HANDLERS.items() if name in spec.handlers},
     )

@@ -24,7 +24,7 @@ from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zo
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
-from scheduler.model import Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
+from scheduler.model import HANDLERS, Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
@@ -249,6 +249,21 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
                 conditions.check(step["when"], params, _ancestors(upstream, name))
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
+    for key in HANDLERS:
+        handler = data.get(key)
+        if isinstance(handler, dict):
+            merged = {**defaults, **handler}
+            if "image" not in merged:
+                yield source.problem((key,), f"handler '{key}' has no image; set 'image' on it or in 'defaults'")
+            command = merged.get("command")
+            if command is None:
+                yield source.problem((key,), f"handler '{key}' has no command")
+            elif isinstance(command, str) and not merged.get("shell"):
+                yield source.problem((key, "command"), "command is a string; write it as a list (exec form), "
+                                                       "or set 'shell: true'")
+            for index, part in enumerate(command if isinstance(command, list) else []):
+                if isinstance(part, str):
+                    yield from _template_problem(source, (key, "command", index), part, known)
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.
@@ -490,44 +505,10 @@ def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build(data: dict[str, Any]) -> DagSpec:
     defaults = data.get("defaults", {})
-    steps = {}
-    for name, raw in data["steps"].items():
-        merged = {**defaults, **raw}
-        env = {**defaults.get("env", {}), **raw.get("env", {})}
-        tags = {**defaults.get("tags", {}), **raw.get("tags", {})}
-        command = merged["command"]
-        argv = (command,) if isinstance(command, str) else tuple(templates.to_text(c) for c in command)
-        backoff = merged.get("retry_backoff", {})
-        resources_ = merged.get("resources", {})
-        steps[name] = StepSpec(
-            name=name,
-            image=merged["image"],
-            command=argv,
-            shell=bool(merged.get("shell", False)),
-            env={k: templates.to_text(v) for k, v in env.items()},
-            working_dir=merged.get("working_dir"),
-            depends_on=tuple(raw.get("depends_on", ())),
-            retries=int(merged.get("retries", 0)),
-            backoff=Backoff(
-                initial=seconds(backoff.get("initial"), 10.0),
-                factor=float(backoff.get("factor", 2.0)),
-                max=seconds(backoff.get("max"), 3600.0),
-                jitter=float(backoff.get("jitter", 0.1)),
-            ),
-            timeout=seconds(merged.get("timeout")),
-            priority=Priority(merged["priority"]) if "priority" in merged else None,
-            cpus=resources_.get("cpus"),
-            memory=memory_bytes(resources_.get("memory")),
-            tags=tags,
-            pull=merged.get("pull", "never"),
-            mounts=tuple(Mount(m["source"], m["target"], m.get("read_only", True)) for m in merged.get("mounts", ())),
-            secrets={**defaults.get("secrets", {}), **raw.get("secrets", {})},
-            trigger_rule=raw.get("trigger_rule", "all_success"),
-            when=raw.get("when"),
-            rerun_before_downstream=bool(raw.get("rerun_before_downstream", False)),
-            pool=merged.get("pool"),
-            pool_slots=int(merged.get("pool_slots", 1)),
-        )
+    steps = {name: _step(name, raw, defaults) for name, raw in data["steps"].items()}
+    # Handlers run however the run ended (trigger rule 'always'), also when it was cancelled.
+    handlers = {step_name: replace(_step(step_name, data[key], defaults), trigger_rule="always")
+                for key, (step_name, _) in HANDLERS.items() if key in data}
     params = {
         name: ParamSpec(
             name=name,
@@ -548,4 +529,44 @@ def _build(data: dict[str, Any]) -> DagSpec:
         priority=Priority(data["priority"]) if "priority" in data else None,
         tags=data.get("tags", {}),
         document=data,
+        handlers=handlers,
+    )
+
+
+def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
+    merged = {**defaults, **raw}
+    env = {**defaults.get("env", {}), **raw.get("env", {})}
+    tags = {**defaults.get("tags", {}), **raw.get("tags", {})}
+    command = merged["command"]
+    argv = (command,) if isinstance(command, str) else tuple(templates.to_text(c) for c in command)
+    backoff = merged.get("retry_backoff", {})
+    resources_ = merged.get("resources", {})
+    return StepSpec(
+        name=name,
+        image=merged["image"],
+        command=argv,
+        shell=bool(merged.get("shell", False)),
+        env={k: templates.to_text(v) for k, v in env.items()},
+        working_dir=merged.get("working_dir"),
+        depends_on=tuple(raw.get("depends_on", ())),
+        retries=int(merged.get("retries", 0)),
+        backoff=Backoff(
+            initial=seconds(backoff.get("initial"), 10.0),
+            factor=float(backoff.get("factor", 2.0)),
+            max=seconds(backoff.get("max"), 3600.0),
+            jitter=float(backoff.get("jitter", 0.1)),
+        ),
+        timeout=seconds(merged.get("timeout")),
+        priority=Priority(merged["priority"]) if "priority" in merged else None,
+        cpus=resources_.get("cpus"),
+        memory=memory_bytes(resources_.get("memory")),
+        tags=tags,
+        pull=merged.get("pull", "never"),
+        mounts=tuple(Mount(m["source"], m["target"], m.get("read_only", True)) for m in merged.get("mounts", ())),
+        secrets={**defaults.get("secrets", {}), **raw.get("secrets", {})},
+        trigger_rule=raw.get("trigger_rule", "all_success"),
+        when=raw.get("when"),
+        rerun_before_downstream=bool(raw.get("rerun_before_downstream", False)),
+        pool=merged.get("pool"),
+        pool_slots=int(merged.get("pool_slots", 1)),
     )

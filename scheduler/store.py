@@ -213,16 +213,16 @@ class RunStore:
             "data_interval_start": iso(plan.data_interval_start), "data_interval_end": iso(plan.data_interval_end),
             "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots), "unfinished": len(plan.order),
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
-            "provenance": json.dumps(plan.provenance),
+            "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
         }
         steps = []
-        for name in plan.order:
+        for name in [*plan.order, *plan.handlers]:
             step = plan.steps[name]
             steps.append([name, {
                 "name": name, "state": "pending", "attempt": "0", "rule": step.trigger_rule,
                 "retries": str(step.retries), "up_done": "0", "up_success": "0", "up_failed": "0",
-                "upstream": json.dumps(list(plan.upstream[name])),
-                "downstream": json.dumps(list(plan.downstream[name])),
+                "upstream": json.dumps(list(plan.upstream.get(name, ()))),
+                "downstream": json.dumps(list(plan.downstream.get(name, ()))),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 "plan": json.dumps(step.to_json()),
@@ -362,7 +362,8 @@ class RunStore:
 
     def step_records(self, run_id: str) -> list[dict[str, Any]]:
         """Every step of a run in order, each with its attempts, in as few round trips as possible."""
-        names = json.loads(self.run_record(run_id)["steps"])
+        record = self.run_record(run_id)
+        names = json.loads(record["steps"]) + list(json.loads(record.get("handlers") or "{}"))
         with self.r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.step(run_id, name))

@@ -172,9 +172,28 @@ end
 local function maybe_end_run(rid, now, ready)
   local rk = run_key(rid)
   if tonumber(redis.call('HGET', rk, 'unfinished')) > 0 then return end
-  local state = 'success'
-  if redis.call('HGET', rk, 'cancel') == '1' then state = 'cancelled'
-  elseif tonumber(redis.call('HGET', rk, 'failed') or '0') > 0 then state = 'failed' end
+  local state = redis.call('HGET', rk, 'final')
+  if redis.call('HGET', rk, 'handled') ~= '1' then
+    state = 'success'
+    if redis.call('HGET', rk, 'cancel') == '1' then state = 'cancelled'
+    elseif tonumber(redis.call('HGET', rk, 'failed') or '0') > 0 then state = 'failed' end
+    -- The DAG's handler steps (on_failure, on_success, on_exit) run once, when the run ends that way;
+    -- the run keeps the state its steps gave it, whatever the handlers do.
+    redis.call('HSET', rk, 'handled', '1', 'final', state)
+    local fired = 0
+    for name, when in pairs(cjson.decode(redis.call('HGET', rk, 'handlers') or '{}')) do
+      if when == 'exit' or when == state then
+        fired = fired + 1
+        table.insert(ready, queue_step(rid, name, now))
+      else
+        redis.call('HSET', step_key(rid, name), 'state', 'skipped')
+      end
+    end
+    if fired > 0 then
+      redis.call('HINCRBY', rk, 'unfinished', fired)
+      return
+    end
+  end
   redis.call('HSET', rk, 'state', state, 'ended_at', now)
   event(rid, 'run', '', state, '', now)
   local dag = redis.call('HGET', rk, 'dag')

@@ -28,7 +28,10 @@ local failed = 0
 for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps'))) do
   if not set[s] and FAILED[redis.call('HGET', step_key(rid, s), 'state')] then failed = failed + 1 end
 end
-redis.call('HSET', rk, 'state', 'running', 'cancel', '0', 'failed', failed, 'unfinished', #chosen)
+redis.call('HSET', rk, 'state', 'running', 'cancel', '0', 'failed', failed, 'unfinished', #chosen, 'handled', '0')
+for name, _ in pairs(cjson.decode(redis.call('HGET', rk, 'handlers') or '{}')) do
+  redis.call('HSET', step_key(rid, name), 'state', 'pending')
+end
 redis.call('HDEL', rk, 'ended_at')
 redis.call('SADD', P .. ':dag:' .. redis.call('HGET', rk, 'dag') .. ':active', rid)
 event(rid, 'run', '', 'rerun', '', now)
