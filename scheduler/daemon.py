@@ -218,6 +218,7 @@ class Scheduler:
                 if time.monotonic() - self._swept > REAP_EVERY:
                     self.reaper.lost_attempts()
                     self.reaper.vanished_jobs()
+                    self.reaper.sla_misses()
                     self._swept = time.monotonic()
                 if self.history_days and time.monotonic() - self._pruned > PRUNE_EVERY:
                     # A few hundred runs per pass keeps each pass short next to the lease renewal.

@@ -74,6 +74,8 @@ class StreamMetrics:
         self.wait = Histogram("conveyor_step_wait_seconds",
                               "Wait of a queued attempt until it runs (retries after a backoff excluded).",
                               ["dag"], buckets=WAIT_BUCKETS, registry=registry)
+        self.sla_misses = Counter("conveyor_sla_misses", "Step SLAs and run deadlines missed "
+                                  "(step '' is the run's deadline).", ["dag", "step"], registry=registry)
         self.events = Counter("conveyor_metrics_events", "Events read from the stream by this exporter.",
                               registry=registry)
         self._queued: Bounded = Bounded(cap)
@@ -87,6 +89,9 @@ class StreamMetrics:
                 self.runs.labels(self.dag_of(run_id), state).inc()
             return
         step, attempt = fields.get("step", ""), _int(fields.get("attempt"))
+        if state == "sla_miss":
+            self.sla_misses.labels(self.dag_of(run_id), step).inc()
+            return
         when = _time(at)
         if state == "queued":
             if when is not None:

@@ -129,6 +129,7 @@ class StepSpec:
     rerun_before_downstream: bool = False
     pool: str | None = None
     pool_slots: int = 1
+    sla: float | None = None  # seconds after the run's creation by which the step should have succeeded
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class DagSpec:
 # Handler steps by the DAG key that defines them, their step name (step names cannot start with
 # "_", job ids can contain it) and the run state that fires them.
 HANDLERS = {"on_failure": ("_on_failure", "failed"), "on_success": ("_on_success", "success"),
-            "on_exit": ("_on_exit", "exit")}
+            "on_exit": ("_on_exit", "exit"), "on_sla_miss": ("_on_sla_miss", "sla")}
 
 
 @dataclass(frozen=True)

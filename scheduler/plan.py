@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler import templates
@@ -32,6 +32,7 @@ class RunPlan:
     steps: Mapping[str, StepPlan]  # the steps of the graph, then the handler steps
     provenance: Mapping[str, Any] = field(default_factory=dict)
     handlers: Mapping[str, str] = field(default_factory=dict)  # handler step -> the run state that fires it
+    slas: tuple[tuple[str, float], ...] = ()  # (step, or "" for the run's deadline; due epoch seconds)
 
 
 def new_run_id(dag: str, now: datetime) -> str:
@@ -126,4 +127,22 @@ def plan_run(
         steps=steps,
         provenance=dict(provenance or {}),
         handlers={name: fires for _, (name, fires) in HANDLERS.items() if name in spec.handlers},
+        slas=_slas(spec, now, logical_date),
     )
+
+
+def _slas(spec: DagSpec, created: datetime, logical_date: datetime) -> tuple[tuple[str, float], ...]:
+    """When each step SLA and the run's deadline fall due (epoch seconds)."""
+    slas = [(name, created.timestamp() + step.sla) for name, step in spec.steps.items() if step.sla]
+    deadline = spec.document.get("deadline")
+    if deadline:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo((spec.schedule or {}).get("timezone", "UTC"))
+        local = logical_date.astimezone(tz)
+        hour, minute = map(int, deadline.split(":"))
+        due = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if due < local:
+            due += timedelta(days=1)
+        slas.append(("", due.timestamp()))
+    return tuple(slas)

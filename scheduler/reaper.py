@@ -44,7 +44,17 @@ class Reaper:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def once(self) -> dict[str, int]:
-        return {"lost": self.lost_attempts(), "requeued": self.vanished_jobs(), "orphans": self.orphans()}
+        return {"lost": self.lost_attempts(), "requeued": self.vanished_jobs(), "orphans": self.orphans(),
+                "sla_misses": self.sla_misses()}
+
+    def sla_misses(self) -> int:
+        """SLAs and deadlines that fell due unmet: recorded once, and their on_sla_miss handlers started."""
+        misses = self.store.missed_slas()
+        for miss in misses:
+            what = f"step {miss['step']}" if miss["step"] else "the run's deadline"
+            log.warning("%s: %s missed its SLA", miss["run_id"], what)
+            self.dispatcher.enqueue(miss["ready"])
+        return len(misses)
 
     def lost_attempts(self) -> int:
         count = 0

@@ -569,4 +569,5 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         rerun_before_downstream=bool(raw.get("rerun_before_downstream", False)),
         pool=merged.get("pool"),
         pool_slots=int(merged.get("pool_slots", 1)),
+        sla=seconds(raw.get("sla")),
     )

@@ -57,6 +57,7 @@ class Step:
     state: str
     tags: dict[str, str] = field(default_factory=dict)
     attempts: tuple[Attempt, ...] = ()
+    sla_missed: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Run:
     started: float | None = None
     ended: float | None = None
     steps: tuple[Step, ...] = ()
+    deadline_missed: bool = False
 
     @property
     def duration(self) -> float | None:
@@ -125,10 +127,12 @@ def load(store: RunStore, since: float, dag: str | None = None, chunk: int = 200
                     {str(k): _tag_value(v) for k, v in (plan.get("tags") or {}).items()},
                     tuple(Attempt(int(a.get("number") or 0), a.get("state", ""), a.get("host") or "",
                                   _epoch(a.get("started_at")), _epoch(a.get("ended_at"))) for a in attempts if a),
+                    bool(step.get("sla_missed")),
                 ))
             if record:
                 runs.append(Run(run_id, record.get("dag", ""), record.get("state", ""), float(created),
-                                _epoch(record.get("started_at")), _epoch(record.get("ended_at")), tuple(built)))
+                                _epoch(record.get("started_at")), _epoch(record.get("ended_at")), tuple(built),
+                                bool(record.get("deadline_missed"))))
     return runs
 
 
@@ -289,7 +293,18 @@ def report(runs: Sequence[Run], by: str = "dag", *, now: float, since: float, to
         "slow_attempts": slow_attempts(runs, now),
         "failing_hosts": failing_hosts(runs, top),
         "failing_tags": failing_tags(runs, top),
+        "sla_misses": sla_misses(runs),
     }
+
+
+def sla_misses(runs: Iterable[Run]) -> list[dict[str, Any]]:
+    """Every missed step SLA and run deadline (step null), newest run first."""
+    misses = []
+    for run in runs:
+        if run.deadline_missed:
+            misses.append({"run_id": run.run_id, "dag": run.dag, "step": None})
+        misses += [{"run_id": run.run_id, "dag": run.dag, "step": s.name} for s in run.steps if s.sla_missed]
+    return misses[::-1]
 
 
 def check_by(by: str) -> str:

@@ -96,6 +96,7 @@ class RunStore:
         self._rerun = client.register_script(lib + load("lua/rerun.lua").read_text())
         self._cancel_step = client.register_script(lib + load("lua/cancel_step.lua").read_text())
         self._pool_set = client.register_script(lib + load("lua/pool_set.lua").read_text())
+        self._sla = client.register_script(lib + load("lua/sla.lua").read_text())
         self._append_log = client.register_script(load("lua/append_log.lua").read_text())
 
     @classmethod
@@ -214,6 +215,7 @@ class RunStore:
             "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots), "unfinished": len(plan.order),
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
+            "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
         }
         steps = []
         for name in [*plan.order, *plan.handlers]:
@@ -261,6 +263,12 @@ class RunStore:
             context[f"{step['name']}.state"] = step["state"]
             context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
         return context, record["dag"]
+
+    def missed_slas(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
+        ready entry of an on_sla_miss handler it fired."""
+        return [{"run_id": rid, "step": step, "dag": dag, "ready": _ready(ready)}
+                for rid, step, dag, ready in (self._sla(args=[self.prefix, now_iso(), limit]) or [])]
 
     def skip_step(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished:
         """Skip a queued step whose condition is false (fenced by the attempt number)."""

@@ -144,6 +144,13 @@ def stats_tables(data: dict[str, Any]) -> list[Any]:
             tags.add_row(f"{row['tag']}={row['value']}", str(row["failures"]), str(row["steps"]),
                          _rate(row["failure_rate"]))
         shown.append(tags)
+    if data.get("sla_misses"):
+        misses = Table(title=f"missed SLAs and deadlines ({len(data['sla_misses'])})", title_justify="left")
+        for column in ("run", "dag", "step"):
+            misses.add_column(column)
+        for row in data["sla_misses"][:20]:
+            misses.add_row(row["run_id"], row["dag"], row["step"] or "(run deadline)")
+        shown.append(misses)
     return shown
 
 

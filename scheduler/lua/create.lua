@@ -21,6 +21,9 @@ for _, step in ipairs(cjson.decode(ARGV[9])) do hset_all(step_key(rid, step[1]),
 redis.call('ZADD', P .. ':runs', created, rid)
 redis.call('ZADD', P .. ':dag:' .. dag .. ':runs', created, rid)
 if interval ~= '' then redis.call('HSET', P .. ':dag:' .. dag .. ':intervals', interval, rid) end
+for _, entry in ipairs(cjson.decode(cjson.decode(ARGV[8])['slas'] or '[]')) do
+  redis.call('ZADD', P .. ':sla', entry[2], entry[1])
+end
 event(rid, 'run', '', 'queued', '', now)
 local ready = {}
 start_or_wait(rid, now, ready)

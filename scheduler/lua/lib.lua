@@ -185,7 +185,7 @@ local function maybe_end_run(rid, now, ready)
       if when == 'exit' or when == state then
         fired = fired + 1
         table.insert(ready, queue_step(rid, name, now))
-      else
+      elseif redis.call('HGET', step_key(rid, name), 'state') == 'pending' then
         redis.call('HSET', step_key(rid, name), 'state', 'skipped')
       end
     end
