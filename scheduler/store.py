@@ -229,7 +229,9 @@ class RunStore:
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 "plan": json.dumps(step.to_json()),
                 **({"when": step.when} if step.when else {}),
-                **({"pool": step.pool, "pool_slots": str(step.pool_slots)} if step.pool else {}),
+                # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
+                # steps of a queue run at once. A pool that is not defined does not limit.
+                "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
             }])
         return [
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),

@@ -53,3 +53,18 @@ def test_slots_never_exceeded_under_four_workers(tmp_path, settings, store, disp
     assert peak == 2, f"{peak} steps of the pool ran at once"
     assert json.loads(ctl("pool", "list", "-o", "json", env=env).stdout) == [
         {"name": "db", "slots": 2, "used": 0, "waiting": 0}]
+
+
+def test_a_cap_per_queue(store) -> None:
+    store.set_pool("queue:low", 1)
+    plan, _ = new_run(store, spec_from("""
+        name: capped
+        priority: low
+        defaults: {image: img, command: [x]}
+        steps: {a: {}, b: {}, urgent: {priority: high}}
+    """))
+    rid = plan.run_id
+    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w")[0] == "ok"
+    assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w")[0] == "pooled"
+    assert store.start_attempt(rid, "urgent", 1, host="h", pid=1, worker="w")[0] == "ok"  # other queue
+    assert [r.step for r in store.finish_attempt(rid, "a", 1, "success", {}).ready] == ["b"]
