@@ -78,16 +78,13 @@ class Agenda:
 
     def set_paused(self, dag: str, paused: bool) -> None:
         if not self.r.exists(self.keys.dag(dag)):
-            raise NotFoundError(self.store._unknown_dag(dag))
+            raise NotFoundError(self.store.unknown_dag(dag))
         self.r.hset(self.keys.dag(dag), mapping={"paused": int(paused), "updated_at": now_iso()})
         if paused:
             self.r.zrem(self.keys.agenda(), dag)
             self.wake()
         else:
             self.schedule_now(dag)
-
-    def is_paused(self, dag: str) -> bool:
-        return self.r.hget(self.keys.dag(dag), "paused") == "1"
 
     # --- calendars and outages -----------------------------------------------------------------
 

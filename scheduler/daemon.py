@@ -131,14 +131,6 @@ class Scheduler:
             pipe.execute()
         return self.agenda.next_due()
 
-    def evaluate(self, dag: str, now: datetime, calendars: dict[str, Any], outages: list[Outage],
-                 context: str) -> int:
-        """One DAG's due runs, as :meth:`tick` does it (kept for callers that evaluate one DAG)."""
-        self.store.r.zadd(self.store.keys.agenda(), {dag: 0})
-        before = self.created
-        self.tick(now)
-        return self.created - before
-
     def _due_fires(self, dag: str, compiled: Compiled, cursor: datetime, now: datetime) -> list[Fire]:
         """The fires due in ``(cursor, now]``: from the fires computed when the cursor last moved (the
         common case, no cron walking), else from the schedule (catchup rules, outages, restarts)."""

@@ -29,8 +29,6 @@ from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
-STEP_FIELDS = ("image", "command", "shell", "env", "working_dir", "retries", "retry_backoff", "timeout",
-               "priority", "resources", "tags", "pull", "mounts", "secrets", "pool", "pool_slots")
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",

@@ -161,7 +161,7 @@ class RunStore:
         if version is None:
             latest = self.r.hget(self.keys.dag(name), "latest")
             if latest is None:
-                raise NotFoundError(self._unknown_dag(name))
+                raise NotFoundError(self.unknown_dag(name))
             version = int(latest)
         raw = self.r.get(self.keys.dag_version(name, version))
         if raw is None:
@@ -171,7 +171,7 @@ class RunStore:
     def dag_names(self) -> list[str]:
         return sorted(self.r.smembers(self.keys.dags()))
 
-    def _unknown_dag(self, name: str) -> str:
+    def unknown_dag(self, name: str) -> str:
         import difflib
 
         close = difflib.get_close_matches(name, self.dag_names(), n=1)

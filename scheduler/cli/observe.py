@@ -89,7 +89,7 @@ def stats(
     if dag and dag not in store.dag_names():
         from scheduler.errors import NotFoundError
 
-        raise NotFoundError(store._unknown_dag(dag))
+        raise NotFoundError(store.unknown_dag(dag))
     data = history.report(history.load(store, start, dag), by, now=time.time(), since=start, top=top)
     if output == common.Output.json:
         views.print_json(data)

@@ -54,7 +54,7 @@ def runs(
     """List runs, newest first."""
     store = common.store()
     if dag and dag not in store.dag_names():
-        raise NotFoundError(store._unknown_dag(dag))
+        raise NotFoundError(store.unknown_dag(dag))
     records = [views.run_object(store.run_record(rid)) for rid in store.run_ids(dag, limit)]
     if output == common.Output.json:
         views.print_json(records)
