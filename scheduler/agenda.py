@@ -13,6 +13,7 @@ from typing import Any
 from scheduler.calendars import Calendar, CalendarError
 from scheduler.errors import ConveyorError, NotFoundError
 from scheduler.outages import Outage, OutageError
+from scheduler.staging import unstage
 from scheduler.store import RunStore, now_iso
 
 
@@ -67,8 +68,10 @@ class Agenda:
     # --- DAGs -----------------------------------------------------------------------------------
 
     def schedule_now(self, dag: str, *, now: datetime | None = None) -> None:
-        """After a submit or unpause: evaluate this DAG's schedule at once (from now on)."""
+        """After a submit or unpause: evaluate this DAG's schedule at once (from now on). Runs staged
+        under the previous version are taken back first (and their fires evaluated again)."""
         now = now or datetime.now(UTC)
+        unstage(self.store, [dag])
         with self.r.pipeline() as pipe:
             pipe.hsetnx(self.keys.dag(dag), "cursor", now.astimezone(UTC).isoformat())
             pipe.hsetnx(self.keys.dag(dag), "cursor_ts", now.timestamp())
@@ -82,6 +85,7 @@ class Agenda:
         self.r.hset(self.keys.dag(dag), mapping={"paused": int(paused), "updated_at": now_iso()})
         if paused:
             self.r.zrem(self.keys.agenda(), dag)
+            unstage(self.store, [dag])
             self.wake()
         else:
             self.schedule_now(dag)
@@ -123,6 +127,10 @@ class Agenda:
         self._reschedule_all()
 
     def _reschedule_all(self) -> None:
+        """Calendars or global outages changed: every schedule is evaluated again, and staged runs
+        (decided under the old rules) are taken back. The epoch makes a racing stage.lua refuse."""
+        self.r.incr(self.keys.sched_epoch())
+        unstage(self.store, self.store.dag_names())
         names = self.r.zrange(self.keys.agenda(), 0, -1)
         if names:
             self.r.zadd(self.keys.agenda(), dict.fromkeys(names, 0))

@@ -35,16 +35,21 @@ from scheduler.errors import ConveyorError
 from scheduler.leader import Lease
 from scheduler.model import DagSpec, Trigger
 from scheduler.outages import Outage
-from scheduler.plan import plan_run
+from scheduler.plan import RunPlan, plan_run
 from scheduler.reaper import Reaper
 from scheduler.schedules import Fire, OutagePolicy, Schedule
 from scheduler.service import load_version
 from scheduler.spec import build_schedule, resolve_params
+from scheduler.staging import Staging
 from scheduler.store import RunStore
 
 log = logging.getLogger("conveyor.scheduler")
 RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this
 MAX_BLOCK = 1.0
+DEFAULT_LOOKAHEAD = 15.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
+STAGE_MARGIN = timedelta(seconds=1)  # a fire closer than this is created at its time, not staged
+HOUSEKEEPING_GAP = 0.5  # real seconds: no reaping or pruning this close to a staged due time
+CHUNK = 500  # DAGs per pass; staged runs are released between passes
 REAP_EVERY = 2.0
 PRUNE_EVERY = 60.0  # real seconds: how long one wait may last, so stop and lease renewal stay prompt
 
@@ -54,8 +59,8 @@ class Compiled:
     version: int
     context: str  # hash of the named calendars and global outages it was built with
     spec: DagSpec
-    record: dict[str, Any]
-    schedule: Schedule | None
+    schedule: Schedule | None  # shared by every DAG with the same schedule (see Scheduler._schedule)
+    schedule_key: str
     params: dict[str, Any]  # a scheduled run takes the params' defaults
     provenance: dict[str, Any]
 
@@ -74,16 +79,21 @@ def next_due(schedule: Schedule, now: datetime, upcoming: list[Fire] | None = No
 
 class Scheduler:
     def __init__(self, store: RunStore, dispatcher: Dispatcher, *, clock: Clock | None = None,
-                 lease_ttl: float = 10.0, history_days: float = 30.0):
+                 lease_ttl: float = 10.0, history_days: float = 30.0, lookahead: float = DEFAULT_LOOKAHEAD):
         self.store = store
         self.dispatcher = dispatcher
         self.agenda = Agenda(store)
+        self.staging = Staging(store, dispatcher)
+        self.lookahead = timedelta(seconds=lookahead)  # 0: never stage, create every run at its due time
         self.clock = clock or Clock()
         self.lease = Lease(store.r, store.keys, ttl=lease_ttl)
         self.stop = threading.Event()
         self._compiled: dict[str, Compiled] = {}
-        self._upcoming: dict[str, tuple[float, int, str, list[Fire]]] = {}
+        self._schedules: dict[str, Schedule] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._seen_context = ""
         self.created = 0
+        self.staged = 0
         self.reaper = Reaper(store, dispatcher)  # lost attempts and vanished jobs (workers also sweep)
         self._swept = 0.0
         self.history_days = history_days  # ended runs older than this are deleted (0: keep everything)
@@ -92,27 +102,45 @@ class Scheduler:
     # --- one pass -------------------------------------------------------------------------------
 
     def tick(self, now: datetime) -> float | None:
-        """Create every run due at ``now``; returns the next due time (epoch seconds) or None.
+        """Release the staged runs due at ``now``, then look at every DAG whose agenda time has come:
+        create the runs due (late ones included), stage the next one if it is due within the
+        lookahead, and set the DAG's next agenda time. Returns the next time to wake (epoch seconds).
 
-        In two phases, so that a minute boundary with thousands of due DAGs is cheap where it counts:
-        first every due run is planned and created (one pipeline of Lua creates, one of RQ enqueues),
-        then, with the runs already in place, each DAG's next fires are computed (the cron walking).
+        Staged runs are released before anything else and again between chunks of DAGs, so a long
+        pass (thousands of DAGs to stage) never holds back a boundary.
         """
+        self._memo.clear()
+        began = self.clock.now()
+        self.staging.release(now)
         due = self.agenda.due(now)
-        if not due:
-            return self.agenda.next_due()
-        calendars, outages, context = self._context()
+        if due:
+            epoch = self.staging.epoch()
+            context = self._context()
+            if self._schedules and context[2] != self._seen_context:
+                self._schedules.clear()  # built under calendars or outages that no longer exist
+            self._seen_context = context[2]
+            for i in range(0, len(due), CHUNK):
+                self._visit(due[i:i + CHUNK], now, epoch, context)
+                self.staging.release(now + (self.clock.now() - began))  # ``now`` as time went on
+        return self._next_wake()
+
+    def _next_wake(self) -> float | None:
+        times = [t for t in (self.agenda.next_due(), self.staging.next_due()) if t is not None]
+        return min(times) if times else None
+
+    def _visit(self, dags: list[str], now: datetime, epoch: str,
+               context: tuple[dict[str, Any], list[Outage], str]) -> None:
         with self.store.r.pipeline(transaction=False) as pipe:
-            for dag in due:
+            for dag in dags:
                 pipe.hgetall(self.store.keys.dag(dag))
             records = pipe.execute()
         work: list[tuple[str, Compiled, list[Fire]]] = []
-        for dag, record in zip(due, records, strict=True):
+        for dag, record in zip(dags, records, strict=True):
             try:
                 if not record or record.get("paused") == "1":
                     self.agenda.set_next(dag, None)
                     continue
-                compiled = self._compile(dag, int(record["latest"]), calendars, outages, context)
+                compiled = self._compile(dag, int(record["latest"]), *context)
                 if compiled.schedule is None:
                     self.agenda.set_next(dag, None)
                     continue
@@ -122,43 +150,68 @@ class Scheduler:
                 log.error("%s: cannot evaluate its schedule: %s (trying again in %s)", dag, exc, RETRY_LATER)
                 self.agenda.set_next(dag, now + RETRY_LATER)
         self._create(work)
+        # Then, with the due runs in place, the next fires: staged now if within the lookahead.
+        to_stage = []
         with self.store.r.pipeline(transaction=False) as pipe:
             for dag, compiled, _ in work:
                 self.agenda.advance(dag, now, client=pipe)
-                upcoming = compiled.schedule.next_fires(now, 2) if compiled.schedule else []
-                self._upcoming[dag] = (now.timestamp(), compiled.version, compiled.context, upcoming)
-                self.agenda.set_next(dag, next_due(compiled.schedule, now, upcoming), client=pipe)
+                schedule = compiled.schedule
+                upcoming = self._memoized(compiled, "next", now)
+                wake = next_due(schedule, now, upcoming)
+                if self._stageable(compiled, upcoming, now):
+                    if upcoming[0].due - now <= self.lookahead:
+                        to_stage.append((compiled, upcoming[0]))
+                        wake = upcoming[1].due - self.lookahead if len(upcoming) > 1 else None
+                    else:
+                        wake = upcoming[0].due - self.lookahead
+                self.agenda.set_next(dag, wake, client=pipe)
             pipe.execute()
-        return self.agenda.next_due()
+        self._stage(to_stage, epoch)
+
+    def _stageable(self, compiled: Compiled, upcoming: list[Fire], now: datetime) -> bool:
+        """Whether the next fire may be staged: not within ``STAGE_MARGIN`` of now (it is created at
+        its time instead), no max_active_runs (a waiting run could start early), and no outage
+        around it (outages move fires; the plain path handles them)."""
+        if not self.lookahead or not upcoming or compiled.spec.max_active_runs:
+            return False
+        fire = upcoming[0]
+        if fire.due - now < STAGE_MARGIN or fire.deferred_by:
+            return False
+        outages = compiled.schedule.outages
+        return not outages or (outages.find(now) is None and outages.find(fire.due) is None)
+
+    def _memoized(self, compiled: Compiled, what: str, *args: datetime) -> Any:
+        """Schedule walks per distinct schedule and instant, once per tick: DAGs that share a schedule
+        (every ``0 * * * *`` DAG in UTC) share the cron walking."""
+        key = (compiled.schedule_key, what, *args)
+        if key not in self._memo:
+            schedule = compiled.schedule
+            self._memo[key] = schedule.next_fires(args[0], 2) if what == "next" else schedule.due_between(*args)
+        return self._memo[key]
 
     def _due_fires(self, dag: str, compiled: Compiled, cursor: datetime, now: datetime) -> list[Fire]:
-        """The fires due in ``(cursor, now]``: from the fires computed when the cursor last moved (the
-        common case, no cron walking), else from the schedule (catchup rules, outages, restarts)."""
-        cached = self._upcoming.get(dag)
-        schedule = compiled.schedule
-        if (cached and cached[0] == cursor.timestamp() and cached[1:3] == (compiled.version, compiled.context)
-                and not schedule.outages and len(cached[3]) == 2):
-            first, second = cached[3]
-            if second.due.timestamp() > now.timestamp():
-                return [first] if first.due.timestamp() <= now.timestamp() else []
-        fires, not_created = schedule.due_between(cursor, now)
+        """The fires due in ``(cursor, now]`` (catchup rules, outages, restarts)."""
+        if cursor >= now:
+            return []
+        fires, not_created = self._memoized(compiled, "due", cursor, now)
         if not_created:
+            schedule = compiled.schedule
             how = "catchup is off: only the latest is created" if not schedule.catchup else (
                 f"max_catchup is {schedule.max_catchup}")
             log.warning("%s: %d missed run(s) not created (%s)", dag, not_created, how)
         return fires
 
+    def _plan(self, compiled: Compiled, fire: Fire, now: datetime, **provenance: Any) -> RunPlan:
+        return plan_run(
+            compiled.spec, version=compiled.version, params=compiled.params, now=now,
+            trigger=Trigger.SCHEDULE, logical_date=fire.logical_date,
+            interval=(fire.data_interval_start, fire.data_interval_end),
+            provenance={**compiled.provenance, "due_at": fire.due.isoformat(), **provenance},
+        )
+
     def _create(self, work: list[tuple[str, Compiled, list[Fire]]]) -> None:
-        plans = []
-        for _, compiled, fires in work:
-            for fire in fires:
-                plan = plan_run(
-                    compiled.spec, version=compiled.version, params=compiled.params, now=self.clock.now(),
-                    trigger=Trigger.SCHEDULE, logical_date=fire.logical_date,
-                    interval=(fire.data_interval_start, fire.data_interval_end),
-                    provenance={**compiled.provenance, "due_at": fire.due.isoformat()},
-                )
-                plans.append((plan, fire.logical_date.astimezone(UTC).isoformat()))
+        plans = [(self._plan(compiled, fire, self.clock.now()), fire.logical_date.astimezone(UTC).isoformat())
+                 for _, compiled, fires in work for fire in fires]
         if not plans:
             return
         created = self.store.create_runs(plans)
@@ -166,6 +219,14 @@ class Scheduler:
         self.created += len(created)
         for (plan, _), (run_id, _) in zip(plans, created, strict=True):
             log.info("%s: run %s for %s", plan.dag, run_id, plan.logical_date.isoformat())
+
+    def _stage(self, work: list[tuple[Compiled, Fire]], epoch: str) -> None:
+        plans = [(self._plan(compiled, fire, fire.due, staged=True), fire.logical_date.astimezone(UTC).isoformat(),
+                  fire.due) for compiled, fire in work]
+        staged = self.staging.stage(plans, epoch, now=self.clock.now())
+        self.staged += len(staged)
+        if staged:
+            log.info("staged %d run(s), the first due at %s", len(staged), min(due for _, _, due in plans).isoformat())
 
     def _context(self) -> tuple[dict[str, Any], list[Outage], str]:
         calendars = self.agenda.calendars()
@@ -182,10 +243,19 @@ class Scheduler:
         spec, record = load_version(self.store, dag, version, calendars)
         provenance = {"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
                       "git_dirty": record.get("git_dirty"), "dag_path": record.get("path")}
-        compiled = Compiled(version, context, spec, record, build_schedule(spec.document, calendars, outages),
-                            resolve_params(spec, {}), provenance)
+        key, schedule = self._schedule(spec.document, calendars, outages, context)
+        compiled = Compiled(version, context, spec, schedule, key, resolve_params(spec, {}), provenance)
         self._compiled[dag] = compiled
         return compiled
+
+    def _schedule(self, document: dict[str, Any], calendars: dict[str, Any], outages: list[Outage],
+                  context: str) -> tuple[str, Schedule | None]:
+        """One Schedule object per distinct schedule (with its calendars, outages and batch)."""
+        key = json.dumps([document.get(k) for k in ("schedule", "calendars", "outages", "batch")] + [context],
+                         sort_keys=True, default=str)
+        if key not in self._schedules:
+            self._schedules[key] = build_schedule(document, calendars, outages)
+        return key, self._schedules[key]
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -207,12 +277,15 @@ class Scheduler:
                     leading = True
                 nxt = self.tick(self.clock.now())
                 self.dispatcher.move_due()
-                if time.monotonic() - self._swept > REAP_EVERY:
+                soon = self.staging.next_due()
+                if soon is not None and self.clock.real_seconds(soon) < HOUSEKEEPING_GAP:
+                    pass  # a boundary is near: sweeping and pruning wait until it is past
+                elif time.monotonic() - self._swept > REAP_EVERY:
                     self.reaper.lost_attempts()
                     self.reaper.vanished_jobs()
                     self.reaper.sla_misses()
                     self._swept = time.monotonic()
-                if self.history_days and time.monotonic() - self._pruned > PRUNE_EVERY:
+                elif self.history_days and time.monotonic() - self._pruned > PRUNE_EVERY:
                     # A few hundred runs per pass keeps each pass short next to the lease renewal.
                     stats.prune(self.store, self.clock.now() - timedelta(days=self.history_days), limit=200)
                     self._pruned = time.monotonic()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
+from datetime import datetime
 
 import redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError
+from rq.job import JobStatus
 
 from scheduler.model import QUEUES
 from scheduler.store import Ready
@@ -122,6 +124,25 @@ class Dispatcher:
                 queue.enqueue_call(JOB_FUNC, pipeline=pipe, **options)
             pipe.execute()
         return len(items)
+
+    def hold(self, items: Iterable[Ready], due: datetime) -> None:
+        """Write the RQ jobs of staged attempts without putting them on a queue: ``release.lua`` pushes
+        their ids at ``due`` (see :mod:`scheduler.staging`). They are ordinary RQ jobs in ``scheduled``
+        status, which a worker runs like any other once the id is on its queue."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            used = set()
+            for item in items:
+                queue = self.queues.get(item.queue) or self.queues["default"]
+                options = self._options(item)
+                options.pop("unique")
+                job = queue.create_job(JOB_FUNC, status=JobStatus.SCHEDULED, **options)
+                job.origin = queue.name
+                job.enqueued_at = due
+                job.save(pipeline=pipe)
+                used.add(queue)
+            for queue in used:
+                pipe.sadd(queue.redis_queues_keys, queue.key)
+            pipe.execute()
 
     def _options(self, item: Ready) -> dict:
         return {

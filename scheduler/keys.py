@@ -41,12 +41,21 @@ class Keys:
     def dag_fires(self, name: str) -> str:  # hash: logical date (UTC ISO) -> run_id, one run per fire
         return f"{self.prefix}:dag:{name}:fires"
 
+    def dag_staged(self, name: str) -> str:  # zset: the DAG's staged runs by due time (see staging.py)
+        return f"{self.prefix}:dag:{name}:staged"
+
     def dag_intervals(self, name: str) -> str:  # hash: data interval start -> latest run_id (backfill)
         return f"{self.prefix}:dag:{name}:intervals"
 
     # Scheduling ---------------------------------------------------------------------------------
     def agenda(self) -> str:  # zset: scheduled DAG name by its next due time (epoch seconds)
         return f"{self.prefix}:agenda"
+
+    def staged(self) -> str:  # zset: "RQ-queue-key job-id" of staged root attempts, by due time
+        return f"{self.prefix}:staged"
+
+    def sched_epoch(self) -> str:  # counter: bumped when calendars or global outages change
+        return f"{self.prefix}:sched_epoch"
 
     def wake(self) -> str:  # list: pushed to wake the scheduler at once (submit, pause, outage change)
         return f"{self.prefix}:wake"

@@ -187,14 +187,14 @@ class RunStore:
         With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
         key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
         """
-        return self._created(plan, self._create(args=self._create_args(plan, idempotency_key, now)))
+        return self._created(plan, self._create(args=self.create_args(plan, idempotency_key, now)))
 
     def create_runs(self, plans: list[tuple[RunPlan, str | None]], *,
                     now: datetime | None = None) -> list[tuple[str, tuple[Ready, ...]]]:
         """:meth:`create_run` for many runs in one round trip (each still atomic on its own)."""
         with self.r.pipeline(transaction=False) as pipe:
             for plan, key in plans:
-                self._create(args=self._create_args(plan, key, now), client=pipe)
+                self._create(args=self.create_args(plan, key, now), client=pipe)
             results = pipe.execute()
         return [self._created(plan, result) for (plan, _), result in zip(plans, results, strict=True)]
 
@@ -204,7 +204,7 @@ class RunStore:
             return result[1], ()
         return plan.run_id, _ready(result[1])
 
-    def _create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
+    def create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
         roots = [s for s in plan.order if not plan.upstream[s]]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {

@@ -11,6 +11,8 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from scheduler.agenda import Agenda
 from scheduler.daemon import Scheduler
 from scheduler.service import submit_file
@@ -30,14 +32,20 @@ def runs_of(store: RunStore, dag: str) -> list[dict]:
     return sorted((store.run_record(r) for r in store.run_ids(dag, 10_000)), key=lambda r: r["logical_date"])
 
 
-def daemon_with(tmp_path, store, dispatcher, text: str) -> Scheduler:
+@pytest.fixture(params=[0.0, 15.0], ids=["plain", "staged"])
+def lookahead(request) -> float:
+    """Each test runs without staging and with it (runs due within 15 s are staged ahead)."""
+    return request.param
+
+
+def daemon_with(tmp_path, store, dispatcher, text: str, lookahead: float = 0.0) -> Scheduler:
     submit_file(store, write_dag(tmp_path, text), now=T0)
-    return Scheduler(store, dispatcher)
+    return Scheduler(store, dispatcher, lookahead=lookahead)
 
 
-def test_each_fire_once_with_its_interval(tmp_path, store, dispatcher) -> None:
-    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true"))
-    assert daemon.tick(T0) == datetime(2026, 11, 20, 12, 5, tzinfo=UTC).timestamp()
+def test_each_fire_once_with_its_interval(tmp_path, store, dispatcher, lookahead) -> None:
+    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true"), lookahead)
+    assert daemon.tick(T0) == datetime(2026, 11, 20, 12, 5, tzinfo=UTC).timestamp() - lookahead
     assert runs_of(store, "every5") == []
     for minutes in (5, 5, 7, 11):  # the same instant twice, then later ones
         daemon.tick(datetime(2026, 11, 20, 12, minutes, tzinfo=UTC))
@@ -50,32 +58,32 @@ def test_each_fire_once_with_its_interval(tmp_path, store, dispatcher) -> None:
     assert plan.argv == ("echo", "2026-11-20 2026-11-20T12:05:00+00:00")
 
 
-def test_catchup_creates_missed_runs_oldest_first_capped(tmp_path, store, dispatcher) -> None:
-    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true"))
+def test_catchup_creates_missed_runs_oldest_first_capped(tmp_path, store, dispatcher, lookahead) -> None:
+    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true"), lookahead)
     daemon.tick(T0 + timedelta(hours=1))  # the daemon was down for an hour: 12 fires missed
     assert [r["logical_date"][11:16] for r in runs_of(store, "every5")] == ["12:05", "12:10", "12:15"]
 
 
-def test_without_catchup_only_the_latest_missed_run(tmp_path, store, dispatcher) -> None:
-    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "false"))
+def test_without_catchup_only_the_latest_missed_run(tmp_path, store, dispatcher, lookahead) -> None:
+    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "false"), lookahead)
     daemon.tick(T0 + timedelta(hours=1))
     assert [r["logical_date"][11:16] for r in runs_of(store, "every5")] == ["13:00"]
 
 
-def test_two_schedulers_and_a_restart_never_duplicate(tmp_path, store, dispatcher) -> None:
-    first = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true").replace("3", "100"))
-    second = Scheduler(store, dispatcher)
-    moments = [T0 + timedelta(minutes=m) for m in range(0, 61, 3)]
+def test_two_schedulers_and_a_restart_never_duplicate(tmp_path, store, dispatcher, lookahead) -> None:
+    first = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true").replace("3", "100"), lookahead)
+    second = Scheduler(store, dispatcher, lookahead=lookahead)
+    moments = [T0 + timedelta(seconds=s) for s in range(0, 3601, 50)]  # some within 15 s of a fire
     for now in moments:
         first.tick(now)
         second.tick(now - timedelta(seconds=1))
-        Scheduler(store, dispatcher).tick(now)  # a freshly restarted one, with no memory
+        Scheduler(store, dispatcher, lookahead=lookahead).tick(now)  # a freshly restarted one, with no memory
     dates = [r["logical_date"] for r in runs_of(store, "every5")]
     assert len(dates) == len(set(dates)) == 12
 
 
-def test_pause_and_unpause(tmp_path, store, dispatcher) -> None:
-    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "false"))
+def test_pause_and_unpause(tmp_path, store, dispatcher, lookahead) -> None:
+    daemon = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "false"), lookahead)
     agenda = Agenda(store)
     agenda.set_paused("every5", True)
     assert daemon.tick(T0 + timedelta(minutes=20)) is None

@@ -14,7 +14,7 @@ from scheduler.agenda import Agenda
 from scheduler.calendars import zone
 from scheduler.cli import common, observe, views
 from scheduler.clock import Clock, FakeClock
-from scheduler.daemon import Scheduler
+from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
 from scheduler.errors import ConveyorError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.schedules import Dropped
@@ -30,6 +30,9 @@ def scheduler(
     fake_clock: datetime | None = typer.Option(None, "--fake-clock", hidden=True,
                                                help="Testing: start the clock here (UTC unless an offset is given)."),
     clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
+    lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD", min=0,
+                                    help="Stage runs this many seconds before they are due, so that they reach "
+                                         "the queues at their due time even with thousands due at once (0: off)."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
@@ -47,7 +50,7 @@ def scheduler(
             logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl,
-                       history_days=history_days)
+                       history_days=history_days, lookahead=lookahead)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,

@@ -40,6 +40,32 @@ local function activate(rid, now, ready)
   end
 end
 
+-- Write a new run and its steps, indexed by ``created``; with an idempotency key (a scheduled run's
+-- logical date) only once per DAG and key. Returns the existing run's id when the key is taken.
+local function insert_run(rid, now, dag, created, key, interval, fields_json, steps_json)
+  if key ~= '' then
+    local existing = redis.call('HGET', P .. ':dag:' .. dag .. ':fires', key)
+    if existing then return existing end
+    redis.call('HSET', P .. ':dag:' .. dag .. ':fires', key, rid)
+  end
+  local function hset_all(k, fields)
+    local flat = {}
+    for f, v in pairs(fields) do table.insert(flat, f); table.insert(flat, v) end
+    redis.call('HSET', k, unpack(flat))
+  end
+  local fields = cjson.decode(fields_json)
+  hset_all(run_key(rid), fields)
+  for _, step in ipairs(cjson.decode(steps_json)) do hset_all(step_key(rid, step[1]), step[2]) end
+  redis.call('ZADD', P .. ':runs', created, rid)
+  redis.call('ZADD', P .. ':dag:' .. dag .. ':runs', created, rid)
+  if interval ~= '' then redis.call('HSET', P .. ':dag:' .. dag .. ':intervals', interval, rid) end
+  for _, entry in ipairs(cjson.decode(fields['slas'] or '[]')) do
+    redis.call('ZADD', P .. ':sla', entry[2], entry[1])
+  end
+  event(rid, 'run', '', 'queued', '', now)
+  return nil
+end
+
 -- Start a run now, or make it wait for one of its DAG's max_active_runs slots.
 local function start_or_wait(rid, now, ready)
   local rk = run_key(rid)

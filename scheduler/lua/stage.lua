@@ -1,0 +1,34 @@
+-- Write a scheduled run ahead of its due time: the run and its steps exactly as create.lua writes
+-- them, its root attempts queued, but their RQ jobs held in {P}:staged (by due time) instead of on
+-- the queues. release.lua moves them at the due time in bulk, so that thousands of runs due at one
+-- minute boundary reach the workers within milliseconds of it. Refused when the DAG was paused,
+-- changed or re-evaluated (a new calendar or outage) since it was read: unstage.lua removes what
+-- was staged before such a change, so a staged run never outlives the reason it was staged for.
+-- Only for DAGs without max_active_runs (a waiting run would otherwise start early).
+-- ARGV: 1-9 as create.lua (5 created = the due time), 10 due (epoch seconds, the scheduler's clock),
+--       11 DAG version, 12 scheduling epoch the DAG was read under, 13 RQ queue key prefix,
+--       14 staged at (ISO), 15 cursor to move to (ISO, UTC)
+-- Returns: {'exists', run_id} | {'refused', why} | {'staged', ready entries}
+local rid, now, dag, due = ARGV[2], ARGV[3], ARGV[4], ARGV[10]
+local dk = P .. ':dag:' .. dag
+if redis.call('HGET', dk, 'paused') == '1' then return {'refused', 'paused'} end
+if redis.call('HGET', dk, 'latest') ~= ARGV[11] then return {'refused', 'changed'} end
+if (redis.call('GET', P .. ':sched_epoch') or '0') ~= ARGV[12] then return {'refused', 'rescheduled'} end
+local existing = insert_run(rid, now, dag, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if existing then return {'exists', existing} end
+local ready = {}
+activate(rid, now, ready)
+local held = {}
+for _, e in ipairs(ready) do
+  local m = ARGV[13] .. e[4] .. ' ' .. e[1] .. '-' .. e[2] .. '-' .. e[3]
+  redis.call('ZADD', P .. ':staged', due, m)
+  table.insert(held, m)
+end
+redis.call('ZREMRANGEBYSCORE', dk .. ':staged', '-inf', '(' .. due)
+redis.call('ZADD', dk .. ':staged', due, rid)
+redis.call('HSET', run_key(rid), 'staged_jobs', cjson.encode(held), 'staged_at', ARGV[14], 'staged_due', due,
+  'fire_key', ARGV[6], 'staged_cursor', redis.call('HGET', dk, 'cursor') or '',
+  'staged_cursor_ts', redis.call('HGET', dk, 'cursor_ts') or '')
+local c = redis.call('HGET', dk, 'cursor_ts')
+if (not c) or tonumber(c) < tonumber(due) then redis.call('HSET', dk, 'cursor', ARGV[15], 'cursor_ts', due) end
+return {'staged', ready}
