@@ -49,6 +49,7 @@ MAX_BLOCK = 1.0
 DEFAULT_LOOKAHEAD = 15.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
 STAGE_MARGIN = timedelta(seconds=1)  # a fire closer than this is created at its time, not staged
 HOUSEKEEPING_GAP = 0.5  # real seconds: no reaping or pruning this close to a staged due time
+PRECISE_SLEEP = 0.15  # real seconds: the last stretch before a due time is slept in Python, not in Redis
 CHUNK = 500  # DAGs per pass; staged runs are released between passes
 REAP_EVERY = 2.0
 PRUNE_EVERY = 60.0  # real seconds: how long one wait may last, so stop and lease renewal stay prompt
@@ -120,8 +121,10 @@ class Scheduler:
                 self._schedules.clear()  # built under calendars or outages that no longer exist
             self._seen_context = context[2]
             for i in range(0, len(due), CHUNK):
-                self._visit(due[i:i + CHUNK], now, epoch, context)
-                self.staging.release(now + (self.clock.now() - began))  # ``now`` as time went on
+                current = now + (self.clock.now() - began)  # ``now`` as time goes on during a long pass
+                self.staging.release(current)
+                self._visit(due[i:i + CHUNK], current, epoch, context)
+            self.staging.release(now + (self.clock.now() - began))
         return self._next_wake()
 
     def _next_wake(self) -> float | None:
@@ -290,9 +293,16 @@ class Scheduler:
                     stats.prune(self.store, self.clock.now() - timedelta(days=self.history_days), limit=200)
                     self._pruned = time.monotonic()
                 wait = min(self.lease.ttl / 3, MAX_BLOCK, self.dispatcher.next_delayed() or MAX_BLOCK)
-                if nxt is not None:
-                    wait = min(wait, self.clock.real_seconds(nxt))
-                if wait > 0:
+                if nxt is not None and self.clock.real_seconds(nxt) <= wait:
+                    # Redis times out a blocking pop only on its own timer (100 ms at the default hz):
+                    # block until shortly before the due time, then sleep the rest here, precisely.
+                    wait = self.clock.real_seconds(nxt)
+                    if wait > PRECISE_SLEEP:
+                        self.agenda.wait_for_wake(wait - PRECISE_SLEEP)
+                    else:
+                        self.stop.wait(wait + 0.0005)
+                        self.staging.release(self.clock.now())  # first thing: the rest can wait a few ms
+                elif wait > 0:
                     self.agenda.wait_for_wake(wait)
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -51,8 +51,8 @@ class Keys:
     def agenda(self) -> str:  # zset: scheduled DAG name by its next due time (epoch seconds)
         return f"{self.prefix}:agenda"
 
-    def staged(self) -> str:  # zset: "RQ-queue-key job-id" of staged root attempts, by due time
-        return f"{self.prefix}:staged"
+    def staged(self, queue: str) -> str:  # zset: RQ job ids of staged root attempts of a queue, by due time
+        return f"{self.prefix}:staged:{queue}"
 
     def sched_epoch(self) -> str:  # counter: bumped when calendars or global outages change
         return f"{self.prefix}:sched_epoch"

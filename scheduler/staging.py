@@ -3,10 +3,10 @@
 Creating a run is tens of microseconds of Lua and more of Python (planning, templating, the RQ
 job). Ten thousand DAGs due at the same minute boundary would make the last of them wait seconds.
 So the leading scheduler *stages* a run a little ahead (``lookahead``, 15 s by default): the run,
-its steps and its root attempts' RQ jobs are written, but the job ids wait in the ``{prefix}:staged``
-sorted set by due time. At the due time ``release.lua`` pushes every due id onto its RQ queue in a
-few bulk commands: that is all that happens at the boundary (RQ's own scheduled jobs work the same
-way, one job at a time).
+its steps and its root attempts' RQ jobs are written, but the job ids wait in the sorted sets
+``{prefix}:staged:QUEUE`` by due time. At the due time ``release.lua`` pushes every due id onto its
+RQ queue in a few bulk commands: that is all that happens at the boundary (RQ's own scheduled jobs
+work the same way, one job at a time).
 
 A staged run exists before its due time: ``ctl runs`` shows it as ``scheduled``. Pausing the DAG,
 submitting a new version of it, or changing calendars or global outages takes back the staged runs
@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import resources
 
-from rq import Queue
 from rq.job import Job
 
 from scheduler.dispatch import Dispatcher, job_id
+from scheduler.model import QUEUES
 from scheduler.plan import RunPlan
 from scheduler.store import Ready, RunStore, now_iso
 
@@ -50,6 +50,7 @@ class Staging:
         self.dispatcher = dispatcher
         self._stage = _script(store, "stage.lua")
         self._release = _script(store, "release.lua", with_lib=False)
+        self._pairs = [x for name in QUEUES for x in (store.keys.staged(name), dispatcher.queues[name].key)]
 
     def epoch(self) -> str:
         """The scheduling epoch: read it *before* calendars and outages, and stage under it."""
@@ -72,7 +73,7 @@ class Staging:
         with self.store.r.pipeline(transaction=False) as pipe:
             for plan, key, due in plans:
                 args = self.store.create_args(plan, key, due)
-                args += [due.timestamp(), plan.dag_version, epoch, Queue.redis_queue_namespace_prefix, staged_at,
+                args += [due.timestamp(), plan.dag_version, epoch, staged_at,
                          due.astimezone(UTC).isoformat()]
                 self._stage(args=args, client=pipe)
             results = pipe.execute()
@@ -90,14 +91,17 @@ class Staging:
         """Push every staged attempt due at ``now`` onto its queue; returns how many."""
         moved = 0
         while True:
-            count = int(self._release(args=[self.store.prefix, now.timestamp(), RELEASE_BATCH]))
+            count = int(self._release(args=[self.store.prefix, now.timestamp(), RELEASE_BATCH, *self._pairs]))
             moved += count
             if count < RELEASE_BATCH:
                 return moved
 
     def next_due(self) -> float | None:
-        first = self.store.r.zrange(self.store.keys.staged(), 0, 0, withscores=True)
-        return first[0][1] if first else None
+        with self.store.r.pipeline(transaction=False) as pipe:
+            for name in QUEUES:
+                pipe.zrange(self.store.keys.staged(name), 0, 0, withscores=True)
+            firsts = [first[0][1] for first in pipe.execute() if first]
+        return min(firsts) if firsts else None
 
 
 def unstage(store: RunStore, dags: Iterable[str]) -> int:

@@ -14,6 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from scheduler.agenda import Agenda
+from scheduler.cli.views import run_object
 from scheduler.daemon import Scheduler
 from scheduler.plan import plan_run
 from scheduler.service import load_version, submit_file
@@ -64,7 +65,7 @@ def test_a_run_is_staged_ahead_and_reaches_the_queue_at_its_due_time(tmp_path, s
     assert queued_ids(dispatcher) == []
     daemon.tick(DUE)
     assert queued_ids(dispatcher) == [f"{run_id}-first-1"]  # only the root step
-    assert store.r.zcard(store.keys.staged()) == 0
+    assert store.r.zcard(store.keys.staged("default")) == 0
     daemon.tick(DUE + timedelta(seconds=1))  # the same fire is never created a second time
     assert store.run_ids("five") == [run_id]
     assert queued_ids(dispatcher) == [f"{run_id}-first-1"]
@@ -162,6 +163,11 @@ def test_a_real_scheduler_never_starts_a_staged_step_early(tmp_path, settings, s
                                "--log-level", "INFO"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not store.run_ids("tens"):
+            time.sleep(0.05)
+        early = store.run_record(store.run_ids("tens")[0])
+        assert float(early["staged_due"]) - time.time() > 1  # seen more than a second before its due time
+        assert run_object(early)["state"] == "scheduled"  # as `ctl runs` shows it until then
         while time.monotonic() < deadline and len(store.run_ids("tens")) < 2:
             time.sleep(0.2)
         run_ids = sorted(store.run_ids("tens"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,7 @@ ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_di
 STATE_STYLE = {
     "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan", "queued": "blue",
     "retrying": "yellow", "cancelled": "magenta", "skipped": "grey50", "pending": "grey50", "waiting": "blue",
+    "scheduled": "grey50",
 }
 
 # No emoji codes or highlighting: names and messages from users are printed verbatim.
@@ -35,6 +37,14 @@ def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
+def shown_state(record: dict[str, str]) -> str:
+    """A staged run (see scheduler/staging.py) is ``scheduled`` until its due time, then ``queued``."""
+    due = record.get("staged_due")
+    if record["state"] == "queued" and due and float(due) > time.time():
+        return "scheduled"
+    return record["state"]
+
+
 def run_object(record: dict[str, str]) -> dict[str, Any]:
     """A run without its steps (``ctl runs --output json``)."""
     provenance = json.loads(record.get("provenance") or "{}")
@@ -45,7 +55,7 @@ def run_object(record: dict[str, str]) -> dict[str, Any]:
         "dag_sha256": provenance.get("dag_sha256"),
         "git_commit": provenance.get("git_commit"),
         "git_dirty": provenance.get("git_dirty"),
-        "state": record["state"],
+        "state": shown_state(record),
         "trigger": record.get("trigger"),
         "priority": record.get("priority"),
         "params": json.loads(record.get("params") or "{}"),
@@ -120,7 +130,7 @@ def runs_table(runs: list[dict[str, Any]], numbered: bool = False) -> Table:
 
 GRID_GLYPH = {
     "success": "s", "failed": "F", "upstream_failed": "U", "running": "R", "queued": "q", "retrying": "r",
-    "cancelled": "C", "skipped": "-", "pending": ".", "waiting": "w",
+    "cancelled": "C", "skipped": "-", "pending": ".", "waiting": "w", "scheduled": "S",
 }
 
 

@@ -1,19 +1,16 @@
 -- Move staged attempts whose due time has come onto their RQ queues: a few bulk commands whatever
--- the number of runs (RPUSH and ZREM take up to 1,000 members each). Two callers at once are
--- harmless: each member is moved once.
--- ARGV: 1 prefix, 2 now (epoch seconds, the scheduler's clock), 3 limit.  Returns how many moved.
-local due = redis.call('ZRANGEBYSCORE', P .. ':staged', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-if #due == 0 then return 0 end
-local by_queue, order = {}, {}
-for _, m in ipairs(due) do
-  local sp = string.find(m, ' ', 1, true)
-  local q = string.sub(m, 1, sp - 1)
-  if not by_queue[q] then by_queue[q] = {}; table.insert(order, q) end
-  table.insert(by_queue[q], string.sub(m, sp + 1))
+-- the number of runs (the due ids are the lowest ranks of each queue's staged set). Two callers at
+-- once are harmless: each id is moved once.
+-- ARGV: 1 prefix, 2 now (epoch seconds, the scheduler's clock), 3 limit per queue,
+--       then pairs of (staged set key, RQ queue key), best queue first.  Returns how many moved.
+local moved = 0
+for q = 4, #ARGV, 2 do
+  local due = redis.call('ZRANGEBYSCORE', ARGV[q], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+  local n = #due
+  if n > 0 then
+    for i = 1, n, 4000 do redis.call('RPUSH', ARGV[q + 1], unpack(due, i, math.min(n, i + 3999))) end
+    redis.call('ZREMRANGEBYRANK', ARGV[q], 0, n - 1)
+    moved = moved + n
+  end
 end
-for _, q in ipairs(order) do
-  local ids = by_queue[q]
-  for i = 1, #ids, 1000 do redis.call('RPUSH', q, unpack(ids, i, math.min(#ids, i + 999))) end
-end
-for i = 1, #due, 1000 do redis.call('ZREM', P .. ':staged', unpack(due, i, math.min(#due, i + 999))) end
-return #due
+return moved

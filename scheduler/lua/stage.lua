@@ -6,8 +6,8 @@
 -- was staged before such a change, so a staged run never outlives the reason it was staged for.
 -- Only for DAGs without max_active_runs (a waiting run would otherwise start early).
 -- ARGV: 1-9 as create.lua (5 created = the due time), 10 due (epoch seconds, the scheduler's clock),
---       11 DAG version, 12 scheduling epoch the DAG was read under, 13 RQ queue key prefix,
---       14 staged at (ISO), 15 cursor to move to (ISO, UTC)
+--       11 DAG version, 12 scheduling epoch the DAG was read under, 13 staged at (ISO),
+--       14 cursor to move to (ISO, UTC)
 -- Returns: {'exists', run_id} | {'refused', why} | {'staged', ready entries}
 local rid, now, dag, due = ARGV[2], ARGV[3], ARGV[4], ARGV[10]
 local dk = P .. ':dag:' .. dag
@@ -20,15 +20,15 @@ local ready = {}
 activate(rid, now, ready)
 local held = {}
 for _, e in ipairs(ready) do
-  local m = ARGV[13] .. e[4] .. ' ' .. e[1] .. '-' .. e[2] .. '-' .. e[3]
-  redis.call('ZADD', P .. ':staged', due, m)
-  table.insert(held, m)
+  local zkey, job = P .. ':staged:' .. e[4], e[1] .. '-' .. e[2] .. '-' .. e[3]
+  redis.call('ZADD', zkey, due, job)
+  table.insert(held, {zkey, job})
 end
 redis.call('ZREMRANGEBYSCORE', dk .. ':staged', '-inf', '(' .. due)
 redis.call('ZADD', dk .. ':staged', due, rid)
-redis.call('HSET', run_key(rid), 'staged_jobs', cjson.encode(held), 'staged_at', ARGV[14], 'staged_due', due,
+redis.call('HSET', run_key(rid), 'staged_jobs', cjson.encode(held), 'staged_at', ARGV[13], 'staged_due', due,
   'fire_key', ARGV[6], 'staged_cursor', redis.call('HGET', dk, 'cursor') or '',
   'staged_cursor_ts', redis.call('HGET', dk, 'cursor_ts') or '')
 local c = redis.call('HGET', dk, 'cursor_ts')
-if (not c) or tonumber(c) < tonumber(due) then redis.call('HSET', dk, 'cursor', ARGV[15], 'cursor_ts', due) end
+if (not c) or tonumber(c) < tonumber(due) then redis.call('HSET', dk, 'cursor', ARGV[14], 'cursor_ts', due) end
 return {'staged', ready}

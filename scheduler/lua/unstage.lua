@@ -11,12 +11,12 @@ for _, rid in ipairs(redis.call('ZRANGE', dk .. ':staged', 0, -1)) do
   local held = cjson.decode(redis.call('HGET', rk, 'staged_jobs') or '[]')
   local waiting = #held > 0
   for _, m in ipairs(held) do
-    if not redis.call('ZSCORE', P .. ':staged', m) then waiting = false end
+    if not redis.call('ZSCORE', m[1], m[2]) then waiting = false end
   end
   if waiting then
     for _, m in ipairs(held) do
-      redis.call('ZREM', P .. ':staged', m)
-      redis.call('DEL', ARGV[3] .. string.sub(m, string.find(m, ' ', 1, true) + 1))
+      redis.call('ZREM', m[1], m[2])
+      redis.call('DEL', ARGV[3] .. m[2])
     end
     local run = redis.call('HGETALL', rk)
     local f = {}
