@@ -98,6 +98,18 @@ def test_pausing_takes_a_staged_run_back(tmp_path, store, dispatcher) -> None:
     assert store.run_record(again)["logical_date"] == DUE.isoformat() and again != run_id
 
 
+def test_a_staged_run_cancelled_by_its_user_stays_cancelled(tmp_path, store, dispatcher) -> None:
+    daemon = setup(tmp_path, store, dispatcher)
+    daemon.tick(at(10))
+    [run_id] = store.run_ids("five")
+    assert store.cancel_run(run_id)[0] == "cancelled"
+    Agenda(store).set_paused("five", True)  # takes back staged runs, but not one the user cancelled
+    assert store.run_ids("five") == [run_id] and store.run_record(run_id)["state"] == "cancelled"
+    assert not Job.exists(f"{run_id}-first-1", connection=dispatcher.connection)
+    daemon.tick(DUE)
+    assert queued_ids(dispatcher) == []
+
+
 def test_a_new_version_replaces_a_staged_run(tmp_path, store, dispatcher) -> None:
     daemon = setup(tmp_path, store, dispatcher)
     daemon.tick(at(10))

@@ -1,7 +1,8 @@
 -- Take back a DAG's staged runs that have not been released: delete them as if never created (run,
 -- steps, indexes, their fire's idempotency key, their RQ jobs) and move the DAG's cursor back to
 -- where it was before they were staged, so that the scheduler evaluates those fires again (with the
--- new version, the new calendar, or not at all while paused). A run already released is left alone.
+-- new version, the new calendar, or not at all while paused). A run already released, or cancelled,
+-- is left alone.
 -- ARGV: 1 prefix, 2 dag, 3 RQ job key prefix.  Returns how many runs were taken back.
 local dag = ARGV[2]
 local dk = P .. ':dag:' .. dag
@@ -12,6 +13,11 @@ for _, rid in ipairs(redis.call('ZRANGE', dk .. ':staged', 0, -1)) do
   local waiting = #held > 0
   for _, m in ipairs(held) do
     if not redis.call('ZSCORE', m[1], m[2]) then waiting = false end
+  end
+  if waiting and redis.call('HGET', rk, 'state') ~= 'queued' then
+    -- Cancelled while staged: keep the run as the user left it; its jobs need not reach a queue.
+    for _, m in ipairs(held) do redis.call('ZREM', m[1], m[2]); redis.call('DEL', ARGV[3] .. m[2]) end
+    waiting = false
   end
   if waiting then
     for _, m in ipairs(held) do
