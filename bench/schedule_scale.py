@@ -13,13 +13,15 @@ each boundary (a read every ~0.3 ms) and reports, for every run, when the queue 
 - baselines measured in the same run on the same Redis: one pipelined RQ enqueue per DAG (what the
   scheduler did at the boundary before runs were staged) and one bulk RPUSH of as many ids (the
   floor: what reaching the queue costs at all), with the ratios.
-With ``--lookahead 0`` the daemon creates every run at its due time (no staging), for comparison.
+With ``--lookahead 0`` the daemon creates every run at its due time (no staging), for comparison;
+with ``--distinct`` no two DAGs share a schedule (the daemon walks each equal schedule once per pass).
 No containers run: this measures the scheduler. Targets (issue #3): p99 <= 20 ms, RSS < 150 MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -44,16 +46,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def submit(store: RunStore, count: int) -> None:
+def submit(store: RunStore, count: int, distinct: bool) -> None:
     agenda = Agenda(store)
     now = datetime.now(UTC)
     for i in range(count):
         name = f"dag{i:05d}"
-        text = (f"name: {name}\nschedule: {{cron: '* * * * *'}}\n"
-                f"steps:\n  s: {{image: conveyor/busybox:local, command: [echo, '{{{{ ds }}}}']}}\n")
-        document = {"name": name, "schedule": {"cron": "* * * * *"},
+        # --distinct: a schedule of its own per DAG (max_catchup differs), so no cron walk is shared
+        schedule = {"cron": "* * * * *", **({"max_catchup": 1000 + i} if distinct else {})}
+        document = {"name": name, "schedule": schedule,
                     "steps": {"s": {"image": "conveyor/busybox:local", "command": ["echo", "{{ ds }}"]}}}
-        store.submit_dag(name, text.encode(), document)
+        store.submit_dag(name, json.dumps(document).encode(), document)
         agenda.schedule_now(name, now=now)
 
 
@@ -108,12 +110,14 @@ def main() -> None:
     parser.add_argument("--dags", type=int, default=10_000)
     parser.add_argument("--minutes", type=int, default=2)
     parser.add_argument("--lookahead", type=float, default=15.0)
+    parser.add_argument("--distinct", action="store_true",
+                        help="give every DAG its own schedule object (the daemon shares walks of equal schedules)")
     args = parser.parse_args()
     with embedded_redis() as url:
         settings = Settings(url, prefix=PREFIX)
         store = RunStore.connect(settings)
         began = time.perf_counter()
-        submit(store, args.dags)
+        submit(store, args.dags, args.distinct)
         print(f"submitted {args.dags} DAGs in {time.perf_counter() - began:.1f} s", file=sys.stderr)
         base_enqueue, base_push = baseline(settings, args.dags)
         env = {**os.environ, "REDIS_URL": url, "CONVEYOR_PREFIX": PREFIX}
@@ -154,7 +158,8 @@ def main() -> None:
                               - datetime.fromisoformat(record["staged_at"])).total_seconds())
     peak_rss = max(rss for _, rss in samples)
     print(f"when: {datetime.now(UTC).isoformat(timespec='seconds')}; lookahead {args.lookahead:g} s")
-    print(f"DAGs: {args.dags} (each '* * * * *'); runs on the queue per boundary: {per_boundary}")
+    kind = "'* * * * *'" + (", distinct schedules" if args.distinct else "")
+    print(f"DAGs: {args.dags} (each {kind}); runs on the queue per boundary: {per_boundary}")
     if delays:
         p99 = pct(delays, .99)
         print(f"delay due -> run created (its first step on the queue): p50 {statistics.median(delays):.1f} ms, "

@@ -20,6 +20,7 @@ instant after the gap; a wall time in a fall-back overlap means its first occurr
 from __future__ import annotations
 
 import calendar as _stdcal
+import copy
 import difflib
 import functools
 from collections.abc import Iterable, Iterator, Mapping
@@ -111,13 +112,26 @@ def is_repeat(t: datetime) -> bool:
     return t.fold == 1 and local.utcoffset() != t.utcoffset() and _exists(local)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(expr: str) -> croniter:
+    return croniter(expr, datetime(2000, 1, 1))
+
+
+def _croniter(expr: str, start: datetime) -> croniter:
+    """A croniter at ``start``: a copy of one parsed once per expression (parsing costs more than a
+    step; the parsed fields are never changed by iterating, only the current time is)."""
+    it = copy.copy(_parsed(expr))
+    it.set_current(start, force=True)
+    return it
+
+
 def cron_times(expr: str, after_wall: datetime) -> Iterator[datetime]:
     """Naive wall-clock times matching ``expr`` strictly after ``after_wall``, in order.
 
     Five fields, or six with seconds as the last field (croniter's default). Ends quietly
     when croniter finds no further match (``0 0 30 2 *``).
     """
-    it = croniter(expr, after_wall)
+    it = _croniter(expr, after_wall)
     while True:
         try:
             yield it.get_next(datetime)
@@ -127,7 +141,7 @@ def cron_times(expr: str, after_wall: datetime) -> Iterator[datetime]:
 
 def cron_times_before(expr: str, before_wall: datetime) -> Iterator[datetime]:
     """Naive wall-clock times matching ``expr`` strictly before ``before_wall``, newest first."""
-    it = croniter(expr, before_wall)
+    it = _croniter(expr, before_wall)
     while True:
         try:
             yield it.get_prev(datetime)

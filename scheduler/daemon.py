@@ -92,6 +92,8 @@ class Scheduler:
         self._compiled: dict[str, Compiled] = {}
         self._schedules: dict[str, Schedule] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
+        # DAG -> (cursor, version, context, due time of the first fire after that cursor), epoch seconds
+        self._known: dict[str, tuple[float, int, str, float]] = {}
         self._seen_context = ""
         self.created = 0
         self.staged = 0
@@ -161,13 +163,19 @@ class Scheduler:
                 schedule = compiled.schedule
                 upcoming = self._memoized(compiled, "next", now)
                 wake = next_due(schedule, now, upcoming)
+                known = (now, upcoming[0].due) if upcoming else None  # the first fire after the new cursor
                 if self._stageable(compiled, upcoming, now):
                     if upcoming[0].due - now <= self.lookahead:
-                        to_stage.append((compiled, upcoming[0]))
+                        to_stage.append((compiled, upcoming[0]))  # stage.lua moves the cursor to its due time
                         wake = upcoming[1].due - self.lookahead if len(upcoming) > 1 else None
+                        known = (upcoming[0].due, upcoming[1].due) if len(upcoming) > 1 else None
                     else:
                         wake = upcoming[0].due - self.lookahead
                 self.agenda.set_next(dag, wake, client=pipe)
+                if known and not schedule.outages:
+                    self._known[dag] = (known[0].timestamp(), compiled.version, compiled.context, known[1].timestamp())
+                else:
+                    self._known.pop(dag, None)
             pipe.execute()
         self._stage(to_stage, epoch)
 
@@ -193,8 +201,13 @@ class Scheduler:
         return self._memo[key]
 
     def _due_fires(self, dag: str, compiled: Compiled, cursor: datetime, now: datetime) -> list[Fire]:
-        """The fires due in ``(cursor, now]`` (catchup rules, outages, restarts)."""
+        """The fires due in ``(cursor, now]`` (catchup rules, outages, restarts). None, without walking
+        the schedule, when the last look at this DAG found the first fire after the cursor later than now."""
         if cursor >= now:
+            return []
+        known = self._known.get(dag)
+        if known and known[:3] == (cursor.timestamp(), compiled.version, compiled.context) and \
+                now.timestamp() < known[3]:
             return []
         fires, not_created = self._memoized(compiled, "due", cursor, now)
         if not_created:

@@ -51,8 +51,11 @@ class Keys:
     def agenda(self) -> str:  # zset: scheduled DAG name by its next due time (epoch seconds)
         return f"{self.prefix}:agenda"
 
-    def staged(self, queue: str) -> str:  # zset: RQ job ids of staged root attempts of a queue, by due time
-        return f"{self.prefix}:staged:{queue}"
+    def staged(self) -> str:  # zset: "QUEUE|DUE" of the staged lists below, by due time (epoch seconds)
+        return f"{self.prefix}:staged"
+
+    def staged_list(self, queue: str, due: str) -> str:  # list: RQ job ids staged for one queue and due time
+        return f"{self.prefix}:staged:{queue}|{due}"
 
     def sched_epoch(self) -> str:  # counter: bumped when calendars or global outages change
         return f"{self.prefix}:sched_epoch"

@@ -3,9 +3,9 @@
 Creating a run is tens of microseconds of Lua and more of Python (planning, templating, the RQ
 job). Ten thousand DAGs due at the same minute boundary would make the last of them wait seconds.
 So the leading scheduler *stages* a run a little ahead (``lookahead``, 15 s by default): the run,
-its steps and its root attempts' RQ jobs are written, but the job ids wait in the sorted sets
-``{prefix}:staged:QUEUE`` by due time. At the due time ``release.lua`` pushes every due id onto its
-RQ queue in a few bulk commands: that is all that happens at the boundary (RQ's own scheduled jobs
+its steps and its root attempts' RQ jobs are written, but the job ids wait in a list per queue and
+due time (``{prefix}:staged:QUEUE|DUE``). At the due time ``release.lua`` pushes every due id onto
+its RQ queue in a few bulk commands: that is all that happens at the boundary (RQ's own scheduled jobs
 work the same way, one job at a time).
 
 A staged run exists before its due time: ``ctl runs`` shows it as ``scheduled``. Pausing the DAG,
@@ -29,7 +29,7 @@ from scheduler.model import QUEUES
 from scheduler.plan import RunPlan
 from scheduler.store import Ready, RunStore, now_iso
 
-RELEASE_BATCH = 20_000
+RELEASE_BATCH = 1000  # lists (one per queue and due time) per call
 
 
 def _script(store: RunStore, name: str, with_lib: bool = True):
@@ -50,7 +50,7 @@ class Staging:
         self.dispatcher = dispatcher
         self._stage = _script(store, "stage.lua")
         self._release = _script(store, "release.lua", with_lib=False)
-        self._pairs = [x for name in QUEUES for x in (store.keys.staged(name), dispatcher.queues[name].key)]
+        self._pairs = [x for name in QUEUES for x in (name, dispatcher.queues[name].key)]
 
     def epoch(self) -> str:
         """The scheduling epoch: read it *before* calendars and outages, and stage under it."""
@@ -73,7 +73,7 @@ class Staging:
         with self.store.r.pipeline(transaction=False) as pipe:
             for plan, key, due in plans:
                 args = self.store.create_args(plan, key, due)
-                args += [due.timestamp(), plan.dag_version, epoch, staged_at,
+                args += [f"{due.timestamp():.3f}", plan.dag_version, epoch, staged_at,
                          due.astimezone(UTC).isoformat()]
                 self._stage(args=args, client=pipe)
             results = pipe.execute()
@@ -91,17 +91,14 @@ class Staging:
         """Push every staged attempt due at ``now`` onto its queue; returns how many."""
         moved = 0
         while True:
-            count = int(self._release(args=[self.store.prefix, now.timestamp(), RELEASE_BATCH, *self._pairs]))
-            moved += count
-            if count < RELEASE_BATCH:
+            ids, lists = self._release(args=[self.store.prefix, now.timestamp(), RELEASE_BATCH, *self._pairs])
+            moved += int(ids)
+            if int(lists) < RELEASE_BATCH:
                 return moved
 
     def next_due(self) -> float | None:
-        with self.store.r.pipeline(transaction=False) as pipe:
-            for name in QUEUES:
-                pipe.zrange(self.store.keys.staged(name), 0, 0, withscores=True)
-            firsts = [first[0][1] for first in pipe.execute() if first]
-        return min(firsts) if firsts else None
+        first = self.store.r.zrange(self.store.keys.staged(), 0, 0, withscores=True)
+        return first[0][1] if first else None
 
 
 def unstage(store: RunStore, dags: Iterable[str]) -> int:

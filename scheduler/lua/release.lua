@@ -1,16 +1,19 @@
--- Move staged attempts whose due time has come onto their RQ queues: a few bulk commands whatever
--- the number of runs (the due ids are the lowest ranks of each queue's staged set). Two callers at
--- once are harmless: each id is moved once.
--- ARGV: 1 prefix, 2 now (epoch seconds, the scheduler's clock), 3 limit per queue,
---       then pairs of (staged set key, RQ queue key), best queue first.  Returns how many moved.
+-- Move the staged job ids whose due time has come onto their RQ queues: per list (one queue, one due
+-- time) one LRANGE, one RPUSH per 4,000 ids and one UNLINK, whatever the number of runs. Two
+-- callers at once are harmless: a list is moved once.
+-- ARGV: 1 prefix, 2 now (epoch seconds, the scheduler's clock), 3 limit (lists),
+--       then pairs of (queue name, RQ queue key).  Returns {ids moved, lists moved}.
+local rq = {}
+for i = 4, #ARGV, 2 do rq[ARGV[i]] = ARGV[i + 1] end
+local lists = redis.call('ZRANGEBYSCORE', P .. ':staged', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local moved = 0
-for q = 4, #ARGV, 2 do
-  local due = redis.call('ZRANGEBYSCORE', ARGV[q], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-  local n = #due
-  if n > 0 then
-    for i = 1, n, 4000 do redis.call('RPUSH', ARGV[q + 1], unpack(due, i, math.min(n, i + 3999))) end
-    redis.call('ZREMRANGEBYRANK', ARGV[q], 0, n - 1)
-    moved = moved + n
-  end
+for _, m in ipairs(lists) do
+  local queue = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
+  local key = P .. ':staged:' .. m
+  local ids = redis.call('LRANGE', key, 0, -1)
+  for i = 1, #ids, 4000 do redis.call('RPUSH', rq[queue], unpack(ids, i, math.min(#ids, i + 3999))) end
+  redis.call('UNLINK', key)
+  moved = moved + #ids
 end
-return moved
+if #lists > 0 then redis.call('ZREM', P .. ':staged', unpack(lists)) end
+return {moved, #lists}

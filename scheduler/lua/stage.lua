@@ -1,11 +1,12 @@
 -- Write a scheduled run ahead of its due time: the run and its steps exactly as create.lua writes
--- them, its root attempts queued, but their RQ jobs held in {P}:staged (by due time) instead of on
--- the queues. release.lua moves them at the due time in bulk, so that thousands of runs due at one
+-- them, its root attempts queued, but their RQ job ids held in a list per queue and due time
+-- ({P}:staged:QUEUE|DUE, indexed by due time in {P}:staged), not on the queues. release.lua moves them at the due time in bulk, so that thousands of runs due at one
 -- minute boundary reach the workers within milliseconds of it. Refused when the DAG was paused,
 -- changed or re-evaluated (a new calendar or outage) since it was read: unstage.lua removes what
 -- was staged before such a change, so a staged run never outlives the reason it was staged for.
 -- Only for DAGs without max_active_runs (a waiting run would otherwise start early).
--- ARGV: 1-9 as create.lua (5 created = the due time), 10 due (epoch seconds, the scheduler's clock),
+-- ARGV: 1-9 as create.lua (5 created = the due time), 10 due (epoch seconds, the scheduler's clock,
+--       always written the same way: it names the list),
 --       11 DAG version, 12 scheduling epoch the DAG was read under, 13 staged at (ISO),
 --       14 cursor to move to (ISO, UTC)
 -- Returns: {'exists', run_id} | {'refused', why} | {'staged', ready entries}
@@ -20,9 +21,10 @@ local ready = {}
 activate(rid, now, ready)
 local held = {}
 for _, e in ipairs(ready) do
-  local zkey, job = P .. ':staged:' .. e[4], e[1] .. '-' .. e[2] .. '-' .. e[3]
-  redis.call('ZADD', zkey, due, job)
-  table.insert(held, {zkey, job})
+  local member, job = e[4] .. '|' .. due, e[1] .. '-' .. e[2] .. '-' .. e[3]
+  redis.call('RPUSH', P .. ':staged:' .. member, job)
+  redis.call('ZADD', P .. ':staged', due, member)
+  table.insert(held, {P .. ':staged:' .. member, job})
 end
 redis.call('ZREMRANGEBYSCORE', dk .. ':staged', '-inf', '(' .. due)
 redis.call('ZADD', dk .. ':staged', due, rid)

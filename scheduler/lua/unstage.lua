@@ -10,20 +10,19 @@ local taken, rewind, rewind_ts = 0, nil, nil
 for _, rid in ipairs(redis.call('ZRANGE', dk .. ':staged', 0, -1)) do
   local rk = run_key(rid)
   local held = cjson.decode(redis.call('HGET', rk, 'staged_jobs') or '[]')
+  -- Not released yet while its lists exist (release.lua moves a whole list at once). Its ids stay in
+  -- them: with their RQ jobs deleted, a worker that pops one skips it (RQ ignores a missing job).
   local waiting = #held > 0
   for _, m in ipairs(held) do
-    if not redis.call('ZSCORE', m[1], m[2]) then waiting = false end
+    if redis.call('EXISTS', m[1]) == 0 then waiting = false end
   end
   if waiting and redis.call('HGET', rk, 'state') ~= 'queued' then
-    -- Cancelled while staged: keep the run as the user left it; its jobs need not reach a queue.
-    for _, m in ipairs(held) do redis.call('ZREM', m[1], m[2]); redis.call('DEL', ARGV[3] .. m[2]) end
+    -- Cancelled while staged: keep the run as the user left it; its jobs need not run.
+    for _, m in ipairs(held) do redis.call('DEL', ARGV[3] .. m[2]) end
     waiting = false
   end
   if waiting then
-    for _, m in ipairs(held) do
-      redis.call('ZREM', m[1], m[2])
-      redis.call('DEL', ARGV[3] .. m[2])
-    end
+    for _, m in ipairs(held) do redis.call('DEL', ARGV[3] .. m[2]) end
     local run = redis.call('HGETALL', rk)
     local f = {}
     for i = 1, #run, 2 do f[run[i]] = run[i + 1] end
