@@ -1,6 +1,6 @@
 """The scheduler under many schedules: delay from due time to run handed to the workers, CPU, memory.
 
-    .venv/bin/python bench/schedule_scale.py [--dags 10000] [--minutes 2] [--lookahead 15]
+    .venv/bin/python bench/schedule_scale.py [--dags 10000] [--minutes 2] [--lookahead 60] [--distinct]
 
 Submits ``--dags`` DAGs that each fire every minute (``* * * * *``, one step) to a private
 redis-server and runs one real ``ctl scheduler`` process over ``--minutes`` minute boundaries (the
@@ -34,6 +34,7 @@ from pathlib import Path
 from rq import Queue
 
 from scheduler.agenda import Agenda
+from scheduler.daemon import DEFAULT_LOOKAHEAD
 from scheduler.embedded import embedded_redis
 from scheduler.settings import Settings
 from scheduler.store import RunStore
@@ -109,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dags", type=int, default=10_000)
     parser.add_argument("--minutes", type=int, default=2)
-    parser.add_argument("--lookahead", type=float, default=15.0)
+    parser.add_argument("--lookahead", type=float, default=DEFAULT_LOOKAHEAD)
     parser.add_argument("--distinct", action="store_true",
                         help="give every DAG its own schedule object (the daemon shares walks of equal schedules)")
     args = parser.parse_args()

@@ -46,10 +46,10 @@ from scheduler.store import RunStore
 log = logging.getLogger("conveyor.scheduler")
 RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this
 MAX_BLOCK = 1.0
-DEFAULT_LOOKAHEAD = 15.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
+DEFAULT_LOOKAHEAD = 60.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
 STAGE_MARGIN = timedelta(seconds=1)  # a fire closer than this is created at its time, not staged
 HOUSEKEEPING_GAP = 0.5  # real seconds: no reaping or pruning this close to a staged due time
-PRECISE_SLEEP = 0.15  # real seconds: the last stretch before a due time is slept in Python, not in Redis
+RELEASE_POLL = 0.25  # real seconds: the releaser looks for newly staged runs at least this often
 CHUNK = 500  # DAGs per pass; staged runs are released between passes
 REAP_EVERY = 2.0
 PRUNE_EVERY = 60.0  # real seconds: how long one wait may last, so stop and lease renewal stay prompt
@@ -92,6 +92,7 @@ class Scheduler:
         self._compiled: dict[str, Compiled] = {}
         self._schedules: dict[str, Schedule] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self.leading = False  # read by the release thread
         # DAG -> (cursor, version, context, due time of the first fire after that cursor), epoch seconds
         self._known: dict[str, tuple[float, int, str, float]] = {}
         self._seen_context = ""
@@ -275,22 +276,37 @@ class Scheduler:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def serve(self) -> None:
-        """Lead (or stand by) until :attr:`stop` is set. Survives Redis restarts with a backoff."""
-        leading = False
-        backoff = 0.1
+    def release_loop(self) -> None:
+        """Release staged runs at their due times, precisely (a Python sleep, not a Redis timeout, which
+        fires on Redis's 100 ms timer). In its own thread, so that a long pass of the main loop (staging
+        thousands of runs) never holds back a boundary. Runs are staged at least ``STAGE_MARGIN`` ahead,
+        so looking for new ones every ``RELEASE_POLL`` misses none."""
         while not self.stop.is_set():
             try:
-                if not self.lease.hold():
-                    if leading:
+                due = self.staging.next_due() if self.leading else None
+                wait = RELEASE_POLL if due is None else min(self.clock.real_seconds(due), RELEASE_POLL)
+                if wait > 0:
+                    self.stop.wait(wait + 0.0002)
+                if due is not None and self.clock.now().timestamp() >= due:
+                    self.staging.release(self.clock.now())
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self.stop.wait(RELEASE_POLL)
+
+    def serve(self) -> None:
+        """Lead (or stand by) until :attr:`stop` is set. Survives Redis restarts with a backoff."""
+        backoff = 0.1
+        threading.Thread(target=self.release_loop, name="conveyor-release", daemon=True).start()
+        while not self.stop.is_set():
+            try:
+                was_leading, self.leading = self.leading, self.lease.hold()
+                if not self.leading:
+                    if was_leading:
                         log.warning("lost the leadership (lease taken by %s)", self.lease.holder())
-                        leading = False
                     # Sleep until the current lease would expire, then try at once.
                     self.stop.wait(min(self.lease.seconds_left() + 0.002, MAX_BLOCK))
                     continue
-                if not leading:
+                if not was_leading:
                     log.info("leading (fencing token %d, lease %.1fs)", self.lease.token, self.lease.ttl)
-                    leading = True
                 nxt = self.tick(self.clock.now())
                 self.dispatcher.move_due()
                 soon = self.staging.next_due()
@@ -306,19 +322,13 @@ class Scheduler:
                     stats.prune(self.store, self.clock.now() - timedelta(days=self.history_days), limit=200)
                     self._pruned = time.monotonic()
                 wait = min(self.lease.ttl / 3, MAX_BLOCK, self.dispatcher.next_delayed() or MAX_BLOCK)
-                if nxt is not None and self.clock.real_seconds(nxt) <= wait:
-                    # Redis times out a blocking pop only on its own timer (100 ms at the default hz):
-                    # block until shortly before the due time, then sleep the rest here, precisely.
-                    wait = self.clock.real_seconds(nxt)
-                    if wait > PRECISE_SLEEP:
-                        self.agenda.wait_for_wake(wait - PRECISE_SLEEP)
-                    else:
-                        self.stop.wait(wait + 0.0005)
-                        self.staging.release(self.clock.now())  # first thing: the rest can wait a few ms
-                elif wait > 0:
+                if nxt is not None:
+                    wait = min(wait, self.clock.real_seconds(nxt))
+                if wait > 0:
                     self.agenda.wait_for_wake(wait)
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self.leading = False
                 log.warning("Redis unreachable (%s); retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)

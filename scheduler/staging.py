@@ -2,7 +2,7 @@
 
 Creating a run is tens of microseconds of Lua and more of Python (planning, templating, the RQ
 job). Ten thousand DAGs due at the same minute boundary would make the last of them wait seconds.
-So the leading scheduler *stages* a run a little ahead (``lookahead``, 15 s by default): the run,
+So the leading scheduler *stages* a run a little ahead (``lookahead``, 60 s by default): the run,
 its steps and its root attempts' RQ jobs are written, but the job ids wait in a list per queue and
 due time (``{prefix}:staged:QUEUE|DUE``). At the due time ``release.lua`` pushes every due id onto
 its RQ queue in a few bulk commands: that is all that happens at the boundary (RQ's own scheduled jobs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def scheduler(
                                                help="Testing: start the clock here (UTC unless an offset is given)."),
     clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
     lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD", min=0,
-                                    help="Stage runs this many seconds before they are due, so that they reach "
+                                    help="Stage runs up to this many seconds before they are due, so that they reach "
                                          "the queues at their due time even with thousands due at once (0: off)."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     log_format: observe.LogFormat = observe.LogFormatOption,
@@ -55,6 +56,9 @@ def scheduler(
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
                                                  current.safe_url)
+    # The release thread must get the interpreter within a millisecond of a due time, even while the
+    # main loop is busy planning (the default switch interval is 5 ms).
+    sys.setswitchinterval(0.001)
     daemon.serve()
 
 
