@@ -11,6 +11,11 @@ at most ``max_catchup``; without it only the latest), each with the logical date
 idempotency key, then the cursor moves to ``now``. A scheduler killed at any point therefore
 neither loses nor repeats a run: the next leader starts from the cursor, and a fire that was
 already created is not created again.
+
+The next fire, when it is less than ``lookahead`` away, is staged rather than waited for
+(:mod:`scheduler.staging`): written now, with the cursor moved to its due time in the same
+script, and released onto the queues at that time by a thread of its own. A DAG is looked at
+once per fire, ``lookahead`` before it; DAGs that share a schedule share its cron walking.
 """
 
 from __future__ import annotations
