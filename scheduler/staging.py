@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from importlib import resources
 
 from rq.job import Job
 
@@ -30,12 +29,6 @@ from scheduler.plan import RunPlan
 from scheduler.store import Ready, RunStore, now_iso
 
 RELEASE_BATCH = 1000  # lists (one per queue and due time) per call
-
-
-def _script(store: RunStore, name: str, with_lib: bool = True):
-    load = resources.files("scheduler").joinpath
-    lib = load("lua/lib.lua").read_text() if with_lib else "local P = ARGV[1]\n"
-    return store.r.register_script(lib + load(f"lua/{name}").read_text())
 
 
 def _roots(plan: RunPlan) -> list[Ready]:
@@ -48,8 +41,8 @@ class Staging:
     def __init__(self, store: RunStore, dispatcher: Dispatcher):
         self.store = store
         self.dispatcher = dispatcher
-        self._stage = _script(store, "stage.lua")
-        self._release = _script(store, "release.lua", with_lib=False)
+        self._stage = store.script("stage.lua")
+        self._release = store.script("release.lua", with_lib=False)
         self._pairs = [x for name in QUEUES for x in (name, dispatcher.queues[name].key)]
 
     def epoch(self) -> str:
@@ -103,7 +96,7 @@ class Staging:
 
 def unstage(store: RunStore, dags: Iterable[str]) -> int:
     """Take back the DAGs' staged runs that were not released yet; returns how many."""
-    script = _script(store, "unstage.lua")
+    script = store.script("unstage.lua")
     with store.r.pipeline(transaction=False) as pipe:
         for dag in dags:
             script(args=[store.prefix, dag, Job.redis_job_namespace_prefix], client=pipe)

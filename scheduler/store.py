@@ -5,6 +5,7 @@ result from an attempt that is no longer current is ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -76,6 +77,11 @@ def _ready(entries: list[Any], delay: float = 0.0) -> tuple[Ready, ...]:
     )
 
 
+@functools.cache
+def _lua(name: str) -> str:
+    return resources.files("scheduler").joinpath(f"lua/{name}").read_text()
+
+
 class RunStore:
     """DAG versions, runs, steps, attempts, events and logs under one key prefix."""
 
@@ -84,20 +90,23 @@ class RunStore:
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.log_cap = log_cap
-        lib = resources.files("scheduler").joinpath("lua/lib.lua").read_text()
-        load = resources.files("scheduler").joinpath
-        self._create = client.register_script(lib + load("lua/create.lua").read_text())
-        self._start = client.register_script(lib + load("lua/start.lua").read_text())
-        self._finish = client.register_script(lib + load("lua/finish.lua").read_text())
-        self._cancel = client.register_script(lib + load("lua/cancel.lua").read_text())
-        self._lose = client.register_script(lib + load("lua/lose.lua").read_text())
-        self._renew = client.register_script(lib + load("lua/renew.lua").read_text())
-        self._skip = client.register_script(lib + load("lua/skip.lua").read_text())
-        self._rerun = client.register_script(lib + load("lua/rerun.lua").read_text())
-        self._cancel_step = client.register_script(lib + load("lua/cancel_step.lua").read_text())
-        self._pool_set = client.register_script(lib + load("lua/pool_set.lua").read_text())
-        self._sla = client.register_script(lib + load("lua/sla.lua").read_text())
-        self._append_log = client.register_script(load("lua/append_log.lua").read_text())
+        self._create = self.script("create.lua")
+        self._start = self.script("start.lua")
+        self._finish = self.script("finish.lua")
+        self._cancel = self.script("cancel.lua")
+        self._lose = self.script("lose.lua")
+        self._renew = self.script("renew.lua")
+        self._skip = self.script("skip.lua")
+        self._rerun = self.script("rerun.lua")
+        self._cancel_step = self.script("cancel_step.lua")
+        self._pool_set = self.script("pool_set.lua")
+        self._sla = self.script("sla.lua")
+        self._append_log = self.script("append_log.lua", with_lib=False)
+
+    def script(self, name: str, *, with_lib: bool = True) -> Any:
+        """A Lua script of ``scheduler/lua``, after the shared helpers of lib.lua (or only the prefix)."""
+        head = _lua("lib.lua") if with_lib else "local P = ARGV[1]\n"
+        return self.r.register_script(head + _lua(name))
 
     @classmethod
     def connect(cls, settings: Settings) -> RunStore:
