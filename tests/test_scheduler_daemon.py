@@ -15,6 +15,7 @@ import pytest
 
 from scheduler.agenda import Agenda
 from scheduler.daemon import Scheduler
+from scheduler.engine import Engine
 from scheduler.service import submit_file
 from scheduler.store import RunStore
 from tests.helpers import write_dag
@@ -40,7 +41,7 @@ def lookahead(request) -> float:
 
 def daemon_with(tmp_path, store, dispatcher, text: str, lookahead: float = 0.0) -> Scheduler:
     submit_file(store, write_dag(tmp_path, text), now=T0)
-    return Scheduler(store, dispatcher, lookahead=lookahead)
+    return Scheduler(Engine(store, dispatcher), lookahead=lookahead)
 
 
 def test_each_fire_once_with_its_interval(tmp_path, store, dispatcher, lookahead) -> None:
@@ -72,12 +73,12 @@ def test_without_catchup_only_the_latest_missed_run(tmp_path, store, dispatcher,
 
 def test_two_schedulers_and_a_restart_never_duplicate(tmp_path, store, dispatcher, lookahead) -> None:
     first = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true").replace("3", "100"), lookahead)
-    second = Scheduler(store, dispatcher, lookahead=lookahead)
+    second = Scheduler(Engine(store, dispatcher), lookahead=lookahead)
     moments = [T0 + timedelta(seconds=s) for s in range(0, 3601, 50)]  # some within 15 s of a fire
     for now in moments:
         first.tick(now)
         second.tick(now - timedelta(seconds=1))
-        Scheduler(store, dispatcher, lookahead=lookahead).tick(now)  # a freshly restarted one, with no memory
+        Scheduler(Engine(store, dispatcher), lookahead=lookahead).tick(now)  # a freshly restarted one, with no memory
     dates = [r["logical_date"] for r in runs_of(store, "every5")]
     assert len(dates) == len(set(dates)) == 12
 

@@ -20,7 +20,7 @@ from scheduler.cli import common, runs, views, watch
 from scheduler.dispatch import DelayedMover
 from scheduler.embedded import die_with_parent, embedded_redis
 from scheduler.model import Priority, Trigger
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from scheduler.settings import Settings
 from scheduler.spec import load_file, resolve_params
 
@@ -42,21 +42,20 @@ def run(
         if not url:
             url = stack.enter_context(embedded_redis())
         current = Settings.from_env(url)
-        store = common.store(current)
+        engine = common.engine(current)
+        store = engine.store
         submitted = submit_file(store, file)
         stack.enter_context(worker_processes(current, workers))
-        mover = DelayedMover(common.dispatcher(current))
-        run_id = create_run(store, common.dispatcher(current), submitted.spec.name, common.parse_params(param),
-                            trigger=Trigger.MANUAL, priority=priority, version=submitted.version,
-                            now=datetime.now(UTC))
+        mover = DelayedMover(engine.dispatcher)
+        run_id = engine.create_run(submitted.spec.name, common.parse_params(param), trigger=Trigger.MANUAL,
+                                   priority=priority, version=submitted.version, now=datetime.now(UTC))
         views.err.print(f"run {run_id} ({workers} workers, Redis {current.safe_url})", highlight=False)
         try:
             with _sigterm_as_interrupt():
                 status = watch.follow(store, run_id, tick=mover.tick)
         except KeyboardInterrupt:
             views.err.print(f"interrupted: cancelling run {run_id}", highlight=False)
-            _, _, ready = store.cancel_run(run_id)
-            common.dispatcher(current).enqueue(ready)
+            engine.cancel(run_id)
             status = watch.follow(store, run_id, live=False, timeout=CANCEL_GRACE, tick=mover.tick)
             _remove_containers(run_id)
             runs.finish(status, output) if status["state"] != "cancelled" else None
