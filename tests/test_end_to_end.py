@@ -10,7 +10,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.engine import Engine
 from scheduler.service import submit_file
 from scheduler.store import RunStore
-from tests.conftest import Workers, wait_for_run
+from tests.conftest import TEST_PREFIX, Workers, wait_for_run
 from tests.helpers import write_dag
 
 
@@ -114,7 +114,7 @@ def test_duplicate_deliveries_never_run_an_attempt_twice(tmp_path, store, dispat
     queue = Queue("high", connection=dispatcher.queues["high"].connection)
     for copy in range(3):
         for item in ready:
-            queue.enqueue_call("runner.job.run_attempt", args=(item.run_id, item.step, item.attempt, "test"),
+            queue.enqueue_call("runner.job.run_attempt", args=(item.run_id, item.step, item.attempt, TEST_PREFIX),
                                job_id=f"{item.run_id}-{item.step}-{item.attempt}-copy{copy}", result_ttl=0)
     workers.start(3)
     assert wait_for_run(store, plan.run_id)["state"] == "success"
