@@ -153,3 +153,51 @@ def test_two_ctl_schedulers_over_a_simulated_week(tmp_path, settings, store) -> 
     created = store.r.hgetall(store.keys.dag_fires("every5"))
     assert sorted(created) == expected
     assert len(store.run_ids("every5", 100_000)) == len(expected)
+
+
+HEALTHY = """
+name: healthy
+schedule: {cron: "* * * * * *"}
+steps:
+  s: {image: conveyor/busybox:local, command: [echo, "{{ ts }}"]}
+"""
+# Passes the validation of today's stored versions but cannot be planned: the handler's env names a
+# param that does not exist. (Validation now refuses it; the source is written to Redis directly, as an
+# older Conveyor or a hand edit could have left it.)
+BROKEN = """
+name: broken
+schedule: {cron: "* * * * * *"}
+steps:
+  s: {image: conveyor/busybox:local, command: [echo, x]}
+on_failure: {image: conveyor/busybox:local, command: [echo, x], env: {X: "{{ params.nope }}"}}
+"""
+
+
+def test_a_dag_that_cannot_be_planned_never_stops_the_scheduler(tmp_path, settings, store) -> None:
+    """A real ``ctl scheduler``: the broken DAG is logged and recorded as its error, and the healthy
+    DAG keeps firing every second meanwhile."""
+    import yaml
+
+    submit_file(store, write_dag(tmp_path, HEALTHY))
+    store.submit_dag("broken", BROKEN.encode(), yaml.safe_load(BROKEN), path="broken.yaml")
+    Agenda(store).schedule_now("broken")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CONVEYOR_PREFIX": settings.prefix}
+    daemon = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "scheduler", "--lookahead", "0",
+                               "--metrics-port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(store.run_ids("healthy", 100)) < 4:
+            assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+            time.sleep(0.2)
+        assert len(store.run_ids("healthy", 100)) >= 4
+        assert daemon.poll() is None  # still running
+        assert store.run_ids("broken") == []
+        error = store.dag_error("broken")
+        assert error is not None and "nope" in error[0]
+        shown = subprocess.run([sys.executable, "-m", "scheduler.cli.main", "runs", "broken"], env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "nope" in shown.stderr and "Traceback" not in shown.stderr
+    finally:
+        daemon.terminate()
+        _, stderr = daemon.communicate(timeout=30)
+    assert "broken" in stderr and "nope" in stderr and "Traceback" not in stderr

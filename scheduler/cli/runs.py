@@ -55,6 +55,10 @@ def runs(
     if dag and dag not in store.dag_names():
         raise NotFoundError(store.unknown_dag(dag))
     records = [views.run_object(store.run_record(rid)) for rid in store.run_ids(dag, limit)]
+    problem = store.dag_error(dag) if dag else None
+    if problem:  # the scheduler could not evaluate or plan it: say so where people look
+        views.err.print(f"DAG {dag}: the scheduler reports, since {problem[1]}: {problem[0]}", markup=False,
+                        highlight=False)
     if output == common.Output.json:
         views.print_json(records)
     elif dag and records:
