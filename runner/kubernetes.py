@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kubernetes.client
@@ -37,7 +38,15 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, AttemptKey, Leftover, Outcome, pump_in_batches
+from runner.containers import (
+    DETACH_REASONS,
+    LABEL_PREFIX,
+    LOG_FLUSH_BYTES,
+    AttemptKey,
+    Leftover,
+    Outcome,
+    pump_in_batches,
+)
 from scheduler.model import StepPlan
 
 CONTAINER = "step"
@@ -174,10 +183,13 @@ class KubernetesRuntime:
             return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
         except _Transport as exc:
             return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
+        outcome: Outcome | None = None
         try:
-            return _Attempt(self, plan, name, on_output, should_stop).follow()
+            outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
+            return outcome
         finally:
-            self.delete(name)
+            if outcome is None or not outcome.detached:  # a detached Pod runs on under its adopter
+                self.delete(name)
 
     def delete(self, name: str) -> None:
         """Delete a Pod at once (zero grace, dependents first); a Pod already gone is fine."""
@@ -237,6 +249,8 @@ class _Attempt:
         last_ok = began
         while True:
             reason = self._stop_reason()
+            if reason in DETACH_REASONS:
+                return replace(self.outcome(None, reason, f"left running for another worker: {reason}"), detached=True)
             if reason:
                 self.kill()
                 return self.outcome(None, reason, f"stopped: {reason}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from rq import Queue, SimpleWorker
 
+from runner.adoption import Adopter
 from runner.context import WorkerContext, install
 from scheduler.dispatch import DelayedMover
 from scheduler.model import QUEUES
@@ -63,7 +64,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     install(context)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
-    reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts)
+    reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts, adopter=Adopter(context))
     reaper.run_in_thread()
     DelayedMover(context.dispatcher).run_in_thread(reaper.stop)
     backoff = 0.5
