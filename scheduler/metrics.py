@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler.model import QUEUES, TERMINAL_RUN_STATES, TERMINAL_STEP_STATES
@@ -226,6 +226,10 @@ class RedisCollector(Collector):
         for state in sorted(states):
             workers.add_metric([state], states[state])
         yield workers
+        refused = CounterMetricFamily("conveyor_jobs_refused", "RQ jobs workers refused to run: not Conveyor's "
+                                      "attempt job (see runner/admission.py).")
+        refused.add_metric([], self.store.jobs_refused())
+        yield refused
         total = sum(states.values())
         yield GaugeMetricFamily("conveyor_worker_busy_ratio", "Busy workers / all workers (0 with none).",
                                 value=states.get("busy", 0) / total if total else 0.0)

@@ -26,6 +26,7 @@ class Settings:
     default_cpus: float | None = None  # limits for steps that set none (ctl worker --default-cpus)
     default_memory: int | None = None
     allowed_mounts: tuple[str, ...] = ()  # host paths steps may mount (ctl worker --allow-mount)
+    signing_key: bytes | None = field(default=None, repr=False)  # signs and verifies step plans (signing.py)
 
     @classmethod
     def from_env(cls, redis_url: str | None = None) -> Settings:
@@ -39,6 +40,7 @@ class Settings:
             default_cpus=float(os.environ.get("CONVEYOR_DEFAULT_CPUS") or 0) or None,
             default_memory=memory_bytes(os.environ.get("CONVEYOR_DEFAULT_MEMORY")),
             allowed_mounts=tuple(p for p in os.environ.get("CONVEYOR_ALLOW_MOUNTS", "").split(os.pathsep) if p),
+            signing_key=signing_key_from_env(),
         )
 
     @property
@@ -61,6 +63,21 @@ class Settings:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
+
+
+def signing_key_from_env() -> bytes | None:
+    """``CONVEYOR_SIGNING_KEY`` (the key itself) or ``CONVEYOR_SIGNING_KEY_FILE`` (a file holding it)."""
+    value = os.environ.get("CONVEYOR_SIGNING_KEY", "").strip()
+    path = os.environ.get("CONVEYOR_SIGNING_KEY_FILE", "").strip()
+    if not value and path:
+        from scheduler.errors import ConveyorError
+
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except OSError as exc:
+            raise ConveyorError(f"CONVEYOR_SIGNING_KEY_FILE={path}: cannot read it ({exc.strerror})") from None
+    return value.encode() if value else None
 
 
 def redact(url: str) -> str:
