@@ -40,7 +40,16 @@ import docker.errors
 import requests.exceptions
 
 from runner.attempt_log import AttemptLog
-from runner.containers import LABEL_PREFIX, DockerRuntime, Outcome, _close, _LogPump, _Stopper, follow_started
+from runner.containers import (
+    LABEL_PREFIX,
+    DockerRuntime,
+    Outcome,
+    _close,
+    _LogPump,
+    _Stopper,
+    follow_started,
+    pump_in_batches,
+)
 from runner.context import WorkerContext
 from runner.lease import LeaseKeeper
 from scheduler.logs import attempt_context, bind
@@ -155,8 +164,8 @@ class Adopter:
                 if outcome.detached:
                     log.info("%s %s attempt %d: %s; its container runs on", run_id, step, attempt, outcome.reason)
                     return
+                self.runtime.remove(found.id)  # before the result, as the worker that started it would
                 record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4))
-                self.runtime.remove(found.id)
             except Exception:
                 log.error("%s %s attempt %d: following the adopted container failed\n%s", run_id, step, attempt,
                           traceback.format_exc())
@@ -219,12 +228,20 @@ class DockerAdoption:
         except docker.errors.APIError as exc:  # a log driver that cannot be read back
             on_output(f"[conveyor: the output after adoption cannot be read back: {exc}]\n".encode())
             stream = _NoStream()
-        logs = _LogPump(_SkipFirst(stream, offset), on_output)
+        followed = _SkipFirst(stream, offset)
+        logs = _LogPump(followed, on_output)
         deadline = None
         if plan.timeout:
             started = docker_time(container.attrs.get("State", {}).get("StartedAt")) or time.time()
             deadline = time.monotonic() + started + plan.timeout - time.time()  # from the container's real start
-        return follow_started(container, plan, logs, _Stopper(container, should_stop), deadline, base)
+        outcome = follow_started(container, plan, logs, _Stopper(container, should_stop), deadline, base)
+        if not outcome.detached and outcome.reason not in ("docker_error", "container_removed"):
+            # A followed log may end at the container's exit before its last bytes (the engine closes it on
+            # the exit event): read what it missed from the complete log, now that the container has ended.
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                rest = self.client.api.logs(found.id, stdout=True, stderr=True, stream=True, follow=False)
+                pump_in_batches(_SkipFirst(rest, offset + followed.passed), on_output)
+        return outcome
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
@@ -247,6 +264,7 @@ class _SkipFirst:
     def __init__(self, stream, count: int):
         self.stream = stream
         self.left = count
+        self.passed = 0  # bytes handed on
         self._response = getattr(stream, "_response", None)
 
     def __iter__(self):
@@ -256,6 +274,7 @@ class _SkipFirst:
                     self.left -= len(chunk)
                     continue
                 chunk, self.left = chunk[self.left:], 0
+            self.passed += len(chunk)
             yield chunk
 
     def close(self) -> None:

@@ -250,6 +250,7 @@ class _Attempt:
         while True:
             reason = self._stop_reason()
             if reason in DETACH_REASONS:
+                self.killed = True  # not killed, but its log is no longer ours to wait for
                 return replace(self.outcome(None, reason, f"left running for another worker: {reason}"), detached=True)
             if reason:
                 self.kill()

@@ -17,7 +17,9 @@ from rich.text import Text
 from scheduler.store import RunStore
 
 ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_digest", "container_id", "host",
-                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error")
+                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error",
+                  # a dead or stopping worker's container followed to its end by another (runner/adoption.py)
+                  "adopted_by", "adopted_at", "handed_over_by", "handed_over_at")
 STATE_STYLE = {
     "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan", "queued": "blue",
     "retrying": "yellow", "cancelled": "magenta", "skipped": "grey50", "pending": "grey50", "waiting": "blue",
@@ -106,8 +108,11 @@ def steps_table(status: dict[str, Any]) -> Table:
         table.add_column(column)
     for step in status["steps"]:
         last = step["attempts"][-1] if step["attempts"] else {}
+        attempt = str(len(step["attempts"]) or "")
+        if last.get("adopted_by"):
+            attempt += f" (adopted by {last['adopted_by']})"
         table.add_row(
-            step["name"], styled(step["state"]), str(len(step["attempts"]) or ""),
+            step["name"], styled(step["state"]), attempt,
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
             Text(last.get("error") or "", style="red"),

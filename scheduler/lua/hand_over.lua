@@ -10,6 +10,6 @@ local rid, s, n = string.match(m, '^(.*)|(.*)|(%d+)$')
 local ak = attempt_key(rid, s, n)
 if not held_by(ak, ARGV[4]) then return 0 end
 redis.call('ZADD', K.running(), server_time() - 0.001, m)
-redis.call('HSET', ak, 'holder', '', 'handed_over', '1')
+redis.call('HSET', ak, 'holder', '', 'handed_over', '1', 'handed_over_by', ARGV[4], 'handed_over_at', ARGV[3])
 event(rid, 'step', s, 'handed_over', n, ARGV[3])
 return 1
