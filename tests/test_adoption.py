@@ -282,3 +282,49 @@ def test_the_reaper_declares_lost_only_what_no_worker_can_adopt(
     wait_for(lambda: store.step_records(rid)[0]["state"] == "failed", what="the adopted attempt's end")
     here = store.step_records(rid)[0]["attempts"][0]
     assert here["exit_code"] == "137" and here["reason"] == "exit_code"
+
+
+# --- Kubernetes: against the kmock emulator and its fake kubelet (an emulator, not a cluster) ----------
+
+
+def test_a_pod_outliving_its_worker_is_adopted_on_kubernetes(settings: Settings, store: RunStore) -> None:
+    """Relies on tests/kube_emulator.py: the fake kubelet keeps a Pod running whatever its worker does,
+    and serves its log from the start on every read, as the API server does."""
+    from runner.kube_adoption import KubernetesAdoption
+    from runner.kubernetes import KubernetesRuntime, pod_manifest
+    from tests.kube_emulator import Emulator, FakeKubelet, Script
+
+    namespace = "adopt"
+    with Emulator() as emulator, FakeKubelet(emulator, namespace) as kubelet:
+        kubelet.script = lambda run: Script(output=NUMBERED, seconds=1.5, exit_code=0)
+        runtime = KubernetesRuntime(emulator.api_client(), namespace, poll_seconds=0.05)
+        context = WorkerContext(settings, name="adopter")
+        context.__dict__["runtime"] = runtime  # the worker's runtime, as CONVEYOR_RUNTIME=kubernetes would make it
+        ran_on = KubernetesAdoption(runtime).engine_id()
+        plan, _ = new_run(store, spec_from("""
+            name: adopt-pods
+            steps:
+              pod: {image: conveyor/busybox:local, command: [sh, -c, "seq 1 100000; sleep 1"], retries: 0}
+              vanished: {image: conveyor/busybox:local, command: [true], retries: 0}
+        """))
+        rid = plan.run_id
+        for step in ("pod", "vanished"):
+            assert store.start_attempt(rid, step, 1, host="h", pid=1, worker="dead", lease=0.1,
+                                       engine_id=ran_on).status is StartStatus.OK
+        step_plan = store.step_plan(rid, "pod")
+        runtime.core.create_namespaced_pod(namespace, pod_manifest(
+            step_plan, labels_for(step_plan, 1, settings.prefix, store.store_id), namespace))
+        stored_by_the_dead = 123_457  # mid-line: the dead worker's last write
+        store.append_log(rid, "pod", 1, NUMBERED[:stored_by_the_dead], holder="dead", raw=stored_by_the_dead)
+        time.sleep(0.2)
+        adopter = Adopter(context)
+        assert adopter.consider(member(rid, "vanished", 1)) is Sighting.GONE  # same namespace, no Pod
+        assert adopter.consider(member(rid, "pod", 1)) is Sighting.ADOPTED
+        assert adopter.consider(member(rid, "pod", 1)) is Sighting.BUSY  # this process follows it now
+        wait_for(lambda: store.step_records(rid)[0]["state"] == "success", what="the adopted Pod's end")
+        [only] = store.step_records(rid)[0]["attempts"]
+        assert only["adopted_by"] == "adopter" and only["exit_code"] == "0"
+        assert store.read_log(rid, "pod", 1) == NUMBERED
+        assert [p for p in runtime.core.list_namespaced_pod(namespace).items
+                if p.metadata.annotations.get("dev.conveyor.run") == rid] == []
+        runtime.api_client.close()
