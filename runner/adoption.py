@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -164,8 +164,8 @@ class Adopter:
                 if outcome.detached:
                     log.info("%s %s attempt %d: %s; its container runs on", run_id, step, attempt, outcome.reason)
                     return
-                self.runtime.remove(found.id)  # before the result, as the worker that started it would
                 record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4))
+                self.runtime.remove(found.id)  # only now: dying before the result leaves it to adopt again
             except Exception:
                 log.error("%s %s attempt %d: following the adopted container failed\n%s", run_id, step, attempt,
                           traceback.format_exc())
@@ -350,6 +350,4 @@ def after_engine_loss(context: WorkerContext, key: tuple[str, str, int], plan: S
                 run_id, step, attempt, away, status)
     found = Found(outcome.container_id, status)
     result = runtime.follow(found, plan, output.resume(), should_stop, output.accounted)
-    if not result.detached:
-        runtime.remove(outcome.container_id)
-    return result
+    return result if result.detached else replace(result, kept=True)  # the caller removes it once recorded

@@ -10,7 +10,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import docker
@@ -40,6 +40,7 @@ class Outcome:
     image_digest: str | None = None
     container_id: str | None = None
     detached: bool = False  # the container runs on under another worker: not removed, not a result
+    kept: bool = False  # run(keep=True): the ended container is still there, for the caller to remove
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,12 @@ class ContainerRuntime(Protocol):
     """
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome: ...
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome: ...
+    # ``keep=True``: leave the ended container for the caller to remove (``reap``) once it has recorded
+    # the result (``Outcome.kept``), so that a worker dying in between leaves a container to adopt, not
+    # a finished step that would run again.
+
+    def reap(self, ids: Iterable[str]) -> None: ...
 
     def engine_version(self) -> str: ...
 
@@ -117,7 +123,7 @@ class DockerRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         try:
             image = self._image(plan)
         except docker.errors.ImageNotFound:
@@ -152,11 +158,11 @@ class DockerRuntime:
         outcome: Outcome | None = None
         try:
             outcome = self._run_container(container, plan, on_output, should_stop, base)
-            return outcome
         finally:
-            if outcome is None or not outcome.detached:
+            if outcome is None or not (outcome.detached or keep):
                 with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                     container.remove(force=True)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""

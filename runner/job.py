@@ -83,7 +83,7 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str
         prepared, secret_values = prepare(plan, ctx.settings)
         output.mask_with(secret_values)
         outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
-                                  output, should_stop)
+                                  output, should_stop, keep=True)
         if outcome.reason in ENGINE_LOST and outcome.container_id:
             from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
 
@@ -97,7 +97,10 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str
     if outcome.detached:  # another worker follows the container now and records its end
         log.info("%s %s attempt %s: %s; its container runs on", run_id, step, attempt, outcome.reason)
         return str(outcome.reason)
-    return record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4))
+    state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4))
+    if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted)
+        ctx.runtime.reap([outcome.container_id])
+    return state
 
 
 def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float) -> str:

@@ -171,7 +171,7 @@ class KubernetesRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         manifest = pod_manifest(plan, labels, self.namespace)
         name = manifest["metadata"]["name"]
         try:
@@ -186,10 +186,10 @@ class KubernetesRuntime:
         outcome: Outcome | None = None
         try:
             outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
-            return outcome
         finally:
-            if outcome is None or not outcome.detached:  # a detached Pod runs on under its adopter
+            if outcome is None or not (outcome.detached or keep):  # a detached Pod runs on under its adopter
                 self.delete(name)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
 
     def delete(self, name: str) -> None:
         """Delete a Pod at once (zero grace, dependents first); a Pod already gone is fine."""

@@ -97,7 +97,7 @@ class Reaper:
         self.adopted = 0
         for entry in self.store.expired():
             run_id, step, attempt = parse_member(entry)
-            grace = self.adopt_grace
+            grace, why = self.adopt_grace, "no worker could see its container"
             if self.adopter is not None:
                 sighting = self.adopter.consider(entry)
                 if sighting is Sighting.ADOPTED:
@@ -106,7 +106,7 @@ class Reaper:
                 if sighting is Sighting.BUSY:
                     continue
                 if sighting is Sighting.GONE:
-                    grace = 0.0
+                    grace, why = 0.0, "its container is gone"
             try:
                 backoff = self.store.step_plan(run_id, step).backoff
             except NotFoundError:
@@ -116,8 +116,8 @@ class Reaper:
             if not finished.changed:
                 continue
             count += 1
-            log.warning("%s %s attempt %d lost (its worker stopped renewing the lease and its container is %s): %s",
-                        run_id, step, attempt, "gone" if grace == 0 else "out of every worker's sight", finished.state)
+            log.warning("%s %s attempt %d lost (its worker stopped renewing the lease and %s): %s", run_id, step,
+                        attempt, why, finished.state)
         return count
 
     def vanished_jobs(self) -> int:

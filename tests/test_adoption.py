@@ -59,6 +59,12 @@ def wait_for(predicate, timeout: float = 30, what: str = "the condition") -> Non
         time.sleep(0.05)
 
 
+def gone(docker_client: docker.DockerClient, run_id: str) -> None:
+    """The run's containers are removed (right after their results are recorded)."""
+    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}),
+             timeout=10, what="the containers' removal")
+
+
 def start_and_kill_its_worker(pool: Workers, store: RunStore, run_id: str, step: str, *, after: float = 0.5) -> str:
     """Wait until a worker runs the step, SIGKILL that worker; returns its name."""
     wait_for(lambda: (attempts(store, run_id, step) or [{}])[-1].get("state") == "running", what="the step's start")
@@ -122,7 +128,7 @@ def test_a_running_container_is_adopted_and_its_log_continues_byte_for_byte(
     assert log == NUMBERED  # no byte lost, none twice
     assert int(only["log_bytes"]) == len(NUMBERED)
     assert only["exit_code"] == "0"
-    assert docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}) == []
+    gone(docker_client, run_id)
 
 
 def test_an_exited_container_not_yet_removed_is_adopted_with_its_exit_code(
@@ -143,7 +149,7 @@ def test_an_exited_container_not_yet_removed_is_adopted_with_its_exit_code(
     assert only["adopted_by"] == "later"
     assert only["exit_code"] == "3" and only["reason"] == "exit_code"  # its own end, not "lost"
     assert store.read_log(run_id, "short", 1) == b"partial\n"
-    assert docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}) == []
+    gone(docker_client, run_id)
 
 
 def test_cancel_kills_an_adopted_container(tmp_path: Path, store: RunStore, dispatcher: Dispatcher,
@@ -160,8 +166,7 @@ def test_cancel_kills_an_adopted_container(tmp_path: Path, store: RunStore, disp
     assert wait_for_run(store, run_id, timeout=30)["state"] == "cancelled"
     [only] = attempts(store, run_id, "long")
     assert only["state"] == "cancelled" and only["reason"] == "cancelled"
-    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}),
-             what="the container's removal")
+    gone(docker_client, run_id)
 
 
 def test_an_adopted_attempt_times_out_counting_from_its_real_start(
@@ -282,6 +287,7 @@ def test_the_reaper_declares_lost_only_what_no_worker_can_adopt(
     wait_for(lambda: store.step_records(rid)[0]["state"] == "failed", what="the adopted attempt's end")
     here = store.step_records(rid)[0]["attempts"][0]
     assert here["exit_code"] == "137" and here["reason"] == "exit_code"
+    gone(docker_client, rid)
 
 
 # --- Kubernetes: against the kmock emulator and its fake kubelet (an emulator, not a cluster) ----------
