@@ -16,7 +16,10 @@ if redis.call('HGET', sk, 'state') ~= 'running' or redis.call('HGET', sk, 'attem
   return {'stale'}
 end
 redis.call('ZADD', K.running(), server_time() + tonumber(ARGV[5]), m)
-redis.call('HSET', ak, 'holder', adopter, 'adopted_by', adopter, 'adopted_at', now, 'handed_over', '0')
+local previous = holder_of(ak)  -- '' after a hand-over
+redis.call('HSET', ak, 'holder', adopter, 'adopted_by', adopter, 'adopted_at', now, 'handed_over', '0',
+  'adopted_from', previous,
+  'adoption_history', (redis.call('HGET', ak, 'adoption_history') or '') .. previous .. '>' .. adopter .. '@' .. now .. ';')
 if ARGV[6] ~= '' then redis.call('HSET', ak, 'container_id', ARGV[6]) end
 redis.call('HINCRBY', ak, 'adoptions', 1)
 event(rid, 'step', s, 'adopted', n, now)
