@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--runtime", choices=["docker", "kubernetes"], default="docker")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped bench still stops what it started
     rng = random.Random(args.seed)
     reports: Counter = Counter()
     port = listen(reports) if args.runtime == "docker" else 0

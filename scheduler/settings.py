@@ -55,6 +55,10 @@ class Settings:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        from scheduler import redis_url  # Sentinel URLs: a separate module (scheduler/redis_url.py)
+
+        if redis_url.is_sentinel(self.redis_url):
+            return redis_url.connect(self.redis_url, decode=decode)
         return redis.Redis.from_url(
             self.redis_url,
             decode_responses=decode,
@@ -82,6 +86,10 @@ def signing_key_from_env() -> bytes | None:
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
+    from scheduler import redis_url
+
+    if redis_url.is_sentinel(url):
+        return redis_url.redact(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
