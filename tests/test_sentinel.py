@@ -20,7 +20,7 @@ from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.redis_url import parse, redact
 from scheduler.service import submit_file
-from scheduler.settings import Settings
+from scheduler.settings import Settings, signing_key_from_env
 from scheduler.store import RunStore
 from tests.conftest import TEST_PREFIX, Workers, free_port, wait_for_run
 from tests.helpers import write_dag
@@ -84,7 +84,7 @@ def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list
                                           stderr=subprocess.DEVNULL))
         _wait_ping(port)
     deadline = time.monotonic() + 20  # the replica in sync, every Sentinel aware of it
-    while redis.Redis(port=primary).info("replication").get("connected_slaves", 0) < 1 or any(
+    while redis.Redis(port=primary).info("replication").get("min_slaves_good_slaves", 0) < 1 or any(
             int(redis.Redis(port=p).sentinel_master(SERVICE).get("num-slaves", 0)) < 1 for p in sentinels):
         assert time.monotonic() < deadline, "the Sentinel group did not form"
         time.sleep(0.1)
@@ -100,7 +100,7 @@ def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list
 def test_a_primary_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, image: str,
                                                              sentinel_group) -> None:
     url, primary, (_primary_port, replica_port) = sentinel_group
-    settings = Settings(url, prefix=f"{TEST_PREFIX}-sentinel")
+    settings = Settings(url, prefix=f"{TEST_PREFIX}-sentinel", signing_key=signing_key_from_env())
     store = RunStore.connect(settings)
     dispatcher = Dispatcher(settings.connect(decode=False), settings.prefix)
     steps = "\n".join(f"  s{i}: {{image: conveyor/busybox:local, command: [sh, -c, 'sleep 0.3; echo s{i}'], "
@@ -113,7 +113,8 @@ def test_a_primary_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, imag
         run_id = Engine(store, dispatcher).create_run("sentinel-test", {})
         deadline = time.monotonic() + 120
         while sum(s["state"] == "success" for s in store.step_records(run_id)) < 10:
-            assert time.monotonic() < deadline, pool.output()
+            assert time.monotonic() < deadline and store.run_record(run_id)["state"] in ("queued", "running"), \
+                pool.output()
             time.sleep(0.1)
         before = {s["name"]: (s["state"], len(s["attempts"])) for s in store.step_records(run_id)}
         primary.send_signal(signal.SIGKILL)
