@@ -100,7 +100,7 @@ class ConveyorWorker(SimpleWorker):
     def subscribe(self) -> None:
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=0.2, daemon=True, exception_handler=self._pubsub_exception_handler)
 
 

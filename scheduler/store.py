@@ -80,7 +80,8 @@ class RunStore:
 
     def __init__(self, client: redis.Redis, prefix: str = "conveyor", log_cap: int = 1024 * 1024,
                  signing_key: bytes | None = None):
-        self.r = client
+        # Replies are str (``decode_responses=True``), which redis-py's types cannot express: Any here.
+        self.r: Any = client
         self.signing_key = signing_key  # plans written here are signed with it (scheduler/signing.py)
         self.keys = Keys(prefix)
         self.prefix = prefix
