@@ -16,12 +16,17 @@ from collections.abc import Sequence
 from rq import Queue, SimpleWorker
 
 from runner.context import WorkerContext, install
+from scheduler import health, security
 from scheduler.dispatch import DelayedMover
 from scheduler.model import QUEUES
 from scheduler.reaper import Reaper
 from scheduler.settings import Settings
 
 FAIR_TURN = 5
+# RQ's worker key TTL. RQ blocks on the queues for TTL - 15 s between two turns of its loop, so this
+# also bounds how long /readyz waits before it calls an idle worker's loop stuck (RQ's 420 s default
+# would make that 7 minutes).
+WORKER_TTL = 60
 log = logging.getLogger("conveyor.runner")
 
 
@@ -45,6 +50,14 @@ class ConveyorWorker(SimpleWorker):
             self.context.stopping_since = time.monotonic()
         super().request_stop(signum, frame)
 
+    def heartbeat(self, *args, **kwargs) -> None:
+        super().heartbeat(*args, **kwargs)
+        health.beat("worker", self.dequeue_timeout + 30, "idle")
+
+    def execute_job(self, job, queue: Queue) -> None:
+        with health.busy("worker"):  # a step may run for hours without the loop turning
+            super().execute_job(job, queue)
+
     def reorder_queues(self, reference_queue: Queue) -> None:
         self._taken += 1
         self._ordered_queues = self.queues[::-1] if self._taken % FAIR_TURN == FAIR_TURN - 1 else self.queues[:]
@@ -61,6 +74,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     context = WorkerContext(settings, name=name)
     install(context)
+    security.warn_if_exposed(context.store.r, log)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
     reaper = Reaper(context.store, context.dispatcher, context.runtime, lost_counts=settings.lost_counts)
@@ -71,6 +85,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
         while True:
             connection = settings.connect(decode=False)
             worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection,
+                                    worker_ttl=WORKER_TTL,
                                     name=f"{name}-{int(time.time() * 1000) % 100000}" if backoff > 0.5 else name)
             worker.context = context
             worker.work(burst=burst, logging_level=log_level)

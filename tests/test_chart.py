@@ -633,3 +633,42 @@ def test_lease_ttl_renders_as_plain_seconds(given, seconds):
     docs = _render({"config": {"leaseTTL": given}})
     env = env_of(main_container(_named(docs, "Deployment", "-scheduler"), "scheduler"))
     assert env["CONVEYOR_LEASE_TTL"]["value"] == seconds
+
+
+# --- a chart that really starts (issue 12) ---------------------------------------------------
+
+
+@all_variants
+def test_probes_are_http_health_endpoints(variant):
+    for component in ("scheduler", "worker"):
+        c = main_container(one(variant, "Deployment", f"-{component}"), component)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert "--metrics-port" in c["args"], "the probes need the metrics server"
+
+
+def _sample_dags() -> dict[str, str]:
+    """The commented sample of values.yaml (uncommented) and every dags.files of the ci variants."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    start = lines.index("  #  nightly.yaml: |")
+    sample = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  #    "):
+            break
+        sample.append(line.removeprefix("  #    "))
+    found = {"values.yaml sample": "\n".join(sample) + "\n"}
+    for name, values in VARIANTS.items():
+        for file, text in (values.get("dags", {}).get("files") or {}).items():
+            found[f"{name}: {file}"] = text
+    return found
+
+
+@pytest.mark.parametrize("where", sorted(_sample_dags()))
+def test_sample_dags_are_valid(where, tmp_path):
+    from scheduler.spec import load_file
+
+    path = tmp_path / "dag.yaml"
+    path.write_text(_sample_dags()[where])
+    spec, _ = load_file(path)  # raises with file:line:col messages when invalid
+    images = {step.image for step in spec.steps.values()}
+    assert images == {"conveyor/busybox:local"}, "an image that exists locally (pull: never by default)"

@@ -246,12 +246,24 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The default probe: TCP on the named metrics port. */}}
-{{- define "conveyor.defaultProbe" -}}
-tcpSocket:
+{{/* The default liveness probe: /healthz on the metrics port (the process answers). */}}
+{{- define "conveyor.defaultLivenessProbe" -}}
+httpGet:
+  path: /healthz
   port: metrics
 initialDelaySeconds: 10
 periodSeconds: 20
+timeoutSeconds: 5
+failureThreshold: 3
+{{- end -}}
+
+{{/* The default readiness probe: /readyz (Redis answers, the loop turned recently). */}}
+{{- define "conveyor.defaultReadinessProbe" -}}
+httpGet:
+  path: /readyz
+  port: metrics
+periodSeconds: 10
+timeoutSeconds: 5
 failureThreshold: 3
 {{- end -}}
 
@@ -308,9 +320,9 @@ containers:
         containerPort: {{ $v.metricsPort }}
         protocol: TCP
     livenessProbe:
-      {{- toYaml (default (include "conveyor.defaultProbe" . | fromYaml) $v.livenessProbe) | nindent 6 }}
+      {{- toYaml (default (include "conveyor.defaultLivenessProbe" . | fromYaml) $v.livenessProbe) | nindent 6 }}
     readinessProbe:
-      {{- toYaml (default (dict "tcpSocket" (dict "port" "metrics") "periodSeconds" 10) $v.readinessProbe) | nindent 6 }}
+      {{- toYaml (default (include "conveyor.defaultReadinessProbe" . | fromYaml) $v.readinessProbe) | nindent 6 }}
     resources:
       {{- toYaml $v.resources | nindent 6 }}
     securityContext:
