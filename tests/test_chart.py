@@ -37,7 +37,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def one(variant: str, kind: str, name_suffix: str = "") -> dict[str, Any]:
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
+    return workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
 
 
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -674,3 +674,17 @@ def test_sample_dags_are_valid(where, tmp_path):
     spec, _ = load_file(path)  # raises with file:line:col messages when invalid
     images = {step.image for step in spec.steps.values()}
     assert images == {"conveyor/busybox:local"}, "an image that exists locally (pull: never by default)"
+
+
+@all_variants
+def test_helm_test_pod_runs_the_cli_without_the_signing_key(variant):
+    (pod,) = [d for d in of_kind(variant, "Pod") if d["metadata"]["name"].endswith("-test-ctl")]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"  # admitted by the Redis policy
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["runs"]  # `ctl dags` once it lands on main
+    env = env_of(c)
+    assert "CONVEYOR_SIGNING_KEY" not in env
+    worker = env_of(main_container(one(variant, "Deployment", "-worker"), "worker"))
+    assert env["REDIS_URL"] == worker["REDIS_URL"]
+    assert env.get("REDIS_PASSWORD") == worker.get("REDIS_PASSWORD")

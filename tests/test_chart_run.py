@@ -446,7 +446,8 @@ def kube_api(kubelet: Kubelet, folder: Path) -> dict[str, str]:
         return Script(output=f"hello from the chart in {run.pod['metadata']['name']}\n".encode())
 
     fake.script = play
-    kubelet.cleanups += [lambda: fake.__exit__(None, None, None), lambda: emulator.__exit__(None, None, None)]
+    # Run in reverse: the fake kubelet stops before the API it polls.
+    kubelet.cleanups += [lambda: emulator.__exit__(None, None, None), lambda: fake.__exit__(None, None, None)]
     kubelet.fake_kubelet = fake
     gateway = kubelet.client.networks.get(kubelet.network).attrs["IPAM"]["Config"][0]["Gateway"]
     port = emulator.url.rsplit(":", 1)[1]
@@ -522,3 +523,14 @@ def run_variant(kubelet: Kubelet, workloads: dict[str, dict[str, Any]], values: 
         assert kubelet.fake_kubelet.pods_seen, "the steps ran as Pods created through the API"
     code, output = leader.exec("ctl", "logs", run["run_id"], "hello")
     assert "hello from the chart in" in output, output
+    helm_test(kubelet)
+
+
+def helm_test(kubelet: Kubelet) -> None:
+    """``helm test``: the hook Pod runs to completion and exits 0 against the release's Redis."""
+    (pod,) = [o for o in kubelet.cluster.objects if o["kind"] == "Pod" and
+              o["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    as_workload = {**pod, "spec": {"template": {"spec": pod["spec"]}}}
+    started = kubelet.start(as_workload, 0)
+    result = started.container.wait(timeout=60)
+    assert result["StatusCode"] == 0, started.logs()
