@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from scheduler import stats
+from scheduler import health, stats
 from scheduler.agenda import Agenda
 from scheduler.clock import Clock
 from scheduler.engine import Engine
@@ -334,13 +334,20 @@ class Scheduler:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self.stop.wait(RELEASE_POLL)
 
+    def turn_within(self) -> float:
+        """How long one turn of :meth:`serve` may take before ``/readyz`` says the loop is stuck: a
+        standby sleeps up to a lease, a leader's pass may be long (thousands of DAGs to stage)."""
+        return max(30.0, 3 * self.lease.ttl)
+
     def serve(self) -> None:
         """Lead (or stand by) until :attr:`stop` is set. Survives Redis restarts with a backoff."""
         backoff = 0.1
+        self.store.warn_if_exposed(log)
         threading.Thread(target=self.release_loop, name="conveyor-release", daemon=True).start()
         while not self.stop.is_set():
             try:
                 was_leading, self.leading = self.leading, self.lease.hold()
+                health.beat("scheduler", self.turn_within(), "leader" if self.leading else "standby")
                 if not self.leading:
                     if was_leading:
                         log.warning("lost the leadership (lease taken by %s)", self.lease.holder())

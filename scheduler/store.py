@@ -110,6 +110,18 @@ class RunStore:
         store.ping(settings)
         return store
 
+    def warn_if_exposed(self, logger: Any) -> str | None:
+        """Warn when this Redis has no password and is not on loopback or a unix socket (security.py)."""
+        from scheduler import security
+
+        return security.warn_if_exposed(self.r, logger)
+
+    def readiness_check(self, timeout: float = 2.0) -> Any:
+        """A PING probe on a client of its own with a short timeout (see metrics.redis_check)."""
+        from scheduler.metrics import redis_check
+
+        return redis_check(self.r, timeout)
+
     @cached_property
     def store_id(self) -> str:
         """A random id of this Redis + prefix, so that two installations sharing a Docker engine (two
