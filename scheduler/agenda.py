@@ -100,6 +100,24 @@ class Agenda:
         else:
             self.schedule_now(dag)
 
+    def is_deactivated(self, dag: str) -> bool:
+        return self.r.hget(self.keys.dag(dag), "deactivated") == "1"
+
+    def set_active(self, dag: str, active: bool) -> None:
+        """A DAG whose file left its synced folder is deactivated: no new scheduled runs (staged ones are
+        taken back), history and its pause flag kept. Its file coming back activates it again."""
+        if not self.r.exists(self.keys.dag(dag)):
+            raise NotFoundError(self.store.unknown_dag(dag))
+        if active:
+            self.r.hdel(self.keys.dag(dag), "deactivated", "deactivated_at")
+            if not self.is_paused(dag):
+                self.schedule_now(dag)
+            return
+        self.r.hset(self.keys.dag(dag), mapping={"deactivated": 1, "deactivated_at": now_iso()})
+        self.r.zrem(self.keys.agenda(), dag)
+        unstage(self.store, [dag])
+        self.wake()
+
     # --- calendars and outages -----------------------------------------------------------------
 
     def calendars(self) -> dict[str, Any]:

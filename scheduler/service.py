@@ -39,9 +39,22 @@ def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = Non
     """Validate and store a DAG file (a new version only when its content changed); a scheduled DAG
     is put on the scheduler's agenda and the scheduler is woken."""
     spec, raw = load_file(path, store_calendars(store))
-    version, created = store.submit_dag(spec.name, raw, spec.document, path=str(Path(path).resolve()),
-                                        git=git_state(path), now=now)
+    return _submitted(store, spec, raw, str(Path(path).resolve()), git_state(path), now)
+
+
+def submit_source(store: RunStore, raw: bytes, where: str, *, calendars: Mapping[str, Any] | None = None,
+                  now: datetime | None = None) -> Submitted:
+    """:func:`submit_file` for content already read (a synced folder's file, shown as ``where``)."""
+    spec = load_bytes(raw, where, store_calendars(store) if calendars is None else calendars)
+    return _submitted(store, spec, raw, where, git_state(where), now)
+
+
+def _submitted(store: RunStore, spec: DagSpec, raw: bytes, path: str, git: Mapping[str, Any] | None,
+               now: datetime | None) -> Submitted:
+    version, created = store.submit_dag(spec.name, raw, spec.document, path=path, git=git, now=now)
     agenda = Agenda(store)
+    if agenda.is_deactivated(spec.name):  # its file is back (or it was submitted by hand): active again
+        agenda.set_active(spec.name, True)
     if spec.schedule is not None and (created or not agenda.is_scheduled(spec.name)) \
             and not agenda.is_paused(spec.name):
         agenda.schedule_now(spec.name, now=now)

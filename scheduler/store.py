@@ -197,6 +197,55 @@ class RunStore:
         error, at = self.r.hmget(self.keys.dag(name), "error", "error_at")
         return (error, at or "") if error else None
 
+    # --- DAG folder sync (scheduler/dagsync.py) ---------------------------------------------------
+
+    def synced_files(self) -> dict[str, str]:
+        """Every synced DAG file ("ROOT|RELATIVE PATH") -> the DAG it defined last time it was valid."""
+        return self.r.hgetall(self.keys.sync_files())
+
+    def set_synced_file(self, key: str, dag: str | None) -> None:
+        if dag is None:
+            self.r.hdel(self.keys.sync_files(), key)
+        else:
+            self.r.hset(self.keys.sync_files(), key, dag)
+
+    def import_errors(self) -> dict[str, dict[str, Any]]:
+        """Synced files that do not validate: "ROOT|RELATIVE PATH" -> {file, problems, at, dag}."""
+        return {k: json.loads(v) for k, v in self.r.hgetall(self.keys.import_errors()).items()}
+
+    def set_import_error(self, key: str, error: Mapping[str, Any] | None) -> None:
+        if error is None:
+            self.r.hdel(self.keys.import_errors(), key)
+        else:
+            self.r.hset(self.keys.import_errors(), key, json.dumps(dict(error)))
+
+    def import_error_count(self) -> int:
+        return int(self.r.hlen(self.keys.import_errors()))
+
+    def dag_state(self, name: str) -> dict[str, str]:
+        """The DAG hash: latest version, paused, deactivated, cursor, the scheduler's error."""
+        return self.r.hgetall(self.keys.dag(name))
+
+    def delete_dag(self, name: str, *, purge: bool = False, limit: int = 100_000) -> int:
+        """Remove a DAG's definition (every version) and schedule; with ``purge`` also every run of it
+        that has ended (active runs are left to finish). Returns how many runs were deleted."""
+        k = self.keys
+        deleted = 0
+        if purge:
+            for run_id in self.r.zrange(k.dag_runs(name), 0, limit - 1):
+                deleted += self.delete_run(run_id)
+        versions = int(self.r.hget(k.dag(name), "latest") or 0)
+        doomed = [k.dag(name), k.dag_shas(name), k.dag_fires(name), k.dag_staged(name), k.dag_intervals(name),
+                  *(k.dag_version(name, v) for v in range(1, versions + 1))]
+        if purge:
+            doomed += [k.dag_runs(name), k.dag_active(name), k.dag_waiting(name)]
+        with self.r.pipeline() as pipe:
+            pipe.unlink(*doomed)
+            pipe.srem(k.dags(), name)
+            pipe.zrem(k.agenda(), name)
+            pipe.execute()
+        return deleted
+
     def dag_names(self) -> list[str]:
         return sorted(self.r.smembers(self.keys.dags()))
 

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, dags, local, observe, pools, reruns, runs, scheduling, workers
+from scheduler.cli import backfill, calendars, catalog, dags, local, observe, pools, reruns, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command()(observe.graph)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 app.add_typer(pools.pool_app, name="pool")
+app.add_typer(catalog.dags_app, name="dags")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,16 @@ from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.schedules import Dropped
-from scheduler.service import load_version, store_calendars, submit_file
+from scheduler.service import load_version, store_calendars
 from scheduler.spec import build_schedule, load_file
 
 
 def scheduler(
     dags: Path | None = typer.Option(None, "--dags", envvar="CONVEYOR_DAGS",
-                                     help="Submit every *.yaml in this folder at start."),
+                                     help="Keep this folder's DAG files (recursively) in sync: changes within "
+                                          "--sync-interval, import errors recorded, removed files deactivate."),
+    sync_interval: float = typer.Option(2.0, "--sync-interval", envvar="CONVEYOR_SYNC_INTERVAL", min=0.1,
+                                        help="Seconds between looks at the --dags folder."),
     lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL", min=1.0,
                                     help="Leader lease in seconds; a standby takes over when it expires."),
     fake_clock: datetime | None = typer.Option(None, "--fake-clock", hidden=True,
@@ -46,10 +49,12 @@ def scheduler(
     current = common.settings()
     store = common.store(current)
     observe.start_metrics(store, current, metrics_port)
+    folder = None
     if dags:
-        for path in sorted(dags.glob("*.y*ml")):
-            done = submit_file(store, path)
-            logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
+        from scheduler.dagsync import DagFolder
+
+        folder = DagFolder(store, dags)
+        folder.sync()  # at once, so that the first pass sees the folder; bad files are import errors
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
                        history_days=history_days, lookahead=lookahead)
@@ -60,6 +65,8 @@ def scheduler(
     # The release thread must get the interpreter within a millisecond of a due time, even while the
     # main loop is busy planning (the default switch interval is 5 ms).
     sys.setswitchinterval(0.001)
+    if folder is not None:
+        folder.run_in_thread(daemon.stop, sync_interval)
     daemon.serve()
 
 
