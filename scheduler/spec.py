@@ -486,7 +486,8 @@ def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
                 problems.append(f"param '{name}' ({decl.type}): {exc}")
                 continue
             if decl.enum and values[name] not in [coerce_value(decl.type, o) for o in decl.enum]:
-                problems.append(f"param '{name}' ({decl.type}): {given[name]!r} is not one of: {', '.join(map(str, decl.enum))}")
+                allowed = ", ".join(map(str, decl.enum))
+                problems.append(f"param '{name}' ({decl.type}): {given[name]!r} is not one of: {allowed}")
         elif decl.default is not None:
             values[name] = coerce_value(decl.type, decl.default)
         elif decl.required:
