@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, date, datetime
-from enum import StrEnum
-from typing import Any
+from datetime import date, datetime
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scheduler.agenda import Agenda
-from scheduler.backfill import plan_batches, plan_schedule_aligned
-from scheduler.calendars import zone
+from scheduler.backfilling import Reprocess, active, create_interval_run, parse_instant, plan_backfill
 from scheduler.cli import common, views
-from scheduler.errors import ConveyorError
-from scheduler.model import Priority, Trigger
-from scheduler.schedules import Batch, ScheduleError
-from scheduler.service import create_run_of, load_version, store_calendars
-from scheduler.spec import build_schedule
+from scheduler.model import Priority
 
 POLL_SECONDS = 0.5
-TERMINAL = {"success", "failed", "cancelled"}
-
-
-class Reprocess(StrEnum):
-    none = "none"  # only intervals with no run yet
-    failed = "failed"  # also intervals whose latest run failed or was cancelled
-    all = "all"  # every interval
 
 
 def backfill(
@@ -53,72 +38,42 @@ def backfill(
     params = common.parse_params(param)
     current = common.settings()
     store = common.store(current)
-    calendars = store_calendars(store)
-    spec, record = load_version(store, dag, calendars=calendars)
-    schedule = build_schedule(spec.document, calendars, Agenda(store).global_outages())
-    tz = schedule.tz if schedule else zone("UTC")
-    first, last = _when(start, "--start"), _when(end, "--end")
-    try:
-        if schedule_aligned:
-            if schedule is None:
-                raise ConveyorError(f"DAG '{dag}' has no schedule; --schedule-aligned needs one")
-            fires = plan_schedule_aligned(schedule, first, last, backwards=backwards)
-            intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
-        else:
-            chosen = batch or spec.document.get("batch") or "1d"
-            Batch.parse(chosen)
-            intervals = [(s, e, e) for s, e in plan_batches(first, last, chosen, tz, backwards=backwards)]
-    except ScheduleError as exc:
-        raise ConveyorError(str(exc)) from None
-    if not intervals:
-        raise ConveyorError(f"no interval in [{start}, {end})")
-    known = store.r.hgetall(store.keys.dag_intervals(dag))
-    plan = []
-    for s, e, logical in intervals:
-        existing = known.get(s.isoformat())
-        state = store.r.hget(store.keys.run(existing), "state") if existing else None
-        create = (state is None or reprocess == Reprocess.all
-                  or (reprocess == Reprocess.failed and state in {"failed", "cancelled"}))
-        plan.append({"start": s.isoformat(), "end": e.isoformat(), "action": "create" if create else "skip",
-                     "existing_run": existing, "existing_state": state, "_logical": logical, "_interval": (s, e)})
+    plan = plan_backfill(store, dag, _when(start, "--start"), _when(end, "--end"), batch=batch,
+                         schedule_aligned=schedule_aligned, reprocess=reprocess, backwards=backwards)
     if dry_run:
-        shown = [{k: v for k, v in p.items() if not k.startswith("_")} for p in plan]
         if output == common.Output.json:
-            views.print_json([{"start": p["start"], "end": p["end"], "action": p["action"]} for p in shown])
+            views.print_json([{"start": p.start.isoformat(), "end": p.end.isoformat(), "action": p.action}
+                              for p in plan.intervals])
         else:
-            for p in shown:
-                note = f" (run {p['existing_run']}: {p['existing_state']})" if p["existing_run"] else ""
-                views.out.print(f"{p['action']:6} [{p['start']}, {p['end']}){note}")
+            for p in plan.intervals:
+                note = f" (run {p.existing_run}: {p.existing_state})" if p.existing_run else ""
+                views.out.print(f"{p.action:6} [{p.start.isoformat()}, {p.end.isoformat()}){note}")
         return
     dispatcher = common.dispatcher(current)
-    todo = [p for p in plan if p["action"] == "create"]
+    todo = plan.todo
     created: list[str] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=views.err, transient=False, disable=not views.err.is_terminal) as progress:
         task = progress.add_task(f"backfill {dag}", total=len(todo))
         pending = list(todo)
-        while pending or (created and not no_wait and _active(store, created)):
-            active = _active(store, created)
-            while pending and (max_active_runs is None or len(active) < max_active_runs or no_wait):
-                item = pending.pop(0)
-                s, e = item["_interval"]
-                run_id = create_run_of(store, dispatcher, spec, record, params, trigger=Trigger.BACKFILL,
-                                       priority=priority, logical_date=item["_logical"], interval=(s, e))
-                item["run_id"] = run_id
+        while pending or (created and not no_wait and active(store, created)):
+            running = active(store, created)
+            while pending and (max_active_runs is None or len(running) < max_active_runs or no_wait):
+                run_id = create_interval_run(store, dispatcher, plan, pending.pop(0), params, priority)
                 created.append(run_id)
-                active.append(run_id)
+                running.append(run_id)
             if no_wait:
                 progress.update(task, completed=len(created), description=f"backfill {dag}: created")
                 break
-            done = len(created) - len(_active(store, created))
+            done = len(created) - len(active(store, created))
             progress.update(task, completed=done)
             time.sleep(POLL_SECONDS)
     states = {rid: store.r.hget(store.keys.run(rid), "state") for rid in created}
     result = {
-        "dag": dag, "created": len(created), "skipped": len(plan) - len(todo),
-        "runs": [{"start": p["start"], "end": p["end"], "run_id": p.get("run_id"),
-                  "state": states.get(p.get("run_id")) if p.get("run_id") else p["existing_state"],
-                  "action": p["action"]} for p in plan],
+        "dag": dag, "created": len(created), "skipped": len(plan.intervals) - len(todo),
+        "runs": [{"start": p.start.isoformat(), "end": p.end.isoformat(), "run_id": p.run_id,
+                  "state": states.get(p.run_id) if p.run_id else p.existing_state,
+                  "action": p.action} for p in plan.intervals],
     }
     if output == common.Output.json:
         views.print_json(result)
@@ -130,21 +85,8 @@ def backfill(
         raise typer.Exit(1)
 
 
-def _active(store: Any, run_ids: list[str]) -> list[str]:
-    if not run_ids:
-        return []
-    with store.r.pipeline(transaction=False) as pipe:
-        for rid in run_ids:
-            pipe.hget(store.keys.run(rid), "state")
-        states = pipe.execute()
-    return [rid for rid, state in zip(run_ids, states, strict=True) if state not in TERMINAL]
-
-
 def _when(text: str, option: str) -> date | datetime:
     try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        value = datetime.fromisoformat(text)
-        return value if value.tzinfo is None else value.astimezone(UTC)
+        return parse_instant(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD) or an ISO time", param_hint=option) from None
