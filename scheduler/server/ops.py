@@ -29,6 +29,7 @@ from scheduler.rerunning import Rerun, rerun
 from scheduler.rundiff import diff_runs
 from scheduler.runview import log_attempt, run_object, shown_state, status_object
 from scheduler.schedules import Schedule
+from scheduler.server.errors import BadInput
 from scheduler.service import create_run, load_version, store_calendars
 from scheduler.settings import Settings
 from scheduler.spec import build_schedule, resolve_params
@@ -206,7 +207,7 @@ class Ops:
                 score, after_id = cursor.split(":", 1)
                 top = float(score)
             except ValueError:
-                raise ConveyorError(f"invalid cursor {cursor!r}") from None
+                raise BadInput(f"invalid cursor {cursor!r}: pass the next_cursor of the previous page") from None
         found: list[dict[str, Any]] = []
         last: tuple[float, str] | None = None
         offset, batch = 0, max(limit * 2, 50)

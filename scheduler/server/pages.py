@@ -34,6 +34,7 @@ templates.env.globals.update(
     words=present.schedule_words, relative=present.relative, human_seconds=present.human_seconds,
     seconds_between=present.seconds_between, states=STATES,
 )
+templates.env.filters["clock"] = lambda v: (v[:19].replace("T", " ") + " UTC") if v else "—"
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
 templates.env.filters["shown"] = lambda v: "—" if v is None or v == "" else (v if isinstance(v, str) else
                                                                                 json.dumps(v))
@@ -194,7 +195,7 @@ def dag_context(request: Request, name: str) -> dict[str, Any]:
         names += [s["name"] for s in run["steps"] if s["name"] not in names]
     return {"dag": dag, "grid": grid, "grid_steps": names,
             "grid_states": [{s["name"]: s for s in run["steps"]} for run in grid],
-            "graph": present.graph_layout(upstream, latest), "upcoming": upcoming, "upcoming_error": upcoming_error,
+            "layout": present.graph_layout(upstream, latest), "upcoming": upcoming, "upcoming_error": upcoming_error,
             "title": name, "priorities": [p.value for p in Priority], "reprocess": [r.value for r in Reprocess],
             "values": {}, "trigger_error": None, "backfill": None, "backfill_error": None, "backfill_values": {}}
 
@@ -277,7 +278,7 @@ def run_context(request: Request, run_id: str, step: str | None, attempt: int | 
         raw = ops.read_log(run_id, step, number)
         log = {"step": step, "attempt": number, "text": raw.decode("utf-8", errors="replace"), "bytes": len(raw),
                "live": current["ended_at"] is None, "attempts": [a["number"] for a in attempts]}
-    return {"run": status, "graph": present.graph_layout(upstream, states),
+    return {"run": status, "layout": present.graph_layout(upstream, states),
             "gantt": present.gantt(status["steps"]), "log": log, "selected": step,
             "previous": ops.previous_run(run_id), "title": f"{status['dag']} · {run_id}",
             "ended": status["state"] in {"success", "failed", "cancelled"},

@@ -197,7 +197,7 @@ def graph_layout(upstream: Mapping[str, Sequence[str]], states: Mapping[str, str
 
 # --- Gantt ---------------------------------------------------------------------------------------
 
-GANTT_LABEL, GANTT_ROW, GANTT_WIDTH = 150, 24, 900
+GANTT_LABEL, GANTT_ROW, GANTT_WIDTH, GANTT_RIGHT = 150, 24, 900, 36
 
 
 def gantt(steps: Sequence[Mapping[str, Any]], now: datetime | None = None) -> dict[str, Any] | None:
@@ -213,7 +213,7 @@ def gantt(steps: Sequence[Mapping[str, Any]], now: datetime | None = None) -> di
         return None
     first = min(s for s, _ in spans)
     total = max(0.001, max((e - first).total_seconds() for _, e in spans))
-    scale = (GANTT_WIDTH - GANTT_LABEL - 10) / total
+    scale = (GANTT_WIDTH - GANTT_LABEL - GANTT_RIGHT) / total
     rows, bars = [], []
     for i, step in enumerate(steps):
         y = i * GANTT_ROW
