@@ -30,7 +30,7 @@ from scheduler.rundiff import diff_runs
 from scheduler.runview import log_attempt, run_object, shown_state, status_object
 from scheduler.schedules import Schedule
 from scheduler.server.errors import BadInput
-from scheduler.service import create_run, load_version, store_calendars
+from scheduler.service import create_run, create_run_of, load_version, store_calendars
 from scheduler.settings import Settings
 from scheduler.spec import build_schedule, resolve_params
 from scheduler.store import RunStore
@@ -190,8 +190,13 @@ class Ops:
     # --- runs -----------------------------------------------------------------------------------
 
     def trigger(self, dag: str, params: Mapping[str, Any], priority: Priority | None = None) -> str:
-        """``ctl trigger``: a manual run (params typed and checked by the shared resolver)."""
-        return create_run(self.store, self.dispatcher, dag, params, trigger=Trigger.MANUAL, priority=priority)
+        """``ctl trigger``: a manual run (params typed and checked by the shared resolver). The DAG version
+        validated once and kept (as the daemon keeps it), not re-validated per request."""
+        compiled = self.compiled(dag)
+        if compiled.spec is None:  # let the shared path raise the version's own problems
+            return create_run(self.store, self.dispatcher, dag, params, trigger=Trigger.MANUAL, priority=priority)
+        return create_run_of(self.store, self.dispatcher, compiled.spec, compiled.record, params,
+                             trigger=Trigger.MANUAL, priority=priority)
 
     def runs(self, dag: str | None = None, state: str | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
