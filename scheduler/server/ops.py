@@ -36,8 +36,6 @@ from scheduler.spec import build_schedule, resolve_params
 from scheduler.store import RunStore
 from scheduler.upcoming import Upcoming, upcoming
 
-RUN_ENDED = frozenset({"success", "failed", "cancelled"})
-
 
 @dataclass(frozen=True)
 class Compiled:
@@ -350,7 +348,4 @@ class Ops:
         """``ctl diff``."""
         return diff_runs(self.status(a), self.status(b))
 
-
-def run_ended(state: str) -> bool:
-    return state in RUN_ENDED
 

@@ -35,7 +35,6 @@ templates.env.globals.update(
     seconds_between=present.seconds_between, states=STATES,
 )
 templates.env.filters["clock"] = lambda v: (v[:19].replace("T", " ") + " UTC") if v else "—"
-templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
 templates.env.filters["shown"] = lambda v: "—" if v is None or v == "" else (v if isinstance(v, str) else
                                                                                 json.dumps(v))
 
