@@ -136,7 +136,7 @@ class Reprocess(StrEnum):
     all = "all"  # every interval
 
 
-@dataclass(frozen=True)
+@dataclass
 class BackfillItem:
     """One data interval of a backfill: create a run for it, or skip it (it has one already)."""
 
@@ -146,18 +146,43 @@ class BackfillItem:
     create: bool
     existing_run: str | None = None
     existing_state: str | None = None
+    run_id: str | None = None  # once created
+
+    @property
+    def action(self) -> str:
+        return "create" if self.create else "skip"
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
-                "action": "create" if self.create else "skip", "existing_run": self.existing_run,
-                "existing_state": self.existing_state}
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "action": self.action,
+                "existing_run": self.existing_run, "existing_state": self.existing_state}
+
+
+@dataclass
+class BackfillPlan:
+    dag: str
+    spec: DagSpec
+    record: Mapping[str, Any]
+    intervals: list[BackfillItem]
+
+    @property
+    def todo(self) -> list[BackfillItem]:
+        return [i for i in self.intervals if i.create]
+
+
+def parse_instant(text: str) -> date | datetime:
+    """``YYYY-MM-DD`` (local midnight in the DAG's timezone) or an ISO time; raises ValueError."""
+    if len(text) == 10:
+        return date.fromisoformat(text)
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is None else value.astimezone(UTC)
 
 
 def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date | datetime, *,
                   batch: str | None = None, schedule_aligned: bool = False, reprocess: Reprocess = Reprocess.none,
-                  backwards: bool = False) -> tuple[DagSpec, dict[str, Any], list[BackfillItem]]:
-    """The DAG's latest version and one item per data interval of ``[start, end)``: batches (the
-    DAG's ``batch``, else ``1d``) or, ``schedule_aligned``, the schedule's own fires."""
+                  backwards: bool = False) -> BackfillPlan:
+    """Every data interval of ``[start, end)`` of the DAG's latest version and whether it gets a run:
+    batches (the DAG's ``batch``, else ``1d``) or, ``schedule_aligned``, the schedule's own fires.
+    Creates nothing (:meth:`scheduler.engine.Engine.create_run_of` does, per item)."""
     calendars = store_calendars(store)
     spec, record = load_version(store, dag, calendars=calendars)
     schedule = build_schedule(spec.document, calendars, Agenda(store).global_outages())
@@ -177,7 +202,7 @@ def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date |
     if not intervals:
         raise ConveyorError(f"no interval in [{start}, {end})")
     known = store.interval_runs(dag)
-    states = store.run_states([rid for rid in known.values()]) if known else {}
+    states = store.run_states(list(known.values())) if known else {}
     items = []
     for s, e, logical in intervals:
         existing = known.get(s.isoformat())
@@ -185,6 +210,4 @@ def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date |
         create = (state is None or reprocess == Reprocess.all
                   or (reprocess == Reprocess.failed and state in {"failed", "cancelled"}))
         items.append(BackfillItem(s, e, logical, create, existing, state))
-    return spec, record, items
-
-
+    return BackfillPlan(dag, spec, record, items)

@@ -483,14 +483,15 @@ def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
             try:
                 values[name] = coerce_value(decl.type, given[name])
             except ValueError as exc:
-                problems.append(f"param '{name}': {exc}")
+                problems.append(f"param '{name}' ({decl.type}): {exc}")
                 continue
             if decl.enum and values[name] not in [coerce_value(decl.type, o) for o in decl.enum]:
-                problems.append(f"param '{name}': {given[name]!r} is not one of: {', '.join(map(str, decl.enum))}")
+                allowed = ", ".join(map(str, decl.enum))
+                problems.append(f"param '{name}' ({decl.type}): {given[name]!r} is not one of: {allowed}")
         elif decl.default is not None:
             values[name] = coerce_value(decl.type, decl.default)
         elif decl.required:
-            problems.append(f"param '{name}' is required: give it with --param {name}=VALUE")
+            problems.append(f"param '{name}' ({decl.type}) is required: give it with --param {name}=VALUE")
         else:
             values[name] = None
     if problems:

@@ -24,7 +24,7 @@ import redis
 from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
-from scheduler.model import StepPlan
+from scheduler.model import TERMINAL_STEP_STATES, StepPlan
 from scheduler.plan import RunPlan
 from scheduler.results import (
     Created,
@@ -502,6 +502,70 @@ class RunStore:
     def jobs_refused(self) -> int:
         return int(self.r.get(self.keys.jobs_refused()) or 0)
 
+    # --- reads for the HTTP server (scheduler/server/ops.py) ----------------------------------------
+
+    def sched_epoch(self) -> str:
+        """Bumped whenever calendars or global outages change (cache key for compiled schedules)."""
+        return self.r.get(self.keys.sched_epoch()) or "0"
+
+    def dag_summaries(self, names: list[str], last: int) -> list[tuple[dict[str, str], dict[str, Any] | None,
+                                                                       list[tuple[str, str | None, str | None,
+                                                                                  str | None]]]]:
+        """Per DAG: its hash, its latest version record, and its last ``last`` runs as (run_id, state,
+        created_at, staged_due), newest first. Two round trips for any number of DAGs."""
+        k = self.keys
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(k.dag(name))
+                pipe.zrevrange(k.dag_runs(name), 0, last - 1)
+            heads = pipe.execute()
+        meta, runs = heads[0::2], heads[1::2]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, m in zip(names, meta, strict=True):
+                pipe.get(k.dag_version(name, int(m.get("latest") or 0)))
+            for ids in runs:
+                for run_id in ids:
+                    pipe.hmget(k.run(run_id), "state", "created_at", "staged_due")
+            rows = pipe.execute()
+        records, states = rows[:len(names)], iter(rows[len(names):])
+        return [(m, json.loads(raw) if raw else None, [(run_id, *next(states)) for run_id in ids])
+                for m, raw, ids in zip(meta, records, runs, strict=True)]
+
+    def runs_page(self, dag: str | None, top: float | str, offset: int, count: int) -> list[tuple[str, float,
+                                                                                                  dict[str, str]]]:
+        """Runs by creation time, newest first, at or below ``top``: (run_id, score, record)."""
+        key = self.keys.dag_runs(dag) if dag else self.keys.runs()
+        chunk = self.r.zrevrangebyscore(key, top, "-inf", start=offset, num=count, withscores=True)
+        with self.r.pipeline(transaction=False) as pipe:
+            for run_id, _ in chunk:
+                pipe.hgetall(self.keys.run(run_id))
+            records = pipe.execute()
+        return [(run_id, score, record) for (run_id, score), record in zip(chunk, records, strict=True)]
+
+    def previous_run(self, dag: str, run_id: str) -> str | None:
+        """The run of ``dag`` created just before ``run_id``."""
+        key = self.keys.dag_runs(dag)
+        score = self.r.zscore(key, run_id)
+        if score is None:
+            return None
+        older = self.r.zrevrangebyscore(key, score, "-inf", start=0, num=5)
+        return next((r for r in older if r != run_id), None)
+
+    def step_upstreams(self, run_id: str, names: list[str]) -> dict[str, list[str]]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.step(run_id, name), "upstream")
+            ups = pipe.execute()
+        return {name: json.loads(up or "[]") for name, up in zip(names, ups, strict=True)}
+
+    def attempt_ended(self, run_id: str, step: str, attempt: int) -> bool:
+        """Has this attempt ended (or been superseded)? A follow of its log stops then."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.attempt(run_id, step, attempt), "ended_at")
+            pipe.hmget(self.keys.step(run_id, step), "state", "attempt")
+            ended, (state, current) = pipe.execute()
+        return bool(ended) or int(current or 0) > attempt or state in TERMINAL_STEP_STATES
+
     # --- history ----------------------------------------------------------------------------------
 
     def run_ids_since(self, since: float, dag: str | None = None) -> list[tuple[str, float]]:
@@ -571,6 +635,11 @@ class RunStore:
     def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
         return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL]))
 
-    def read_log(self, run_id: str, step: str, attempt: int) -> bytes:
-        raw = self.r.execute_command("GET", self.keys.log(run_id, step, attempt), NEVER_DECODE=True)
+    def read_log(self, run_id: str, step: str, attempt: int, offset: int = 0) -> bytes:
+        """The attempt's stored output as raw bytes (from byte ``offset`` on)."""
+        key = self.keys.log(run_id, step, attempt)
+        if offset:
+            raw = self.r.execute_command("GETRANGE", key, offset, -1, NEVER_DECODE=True)
+        else:
+            raw = self.r.execute_command("GET", key, NEVER_DECODE=True)
         return raw or b""

@@ -10,7 +10,21 @@ import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, catalog, dags, local, observe, pools, reruns, runs, scheduling, workers
+from scheduler.cli import (
+    backfill,
+    calendars,
+    catalog,
+    dags,
+    diff,
+    local,
+    observe,
+    pools,
+    reruns,
+    runs,
+    scheduling,
+    server,
+    workers,
+)
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -37,6 +51,8 @@ app.command()(backfill.backfill)
 app.command()(reruns.rerun)
 app.command()(observe.stats)
 app.command()(observe.graph)
+app.command()(diff.diff)
+app.command()(server.server)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 app.add_typer(pools.pool_app, name="pool")

@@ -19,9 +19,9 @@ from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
 from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.leader import DEFAULT_TTL
-from scheduler.schedules import Dropped
 from scheduler.service import load_version, store_calendars
-from scheduler.spec import build_schedule, load_file
+from scheduler.spec import load_file
+from scheduler.upcoming import upcoming
 
 
 def scheduler(
@@ -104,22 +104,10 @@ def next_(
         calendars = store_calendars(store)
         spec, _ = load_version(store, dag, calendars=calendars)
         outages = Agenda(store).global_outages()
-    schedule = build_schedule(spec.document, calendars, outages)
-    if schedule is None:
-        raise ConveyorError(f"DAG '{spec.name}' has no schedule")
     after = _aware(start) if start else datetime.now(UTC)
-    fires, dropped = [], []
-    for item in schedule.fires(after, n=count):
-        target = dropped if isinstance(item, Dropped) else fires
-        target.append(item)
-    data = {
-        "timezone": str(schedule.tz),
-        "fires": [{"at": f.logical_date.isoformat(), "utc": f.utc.isoformat(),
-                   **({"due": f.due.isoformat(), "deferred_by": f.deferred_by} if f.deferred_by else {}),
-                   "data_interval_start": f.data_interval_start.isoformat(),
-                   "data_interval_end": f.data_interval_end.isoformat()} for f in fires],
-        "dropped": [{"at": d.at.isoformat(), "utc": d.utc.isoformat(), "reason": d.reason} for d in dropped],
-    }
+    found = upcoming(spec, calendars, outages, after, count)
+    schedule, fires, dropped = found.schedule, found.fires, found.dropped
+    data = found.to_json()
     if output == common.Output.json:
         views.print_json(data)
         return
