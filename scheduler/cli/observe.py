@@ -19,7 +19,7 @@ from scheduler import graphviz
 from scheduler import stats as history
 from scheduler.cli import common, views
 from scheduler.durations import DurationError, parse_duration
-from scheduler.errors import ConveyorError
+from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -168,7 +168,7 @@ def graph(
     path = Path(dag)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         calendars: dict[str, Any] = {}
-        with contextlib.suppress(ConveyorError):  # a file can be drawn without Redis
+        with contextlib.suppress(UnavailableError):  # a file can be drawn without Redis (not with a bad REDIS_URL)
             calendars = store_calendars(common.store())
         spec, _ = load_file(path, calendars)
     else:

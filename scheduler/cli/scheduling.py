@@ -16,29 +16,37 @@ from scheduler.calendars import zone
 from scheduler.cli import common, observe, views
 from scheduler.clock import Clock, FakeClock
 from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
-from scheduler.errors import ConveyorError
+from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.schedules import Dropped
 from scheduler.service import load_version, store_calendars, submit_file
 from scheduler.spec import build_schedule, load_file
 
+DAY = 86400.0
+HISTORY_FORMS = "a number of days like 30 or 0.5, or a duration like 12h or 2w"
+
 
 def scheduler(
     dags: Path | None = typer.Option(None, "--dags", envvar="CONVEYOR_DAGS",
                                      help="Submit every *.yaml in this folder at start."),
-    lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL", min=1.0,
-                                    help="Leader lease in seconds; a standby takes over when it expires."),
+    lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL",
+                                    parser=common.Seconds(minimum=1.0), metavar="DURATION",
+                                    help="Leader lease (10s, 1m, or seconds); a standby takes over when it expires."),
     fake_clock: datetime | None = typer.Option(None, "--fake-clock", hidden=True,
                                                help="Testing: start the clock here (UTC unless an offset is given)."),
     clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
-    lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD", min=0,
-                                    help="Stage runs up to this many seconds before they are due, so that they reach "
-                                         "the queues at their due time even with thousands due at once (0: off)."),
+    lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD",
+                                    parser=common.Seconds(), metavar="DURATION",
+                                    help="Stage runs up to this long (60s, 2m, or seconds) before they are due, so "
+                                         "that they reach the queues at their due time even with thousands due at "
+                                         "once (0: off)."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
-    history_days: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS", min=0,
-                                       help="Delete ended runs older than this many days (0: keep all)."),
+    history: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS",
+                                  parser=common.Seconds(plain_unit=DAY, forms=HISTORY_FORMS), metavar="DAYS",
+                                  help="Delete ended runs older than this many days, or a duration like 12h "
+                                       "(0: keep all)."),
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
     logs.setup(log_level, log_format.value)
@@ -51,7 +59,7 @@ def scheduler(
             logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl,
-                       history_days=history_days, lookahead=lookahead)
+                       history_days=history / DAY, lookahead=lookahead)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
@@ -88,7 +96,7 @@ def next_(
             store = common.store()
             agenda = Agenda(store)
             calendars, outages = store_calendars(store), agenda.global_outages()
-        except ConveyorError:
+        except UnavailableError:
             pass  # a file can be checked without Redis; named calendars and global outages then do not apply
         spec, _ = load_file(path, calendars)
     else:
