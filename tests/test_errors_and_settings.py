@@ -189,6 +189,8 @@ def test_scheduler_options_take_durations_from_their_variables(settings, store) 
     assert "'--lease-ttl' (env var: 'CONVEYOR_LEASE_TTL'): 'ten' is not a duration like 15s" in bad.stderr
     short = ctl("scheduler", "--lease-ttl", "500ms", env={"REDIS_URL": settings.redis_url})
     assert short.returncode == 2 and "the minimum is 1s" in short.stderr
+    level = ctl("worker", "--log-level", "loud", env={"REDIS_URL": settings.redis_url})
+    assert level.returncode == 2 and "'loud' is not one of" in level.stderr
 
 
 # --- no Docker engine ------------------------------------------------------------------------------------

@@ -29,6 +29,13 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
 class GraphFormat(StrEnum):
     ascii = "ascii"
     mermaid = "mermaid"
@@ -37,6 +44,8 @@ class GraphFormat(StrEnum):
 
 LogFormatOption = typer.Option(LogFormat.text, "--log-format", envvar="CONVEYOR_LOG_FORMAT",
                                help="text for people, json for log collectors (one object per line).")
+LogLevelOption = typer.Option(LogLevel.INFO, "--log-level", case_sensitive=False,
+                              help="DEBUG, INFO, WARNING or ERROR.")
 MetricsPortOption = typer.Option(None, "--metrics-port", envvar="CONVEYOR_METRICS_PORT", min=0, max=65535,
                                  help="Serve Prometheus metrics on this port (default and 0: off).")
 

@@ -40,7 +40,7 @@ def scheduler(
                                     help="Stage runs up to this long (60s, 2m, or seconds) before they are due, so "
                                          "that they reach the queues at their due time even with thousands due at "
                                          "once (0: off)."),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_level: observe.LogLevel = observe.LogLevelOption,
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
     history: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS",
@@ -49,7 +49,7 @@ def scheduler(
                                        "(0: keep all)."),
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
-    logs.setup(log_level, log_format.value)
+    logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
     observe.start_metrics(store, current, metrics_port)

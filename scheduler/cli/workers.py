@@ -17,7 +17,7 @@ def worker(
     queues: str = typer.Option(",".join(QUEUES), "--queues", "-q", help="Queues to take work from, first first."),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
     name: str | None = typer.Option(None, "--name", help="Worker name (default: host-pid)."),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_level: observe.LogLevel = observe.LogLevelOption,
     allow_mount: list[Path] = typer.Option(None, "--allow-mount", help="A host path steps may mount (repeatable)."),
     default_cpus: float | None = typer.Option(None, "--default-cpus", min=0, help="CPU limit for steps that set none."),
     default_memory: str | None = typer.Option(None, "--default-memory", help="Memory limit for steps that set "
@@ -42,7 +42,7 @@ def worker(
     )
     if runtime_kind() == "docker":
         check_engine()  # one clear line, before anything starts, when no engine answers at DOCKER_HOST
-    logs.setup(log_level, log_format.value)
+    logs.setup(log_level.value, log_format.value)
     store = common.store(current)  # fail early and clearly when Redis is unreachable
     observe.start_metrics(store, current, metrics_port)
-    work(current, chosen, burst=burst, name=name, log_level=log_level.upper())
+    work(current, chosen, burst=burst, name=name, log_level=log_level.value)
