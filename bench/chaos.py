@@ -33,7 +33,8 @@ from pathlib import Path
 
 from scheduler.dispatch import Dispatcher
 from scheduler.embedded import embedded_redis
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -97,7 +98,7 @@ def main() -> None:
         next_name = args.workers
         time.sleep(1.5)
         began = time.monotonic()
-        run_id = create_run(store, dispatcher, "chaos", {})
+        run_id = Engine(store, dispatcher).create_run("chaos", {})
         scheduler_killed = False
         try:
             while store.run_record(run_id)["state"] not in {"success", "failed", "cancelled"}:

@@ -33,8 +33,9 @@ from runner.containers import DockerRuntime, labels_for
 from scheduler.cli.local import worker_processes
 from scheduler.dispatch import Dispatcher
 from scheduler.embedded import embedded_redis
+from scheduler.engine import Engine
 from scheduler.model import Backoff, StepPlan
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -87,7 +88,7 @@ def interleaved(steps: int, chains: int, folder: Path) -> tuple[list[float], ...
                 round_bare = bare_runs(steps, runtime)
                 bare += round_bare
                 began = time.perf_counter()
-                run_id = create_run(store, dispatcher, "chain", {})
+                run_id = Engine(store, dispatcher).create_run("chain", {})
                 while store.run_record(run_id)["state"] not in {"success", "failed", "cancelled"}:
                     time.sleep(0.05)
                 walls.append(time.perf_counter() - began)

@@ -25,9 +25,10 @@ from runner.containers import DockerRuntime, labels_for
 from scheduler.cli.local import worker_processes
 from scheduler.dispatch import Dispatcher
 from scheduler.embedded import embedded_redis
+from scheduler.engine import Engine
 from scheduler.model import Backoff, StepPlan
 from scheduler.plan import plan_run
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from scheduler.settings import Settings
 from scheduler.spec import load_bytes
 from scheduler.store import RunStore
@@ -71,7 +72,7 @@ def conveyor(steps: int, workers: int, folder: Path) -> float:
         submit_file(store, dag)
         with worker_processes(settings, workers):
             time.sleep(0.5)
-            run_id = create_run(store, Dispatcher(settings.connect(decode=False), "bench"), "fan", {})
+            run_id = Engine(store, Dispatcher(settings.connect(decode=False), "bench")).create_run("fan", {})
             while store.run_record(run_id)["state"] not in {"success", "failed", "cancelled"}:
                 time.sleep(0.1)
             records = store.step_records(run_id)

@@ -1,4 +1,4 @@
-"""What a worker process holds for its jobs: one store, one dispatcher, one container runtime."""
+"""What a worker process holds for its jobs: one engine (store + dispatcher), one container runtime."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from functools import cached_property
 
 from runner.containers import ContainerRuntime, DockerRuntime
 from scheduler.dispatch import Dispatcher
+from scheduler.engine import Engine
 from scheduler.outages import OutageSet
 from scheduler.settings import Settings, runtime_kind
 from scheduler.store import RunStore
@@ -31,6 +32,10 @@ class WorkerContext:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.settings.connect(decode=False), self.settings.prefix)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self.store, self.dispatcher)
 
     @cached_property
     def runtime(self) -> ContainerRuntime:

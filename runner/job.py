@@ -17,9 +17,8 @@ from runner.secrets import Masker, SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions
 from scheduler.logs import attempt_context, bind
-from scheduler.model import StepPlan
+from scheduler.model import AttemptOutcome, StepPlan
 from scheduler.settings import Settings
-from scheduler.store import Ready, member
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
@@ -33,31 +32,26 @@ def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") 
 
 def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
     ctx = current(prefix)
-    store = ctx.store
+    store, engine = ctx.store, ctx.engine
     now = datetime.now(UTC)
     outage = ctx.global_outage(now)
     if outage is not None:
         # No new step starts inside a global outage: deliver this attempt again when it ends.
         name, _, end = outage
-        timeout = store.step_plan(run_id, step).timeout
-        ctx.dispatcher.enqueue([Ready(run_id, step, attempt, _queue_of(store, run_id, step), timeout,
-                                      delay=(end - now).total_seconds(), tag=f"after-{int(end.timestamp())}")])
-        # Keep the reconciler from taking the wait for a vanished job: due again at the window's end.
-        store.r.zadd(store.keys.queued(), {member(run_id, step, attempt): end.timestamp()}, xx=True)
+        engine.defer(run_id, step, attempt, end, now=now)
         log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
         return "deferred"
-    condition = store.r.hget(store.keys.step(run_id, step), "when")
+    [condition] = store.step_fields(run_id, step, "when")
     if condition and not conditions.evaluate(condition, store.condition_context(run_id)[0]):
-        skipped = store.skip_step(run_id, step, attempt)
-        ctx.dispatcher.enqueue(skipped.ready)
+        skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
     lease = ctx.settings.attempt_lease
-    status, plan = store.start_attempt(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name,
-                                       lease=lease)
-    if status != "ok" or plan is None:
-        log.info("%s %s attempt %s not started: %s", run_id, step, attempt, status)
-        return status
+    started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name, lease=lease)
+    plan = started.plan
+    if plan is None:
+        log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
+        return started.status
     bind(dag=plan.dag)
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
 
@@ -92,10 +86,11 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
     masker.close()
     container_seconds = round(time.perf_counter() - began, 4)
-    result = {"cancelled": "cancelled", "worker_shutdown": "requeue"}.get(outcome.reason or "", "failed")
+    result = {"cancelled": AttemptOutcome.CANCELLED, "worker_shutdown": AttemptOutcome.REQUEUE}.get(
+        outcome.reason or "", AttemptOutcome.FAILED)
     if outcome.ok:
-        result = "success"
-    delay = plan.backoff.delay(attempt) if result == "failed" and attempt <= plan.retries else 0.0
+        result = AttemptOutcome.SUCCESS
+    delay = plan.backoff.delay(attempt) if result is AttemptOutcome.FAILED and attempt <= plan.retries else 0.0
     record = {
         "exit_code": outcome.exit_code,
         "image": plan.image,
@@ -107,9 +102,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         "error": outcome.error,
         "container_seconds": container_seconds,
     }
-    finished = _with_redis_retries(lambda: store.finish_attempt(run_id, step, attempt, result, record,
-                                                                 retry_delay=delay))
-    ctx.dispatcher.enqueue(finished.ready)
+    finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record, retry_delay=delay))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
@@ -157,10 +150,6 @@ def _with_redis_retries(call, patience: float = REDIS_PATIENCE):
             log.warning("Redis unreachable while recording a result (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _queue_of(store, run_id: str, step: str) -> str:
-    return store.r.hget(store.keys.step(run_id, step), "queue") or "default"
 
 
 def _engine_version(ctx) -> str | None:

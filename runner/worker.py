@@ -63,7 +63,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     install(context)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
-    reaper = Reaper(context.store, context.dispatcher, context.runtime, lost_counts=settings.lost_counts)
+    reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts)
     reaper.run_in_thread()
     DelayedMover(context.dispatcher).run_in_thread(reaper.stop)
     backoff = 0.5

@@ -1,6 +1,8 @@
 """Scheduling state in Redis: which DAG is due when, how far each DAG's schedule has been
 evaluated (its cursor), pauses, named calendars, global outages, and the wake-up list that lets
 the daemon sleep until the next due time yet react at once to a change.
+
+Part of the store layer (see :mod:`scheduler.store`): it reads and writes its own Redis keys.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Agenda:
     def __init__(self, store: RunStore):
         self.store = store
         self.r = store.r
+        self._advance = store.script("advance_cursor.lua")
         self.keys = store.keys
 
     # --- the daemon's view ----------------------------------------------------------------------
@@ -46,11 +49,18 @@ class Agenda:
 
     def advance(self, dag: str, to: datetime, client: Any = None) -> None:
         """Move the DAG's cursor forward (never back: a slow second scheduler cannot rewind it)."""
-        (client or self.r).eval(
-            "local c = redis.call('HGET', KEYS[1], 'cursor_ts') "
-            "if (not c) or tonumber(c) < tonumber(ARGV[1]) then "
-            "redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'cursor_ts', ARGV[1]) end",
-            1, self.keys.dag(dag), to.timestamp(), to.astimezone(UTC).isoformat())
+        self._advance(args=[self.keys.prefix, dag, to.timestamp(), to.astimezone(UTC).isoformat()],
+                      client=client or self.r)
+
+    def batch(self) -> Any:
+        """A pipeline for many :meth:`set_next`/:meth:`advance` calls in one round trip."""
+        return self.r.pipeline(transaction=False)
+
+    def is_scheduled(self, dag: str) -> bool:
+        return self.r.zscore(self.keys.agenda(), dag) is not None
+
+    def is_paused(self, dag: str) -> bool:
+        return self.r.hget(self.keys.dag(dag), "paused") == "1"
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Block until someone calls :meth:`wake` or ``timeout`` seconds pass; True when woken."""

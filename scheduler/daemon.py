@@ -35,7 +35,7 @@ import redis
 from scheduler import stats
 from scheduler.agenda import Agenda
 from scheduler.clock import Clock
-from scheduler.dispatch import Dispatcher
+from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.leader import Lease
 from scheduler.model import DagSpec, Trigger
@@ -46,10 +46,10 @@ from scheduler.schedules import Fire, OutagePolicy, Schedule
 from scheduler.service import load_version
 from scheduler.spec import build_schedule, resolve_params
 from scheduler.staging import Staging
-from scheduler.store import RunStore
 
 log = logging.getLogger("conveyor.scheduler")
-RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this
+RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this, then 2x, 4x...
+MAX_RETRY_LATER = timedelta(minutes=30)
 MAX_BLOCK = 1.0
 DEFAULT_LOOKAHEAD = 60.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
 STAGE_MARGIN = timedelta(seconds=1)  # a fire closer than this is created at its time, not staged
@@ -84,15 +84,16 @@ def next_due(schedule: Schedule, now: datetime, upcoming: list[Fire] | None = No
 
 
 class Scheduler:
-    def __init__(self, store: RunStore, dispatcher: Dispatcher, *, clock: Clock | None = None,
+    def __init__(self, engine: Engine, *, clock: Clock | None = None,
                  lease_ttl: float = 10.0, history_days: float = 30.0, lookahead: float = DEFAULT_LOOKAHEAD):
-        self.store = store
-        self.dispatcher = dispatcher
+        self.engine = engine
+        self.store = store = engine.store
+        self.dispatcher = engine.dispatcher
         self.agenda = Agenda(store)
-        self.staging = Staging(store, dispatcher)
+        self.staging = Staging(store, engine.dispatcher)
         self.lookahead = timedelta(seconds=lookahead)  # 0: never stage, create every run at its due time
         self.clock = clock or Clock()
-        self.lease = Lease(store.r, store.keys, ttl=lease_ttl)
+        self.lease = Lease(store, ttl=lease_ttl)
         self.stop = threading.Event()
         self._compiled: dict[str, Compiled] = {}
         self._schedules: dict[str, Schedule] = {}
@@ -103,7 +104,8 @@ class Scheduler:
         self._seen_context = ""
         self.created = 0
         self.staged = 0
-        self.reaper = Reaper(store, dispatcher)  # lost attempts and vanished jobs (workers also sweep)
+        self.reaper = Reaper(engine)  # lost attempts and vanished jobs (workers also sweep)
+        self._failures: dict[str, int] = {}  # DAG -> consecutive failures to evaluate or plan it
         self._swept = 0.0
         self.history_days = history_days  # ended runs older than this are deleted (0: keep everything)
         self._pruned = 0.0
@@ -141,10 +143,7 @@ class Scheduler:
 
     def _visit(self, dags: list[str], now: datetime, epoch: str,
                context: tuple[dict[str, Any], list[Outage], str]) -> None:
-        with self.store.r.pipeline(transaction=False) as pipe:
-            for dag in dags:
-                pipe.hgetall(self.store.keys.dag(dag))
-            records = pipe.execute()
+        records = self.store.dag_records(dags)
         work: list[tuple[str, Compiled, list[Fire]]] = []
         for dag, record in zip(dags, records, strict=True):
             try:
@@ -157,13 +156,13 @@ class Scheduler:
                     continue
                 cursor = datetime.fromisoformat(record["cursor"]) if record.get("cursor") else now
                 work.append((dag, compiled, self._due_fires(dag, compiled, cursor, now)))
-            except ConveyorError as exc:
-                log.error("%s: cannot evaluate its schedule: %s (trying again in %s)", dag, exc, RETRY_LATER)
-                self.agenda.set_next(dag, now + RETRY_LATER)
-        self._create(work)
+            except Exception as exc:  # one DAG's problem never stops the loop or the other DAGs
+                self._failed(dag, "cannot evaluate its schedule", exc, now)
+        failed = self._create(work)
+        work = [w for w in work if w[0] not in failed]  # their cursors stay: the fires are tried again
         # Then, with the due runs in place, the next fires: staged now if within the lookahead.
         to_stage = []
-        with self.store.r.pipeline(transaction=False) as pipe:
+        with self.agenda.batch() as pipe:
             for dag, compiled, _ in work:
                 self.agenda.advance(dag, now, client=pipe)
                 schedule = compiled.schedule
@@ -183,7 +182,21 @@ class Scheduler:
                 else:
                     self._known.pop(dag, None)
             pipe.execute()
-        self._stage(to_stage, epoch)
+        for dag, _, _ in work:
+            if self._failures.pop(dag, None):
+                self.store.set_dag_error(dag, None)
+        self._stage(to_stage, epoch, now)
+
+    def _failed(self, dag: str, what: str, exc: Exception, now: datetime) -> None:
+        """Record a DAG that cannot be evaluated or planned (shown by ``ctl runs``/``ctl next``), and look
+        at it again later with a back-off: 1 min, 2, 4, ... at most ``MAX_RETRY_LATER``."""
+        failures = self._failures[dag] = self._failures.get(dag, 0) + 1
+        later = min(RETRY_LATER * 2 ** (failures - 1), MAX_RETRY_LATER)
+        message = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
+        log.error("%s: %s: %s (trying again in %s)", dag, what, message, later)
+        with contextlib.suppress(redis.RedisError):
+            self.store.set_dag_error(dag, f"{what}: {message}")
+        self.agenda.set_next(dag, now + later)
 
     def _stageable(self, compiled: Compiled, upcoming: list[Fire], now: datetime) -> bool:
         """Whether the next fire may be staged: not within ``STAGE_MARGIN`` of now (it is created at
@@ -231,20 +244,36 @@ class Scheduler:
             provenance={**compiled.provenance, "due_at": fire.due.isoformat(), **provenance},
         )
 
-    def _create(self, work: list[tuple[str, Compiled, list[Fire]]]) -> None:
-        plans = [(self._plan(compiled, fire, self.clock.now()), fire.logical_date.astimezone(UTC).isoformat())
-                 for _, compiled, fires in work for fire in fires]
+    def _create(self, work: list[tuple[str, Compiled, list[Fire]]]) -> set[str]:
+        """Create the due runs; returns the DAGs whose fires could not be planned (none of theirs is
+        created, and their cursors stay, so that the same fires are tried again after the back-off)."""
+        plans: list[tuple[RunPlan, str | None]] = []
+        failed: set[str] = set()
+        for dag, compiled, fires in work:
+            try:
+                planned = [(self._plan(compiled, fire, self.clock.now()), fire.logical_date.astimezone(UTC).isoformat())
+                           for fire in fires]
+            except Exception as exc:  # a template or param problem of this DAG: record it, go on
+                self._failed(dag, "cannot plan its run", exc, self.clock.now())
+                failed.add(dag)
+                continue
+            plans += planned
         if not plans:
-            return
-        created = self.store.create_runs(plans)
-        self.dispatcher.enqueue([item for _, ready in created for item in ready])
+            return failed
+        created = self.engine.create_planned(plans)
         self.created += len(created)
-        for (plan, _), (run_id, _) in zip(plans, created, strict=True):
-            log.info("%s: run %s for %s", plan.dag, run_id, plan.logical_date.isoformat())
+        for (plan, _), run in zip(plans, created, strict=True):
+            log.info("%s: run %s for %s", plan.dag, run.run_id, plan.logical_date.isoformat())
+        return failed
 
-    def _stage(self, work: list[tuple[Compiled, Fire]], epoch: str) -> None:
-        plans = [(self._plan(compiled, fire, fire.due, staged=True), fire.logical_date.astimezone(UTC).isoformat(),
-                  fire.due) for compiled, fire in work]
+    def _stage(self, work: list[tuple[Compiled, Fire]], epoch: str, now: datetime) -> None:
+        plans = []
+        for compiled, fire in work:
+            try:
+                plans.append((self._plan(compiled, fire, fire.due, staged=True),
+                              fire.logical_date.astimezone(UTC).isoformat(), fire.due))
+            except Exception as exc:
+                self._failed(compiled.spec.name, "cannot plan its run", exc, now)
         staged = self.staging.stage(plans, epoch, now=self.clock.now())
         self.staged += len(staged)
         if staged:
@@ -313,7 +342,7 @@ class Scheduler:
                 if not was_leading:
                     log.info("leading (fencing token %d, lease %.1fs)", self.lease.token, self.lease.ttl)
                 nxt = self.tick(self.clock.now())
-                self.dispatcher.move_due()
+                self.engine.move_due()
                 soon = self.staging.next_due()
                 if soon is not None and self.clock.real_seconds(soon) < HOUSEKEEPING_GAP:
                     pass  # a boundary is near: sweeping and pruning wait until it is past

@@ -1,5 +1,8 @@
 """Ready step attempts → RQ jobs. RQ is the transport only: one job per attempt, with a
 deterministic id, on the ``high``/``default``/``low`` queue; the DAG itself never reaches RQ.
+
+Only :mod:`scheduler.engine` calls :meth:`Dispatcher.enqueue` (a transition enqueues what it made
+ready in the same call); the dispatcher is the store layer's door to RQ's keys.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
 
+from scheduler.keys import Keys
 from scheduler.model import QUEUES
-from scheduler.store import Ready
+from scheduler.results import Ready
+from scheduler.store import lua_script
 
 JOB_FUNC = "runner.job.run_attempt"  # by name: the scheduler never imports the runner
 RQ_TIMEOUT_GRACE = 60  # RQ's own job timeout is a safety net behind the runner's container timeout
@@ -35,23 +40,6 @@ def _decode(entry: bytes | str) -> Ready:
     return Ready(run_id, step, attempt, queue, timeout, 0.0, tag)
 
 
-# KEYS: 1 delayed zset.  ARGV: pairs of (delay seconds, entry).  Scores are Redis's own clock.
-_DELAY = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), ARGV[i + 1]) end
-return #ARGV / 2
-"""
-# KEYS: 1 delayed zset.  ARGV: 1 limit.  Removes and returns the entries that are due.
-_POP_DUE = """
-local t = redis.call('TIME')
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) + tonumber(t[2]) / 1000000,
-  'LIMIT', 0, tonumber(ARGV[1]))
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return due
-"""
-
-
 class Dispatcher:
     """Enqueues attempts; enqueueing the same attempt twice is a no-op (``unique`` job ids).
 
@@ -66,15 +54,15 @@ class Dispatcher:
         self.prefix = prefix
         self.connection = connection
         self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
-        self.delayed_key = f"{prefix}:delayed"
-        self._delay = connection.register_script(_DELAY)
-        self._pop_due = connection.register_script(_POP_DUE)
+        self.delayed_key = Keys(prefix).delayed()
+        self._delay = lua_script(connection, "delay.lua")
+        self._pop_due = lua_script(connection, "pop_due.lua")
 
     def move_due(self, limit: int = 500) -> int:
         """Enqueue every delayed attempt whose time has come; returns how many."""
         moved = 0
         while True:
-            entries = self._pop_due(keys=[self.delayed_key], args=[limit])
+            entries = self._pop_due(args=[self.prefix, limit])
             if not entries:
                 return moved
             items = [_decode(e) for e in entries]
@@ -95,10 +83,10 @@ class Dispatcher:
         items = list(items)
         later = [item for item in items if item.delay > 0]
         if later:
-            args: list = []
+            args: list = [self.prefix]
             for item in later:
                 args += [item.delay, _encode(item)]
-            self._delay(keys=[self.delayed_key], args=args)
+            self._delay(args=args)
         now = [item for item in items if item.delay <= 0]
         if len(now) > 1:
             return len(later) + self._enqueue_pipelined(now)

@@ -1,7 +1,8 @@
 """Every Redis key Conveyor uses, in one place. All of them start with the configurable prefix.
 
-The Lua scripts in ``scheduler/lua`` build the same keys from the prefix; the layout below is
-their contract too (a change here is a change there).
+The Lua scripts in ``scheduler/lua`` build the same keys with the helpers ``K.NAME`` of ``lib.lua``,
+one per method here with the same name and arguments; ``tests/test_keys.py`` evaluates both sides
+and compares them.
 """
 
 from __future__ import annotations
@@ -91,14 +92,26 @@ class Keys:
     def log(self, run_id: str, step: str, number: int) -> str:  # string: capped output of an attempt
         return f"{self.prefix}:log:{run_id}:{step}:{number}"
 
-    def pools(self) -> str:  # hash: pool name -> slots (the Lua scripts also use {prefix}:pool_used and
-        return f"{self.prefix}:pools"  # {prefix}:pool:NAME:waiting)
+    def pools(self) -> str:  # hash: pool name -> slots
+        return f"{self.prefix}:pools"
+
+    def pool_used(self) -> str:  # hash: pool name -> slots taken by running (or handed) attempts
+        return f"{self.prefix}:pool_used"
+
+    def pool_waiting(self, pool: str) -> str:  # zset: attempts "run|step|n" waiting for the pool's slots
+        return f"{self.prefix}:pool:{pool}:waiting"
 
     def running(self) -> str:  # zset: running attempts "run|step|n" by lease expiry (Redis TIME seconds)
         return f"{self.prefix}:running"
 
     def queued(self) -> str:  # zset: queued or retrying attempts "run|step|n" by when they are due
         return f"{self.prefix}:queued"
+
+    def delayed(self) -> str:  # zset: encoded ready attempts by when they are due (Redis TIME seconds)
+        return f"{self.prefix}:delayed"
+
+    def sla(self) -> str:  # zset: "run|step" ("run|" for the deadline) by when the SLA falls due
+        return f"{self.prefix}:sla"
 
     def events(self) -> str:  # stream: every state change, capped
         return f"{self.prefix}:events"

@@ -6,6 +6,8 @@ standby, which sleeps until exactly that moment, takes it over (the default TTL 
 failover takes at most ~10 s plus a few ms). Each new leadership gets a higher fencing token.
 Scheduled runs are also idempotent per DAG and logical date, so even two leaders at once (a
 paused process waking up after its lease expired) cannot create a run twice.
+
+Part of the store layer (see :mod:`scheduler.store`): its scripts are ``leader_*.lua``.
 """
 
 from __future__ import annotations
@@ -14,54 +16,29 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import redis
-
-from scheduler.keys import Keys
+if TYPE_CHECKING:
+    from scheduler.store import RunStore
 
 DEFAULT_TTL = 10.0
 
-# KEYS: 1 lease, 2 token counter.  ARGV: 1 my id, 2 ttl ms.
-# Returns the fencing token while this id holds the lease (new or renewed), else 0.
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local holder, token = string.match(current, '^(.*)|(%d+)$')
-  if holder == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(token)
-  end
-  return 0
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-"""
-
-# KEYS: 1 lease.  ARGV: 1 my id.  Releases the lease only if this id holds it.
-_RELEASE = """
-local current = redis.call('GET', KEYS[1])
-if current and string.match(current, '^(.*)|%d+$') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 @dataclass
 class Lease:
-    client: redis.Redis
-    keys: Keys
+    store: RunStore
     ttl: float = DEFAULT_TTL
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     token: int = 0
 
     def __post_init__(self) -> None:
-        self._acquire = self.client.register_script(_ACQUIRE)
-        self._release = self.client.register_script(_RELEASE)
+        self.client = self.store.r  # the lease is part of the store layer (leader_*.lua)
+        self.keys = self.store.keys
+        self._acquire = self.store.script("leader_acquire.lua")
+        self._release = self.store.script("leader_release.lua")
 
     def hold(self) -> bool:
         """Take or renew the lease; True while we lead."""
-        self.token = int(self._acquire(keys=[self.keys.leader(), self.keys.leader_token()],
-                                       args=[self.identity, int(self.ttl * 1000)]))
+        self.token = int(self._acquire(args=[self.store.prefix, self.identity, int(self.ttl * 1000)]))
         return self.token > 0
 
     def seconds_left(self) -> float:
@@ -74,5 +51,5 @@ class Lease:
         return value.rsplit("|", 1)[0] if value else None
 
     def release(self) -> None:
-        self._release(keys=[self.keys.leader()], args=[self.identity])
+        self._release(args=[self.store.prefix, self.identity])
         self.token = 0

@@ -31,13 +31,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scheduler.model import QUEUES
+from scheduler.model import QUEUES, TERMINAL_RUN_STATES, TERMINAL_STEP_STATES
 from scheduler.store import RunStore
 
 log = logging.getLogger("conveyor.metrics")
 
-RUN_FINAL = frozenset({"success", "failed", "cancelled"})
-STEP_FINAL = frozenset({"success", "failed", "upstream_failed", "cancelled", "skipped"})
+RUN_FINAL = TERMINAL_RUN_STATES
+STEP_FINAL = TERMINAL_STEP_STATES
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
 UNKNOWN_DAG = "unknown"
@@ -131,24 +131,20 @@ class EventTail:
 
     def start_position(self) -> str:
         """The stream's last id now (like ``$``, but fixed, so nothing is missed between two reads)."""
-        newest = self.store.r.xrevrange(self.store.keys.events(), count=1)
-        return newest[0][0] if newest else "0-0"
+        return self.store.last_event_id()
 
     def poll(self) -> int:
         """One ``XREAD``: handle what arrived (blocking up to ``block_ms``); returns how many events."""
         if self.last_id is None:
             self.last_id = self.start_position()
-        answer = self.store.r.xread({self.store.keys.events(): self.last_id}, count=self.count,
-                                    block=self.block_ms)
         handled = 0
-        for _, entries in answer or []:
-            for entry_id, fields in entries:
-                self.last_id = entry_id
-                try:
-                    self.metrics.handle(fields)
-                except Exception:  # one odd event must not stop the metrics
-                    log.exception("cannot account for event %s %s", entry_id, fields)
-                handled += 1
+        for entry_id, fields in self.store.read_events(self.last_id, count=self.count, block_ms=self.block_ms):
+            self.last_id = entry_id
+            try:
+                self.metrics.handle(fields)
+            except Exception:  # one odd event must not stop the metrics
+                log.exception("cannot account for event %s %s", entry_id, fields)
+            handled += 1
         return handled
 
     def run(self) -> None:
@@ -179,7 +175,7 @@ class DagNames:
     def __call__(self, run_id: str) -> str:
         name = self.known.get(run_id)
         if name is None:
-            name = self.store.r.hget(self.store.keys.run(run_id), "dag") or UNKNOWN_DAG
+            name = self.store.run_dag(run_id) or UNKNOWN_DAG
             self.known[run_id] = name
         return name
 
@@ -211,14 +207,7 @@ class RedisCollector(Collector):
     def _families(self) -> Iterator[Metric]:
         from rq import Worker
 
-        keys = self.store.keys
-        with self.store.r.pipeline(transaction=False) as pipe:
-            for queue in QUEUES:
-                pipe.llen(f"rq:queue:{queue}")
-            pipe.zcard(keys.running())
-            pipe.zcard(keys.queued())
-            pipe.zrange(keys.agenda(), 0, 0, withscores=True)
-            *depths, running, queued, oldest = pipe.execute()
+        depths, running, queued, oldest = self.store.gauges(QUEUES)
         depth = GaugeMetricFamily("conveyor_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
         for queue, count in zip(QUEUES, depths, strict=True):
             depth.add_metric([queue], count)

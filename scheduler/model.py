@@ -10,6 +10,9 @@ from typing import Any
 
 
 class StepState(StrEnum):
+    """A step's state in a run. The same strings live in Redis and in ``lib.lua`` (STEP_STATES);
+    ``tests/test_vocabulary.py`` checks that the two agree."""
+
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -22,7 +25,23 @@ class StepState(StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """Ended: nothing changes it but a rerun."""
         return self in TERMINAL_STEP_STATES
+
+    @property
+    def done(self) -> bool:
+        """Counts as done for its downstream steps' trigger rules (the same as terminal)."""
+        return self.terminal
+
+    @property
+    def waiting(self) -> bool:
+        """Not started yet: cancelling settles it at once (``STEP_WAITING`` in lib.lua)."""
+        return self in {StepState.PENDING, StepState.QUEUED, StepState.RETRYING}
+
+    @property
+    def failed(self) -> bool:
+        """A failure for trigger rules and reruns (``FAILED`` in lib.lua)."""
+        return self in {StepState.FAILED, StepState.UPSTREAM_FAILED}
 
 
 TERMINAL_STEP_STATES = frozenset(
@@ -31,6 +50,8 @@ TERMINAL_STEP_STATES = frozenset(
 
 
 class RunState(StrEnum):
+    """A run's state (``RUN_STATES`` in lib.lua). Staged runs are ``queued`` until released."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCESS = "success"
@@ -39,14 +60,34 @@ class RunState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in {RunState.SUCCESS, RunState.FAILED, RunState.CANCELLED}
+        """Ended (``RUN_DONE`` in lib.lua): only a rerun opens it again."""
+        return self in TERMINAL_RUN_STATES
+
+    @property
+    def done(self) -> bool:
+        return self.terminal
 
 
-class AttemptState(StrEnum):
+TERMINAL_RUN_STATES = frozenset({RunState.SUCCESS, RunState.FAILED, RunState.CANCELLED})
+
+
+def run_ended(state: str | None) -> bool:
+    """For raw strings read from Redis (None or an unknown value: not ended)."""
+    return state in TERMINAL_RUN_STATES
+
+
+class AttemptOutcome(StrEnum):
+    """How an attempt ended, as the runner reports it to ``finish.lua`` (and ``lose.lua``)."""
+
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    LOST = "lost"  # its worker stopped renewing the lease; counts as a failed try
+    REQUEUE = "requeue"  # handed back (worker shutdown, or a lost attempt that does not count)
+
+
+AttemptState = AttemptOutcome  # the attempt hash's ``state`` field holds one of these
 
 
 class Priority(StrEnum):

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import redis
 from rq.job import Job
 
-from scheduler.dispatch import Dispatcher, job_id
+from scheduler.dispatch import job_id
+from scheduler.engine import Engine
 from scheduler.errors import NotFoundError
-from scheduler.store import Ready, RunStore, parse_member
+from scheduler.store import RunStore, parse_member
 
 log = logging.getLogger("conveyor.reaper")
 INTERVAL = 2.0
@@ -36,12 +37,15 @@ QUEUED_GRACE = 30.0  # seconds a queued attempt may sit without its RQ job befor
 
 @dataclass
 class Reaper:
-    store: RunStore
-    dispatcher: Dispatcher
+    engine: Engine
     runtime: object | None = None  # a ContainerRuntime with orphans()/reap(), for sweep 3
     lost_counts: bool = True
     queued_grace: float = QUEUED_GRACE
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def store(self) -> RunStore:
+        return self.engine.store
 
     def once(self) -> dict[str, int]:
         return {"lost": self.lost_attempts(), "requeued": self.vanished_jobs(), "orphans": self.orphans(),
@@ -49,11 +53,10 @@ class Reaper:
 
     def sla_misses(self) -> int:
         """SLAs and deadlines that fell due unmet: recorded once, and their on_sla_miss handlers started."""
-        misses = self.store.missed_slas()
+        misses = self.engine.sweep_slas()
         for miss in misses:
-            what = f"step {miss['step']}" if miss["step"] else "the run's deadline"
-            log.warning("%s: %s missed its SLA", miss["run_id"], what)
-            self.dispatcher.enqueue(miss["ready"])
+            what = f"step {miss.step}" if miss.step else "the run's deadline"
+            log.warning("%s: %s missed its SLA", miss.run_id, what)
         return len(misses)
 
     def lost_attempts(self) -> int:
@@ -65,45 +68,41 @@ class Reaper:
             except NotFoundError:
                 backoff = None
             delay = backoff.delay(attempt) if backoff else 0.0
-            finished = self.store.lose(entry, retry_delay=delay, counts=self.lost_counts)
-            if finished.state in {"alive", "stale"}:
+            finished = self.engine.lose(entry, retry_delay=delay, counts=self.lost_counts)
+            if not finished.changed:
                 continue
             count += 1
             log.warning("%s %s attempt %d lost (its worker stopped renewing the lease): %s", run_id, step, attempt,
                         finished.state)
-            self.dispatcher.enqueue(finished.ready)
         return count
 
     def vanished_jobs(self) -> int:
         count = 0
-        connection = self.dispatcher.queues["default"].connection
+        connection = self.engine.dispatcher.connection
         for run_id, step, attempt in self.store.overdue_queued(self.queued_grace):
             if Job.exists(job_id(run_id, step, attempt), connection=connection):
                 continue
-            state, current = self.store.r.hmget(self.store.keys.step(run_id, step), "state", "attempt")
-            if state not in {"queued", "retrying"} or current != str(attempt):
-                continue
-            queue, timeout = self.store.queue_of(run_id, step)
-            count += self.dispatcher.enqueue([Ready(run_id, step, attempt, queue, timeout)])
-            log.warning("%s %s attempt %d was queued without a job: enqueued again", run_id, step, attempt)
+            requeued = self.engine.requeue(run_id, step, attempt)
+            if requeued:
+                count += requeued
+                log.warning("%s %s attempt %d was queued without a job: enqueued again", run_id, step, attempt)
         return count
 
     def orphans(self) -> int:
         finder = getattr(self.runtime, "orphans", None)
         if finder is None:
             return 0
-        live = {parse_member(m) for m in self.store.r.zrange(self.store.keys.running(), 0, -1)}
+        live = self.store.running_attempts()
         mine = self.store.store_id
         leftovers = [x for x in finder(self.store.prefix, live) if x.labels.get("dev.conveyor.store") == mine]
         if leftovers:
             # Look again: an attempt that started between the two reads is live, not an orphan.
-            live |= {parse_member(m) for m in self.store.r.zrange(self.store.keys.running(), 0, -1)}
+            live |= self.store.running_attempts()
             leftovers = [x for x in leftovers if x.key not in live]
             self.runtime.reap([x.id for x in leftovers])  # type: ignore[attr-defined]
             for x in leftovers:
                 log.warning("removed orphan container %s of %s %s attempt %d", x.id[:12], x.run_id, x.step, x.attempt)
         return len(leftovers)
-
     def run_in_thread(self, interval: float = INTERVAL) -> threading.Thread:
         def loop() -> None:
             while not self.stop.wait(interval * random.uniform(0.75, 1.25)):

@@ -1,5 +1,6 @@
-"""The operations the CLI and the scheduler daemon share: submit a DAG file, create a run and
-dispatch its first steps. Each is spec → plan → store → dispatch, in that order.
+"""Service functions the CLI, the scheduler daemon and the HTTP server share. Each returns data
+(the commands only parse options and render): submitting a DAG file, loading a stored version,
+choosing what a rerun runs, planning a backfill. State changes go through :mod:`scheduler.engine`.
 """
 
 from __future__ import annotations
@@ -7,20 +8,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from scheduler.agenda import Agenda
-from scheduler.dispatch import Dispatcher
-from scheduler.errors import ParamError
-from scheduler.model import DagSpec, Priority, Trigger
+from scheduler.backfill import plan_batches, plan_schedule_aligned
+from scheduler.calendars import zone
+from scheduler.engine import Rerun
+from scheduler.errors import ConveyorError, NotFoundError
+from scheduler.model import DagSpec, Trigger
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
-from scheduler.spec import load_bytes, load_file, resolve_params
+from scheduler.reruns import select
+from scheduler.schedules import Batch, ScheduleError
+from scheduler.spec import build_schedule, load_bytes, load_file
 from scheduler.store import RunStore
-
-MAX_PARAMS_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,10 @@ def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = Non
     spec, raw = load_file(path, store_calendars(store))
     version, created = store.submit_dag(spec.name, raw, spec.document, path=str(Path(path).resolve()),
                                         git=git_state(path), now=now)
-    on_agenda = store.r.zscore(store.keys.agenda(), spec.name) is not None
-    paused = store.r.hget(store.keys.dag(spec.name), "paused") == "1"
-    if spec.schedule is not None and (created or not on_agenda) and not paused:
-        Agenda(store).schedule_now(spec.name, now=now)
+    agenda = Agenda(store)
+    if spec.schedule is not None and (created or not agenda.is_scheduled(spec.name)) \
+            and not agenda.is_paused(spec.name):
+        agenda.schedule_now(spec.name, now=now)
     return Submitted(spec, version, created, store.dag_version(spec.name, version)["sha256"])
 
 
@@ -55,57 +59,119 @@ def load_version(store: RunStore, name: str, version: int | None = None,
 
 
 def store_calendars(store: RunStore) -> dict[str, Any]:
-    return {name: json.loads(spec) for name, spec in store.r.hgetall(store.keys.calendars()).items()}
+    return Agenda(store).calendars()
 
 
-def create_run(
-    store: RunStore,
-    dispatcher: Dispatcher,
-    dag: str,
-    given_params: Mapping[str, Any],
-    *,
-    trigger: Trigger = Trigger.MANUAL,
-    priority: Priority | None = None,
-    version: int | None = None,
-    logical_date: datetime | None = None,
-    interval: tuple[datetime | None, datetime | None] = (None, None),
-    now: datetime | None = None,
-    idempotency_key: str | None = None,
-) -> str:
-    """Create a run of the DAG's latest (or given) version and enqueue its ready steps; returns the run id
-    (the existing run's id when ``idempotency_key`` was used before)."""
-    spec, record = load_version(store, dag, version)
-    return create_run_of(store, dispatcher, spec, record, given_params, trigger=trigger, priority=priority,
-                         logical_date=logical_date, interval=interval, now=now, idempotency_key=idempotency_key)
+# --- reruns ---------------------------------------------------------------------------------------
 
 
-def create_run_of(
-    store: RunStore,
-    dispatcher: Dispatcher,
-    spec: DagSpec,
-    record: Mapping[str, Any],
-    given_params: Mapping[str, Any],
-    *,
-    trigger: Trigger = Trigger.MANUAL,
-    priority: Priority | None = None,
-    logical_date: datetime | None = None,
-    interval: tuple[datetime | None, datetime | None] = (None, None),
-    now: datetime | None = None,
-    idempotency_key: str | None = None,
-    due_at: datetime | None = None,
-) -> str:
-    """:func:`create_run` for a DAG version already loaded (the daemon keeps them compiled)."""
-    params = resolve_params(spec, given_params)
-    size = len(json.dumps(params))
-    if size > MAX_PARAMS_BYTES:  # one bad run must not fill Redis: every step plan carries the params
-        raise ParamError(f"{spec.name}: the params take {size:,} bytes; the limit is {MAX_PARAMS_BYTES:,}")
-    plan = plan_run(
-        spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
-        priority=priority, logical_date=logical_date, interval=interval,
-        provenance={"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
-                    "git_dirty": record.get("git_dirty"), "dag_path": record.get("path"),
-                    **({"due_at": due_at.isoformat()} if due_at else {})},
-    )
-    run_id, ready = store.create_run(plan, idempotency_key=idempotency_key)
-    dispatcher.enqueue(ready)
-    return run_id
+def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstream: bool = True,
+               everything: bool = False, latest: bool = False, now: datetime | None = None) -> Rerun:
+    """Which steps of an ended run run again and with what plans (see :mod:`scheduler.reruns`).
+
+    By default a rerun is pinned: the run's DAG version, and each step's image by the id it ran
+    (a moved tag does not change what reruns). ``latest`` takes the DAG's latest version and
+    image tags instead. Raises a :class:`ConveyorError` naming the problem when nothing fits."""
+    from dataclasses import replace
+
+    record = store.run_record(run_id)
+    steps = store.step_records(run_id)
+    states = {s["name"]: s["state"] for s in steps}
+    if step is not None and step not in states:
+        raise NotFoundError(f"run '{run_id}' has no step '{step}'; steps: {', '.join(states)}")
+    spec, version = load_version(store, record["dag"], int(record["dag_version"]))
+    chosen = select({n: s.depends_on for n, s in spec.steps.items()}, states, step=step,
+                    downstream=downstream, everything=everything,
+                    rerun_before=[n for n, s in spec.steps.items() if s.rerun_before_downstream])
+    if not chosen:
+        raise ConveyorError(f"run {run_id}: nothing to rerun (no failed step); use --step S or --all")
+    plans: dict[str, Any] = {}
+    if latest:
+        new_spec, new_version = load_version(store, record["dag"])
+        missing = [s for s in chosen if s not in new_spec.steps]
+        if missing:
+            raise ConveyorError(f"DAG '{record['dag']}' version {new_version['version']} has no step "
+                                f"{', '.join(missing)}; rerun without --latest")
+        fresh = plan_run(new_spec, version=new_version["version"], params=json.loads(record["params"]),
+                         now=now or datetime.now(UTC), trigger=Trigger(record["trigger"]), run_id=run_id,
+                         logical_date=datetime.fromisoformat(record["logical_date"]),
+                         interval=(_when(record.get("data_interval_start")), _when(record.get("data_interval_end"))))
+        plans = {name: fresh.steps[name] for name in chosen}
+        note = (f"switching to DAG version {new_version['version']} (was {record['dag_version']}); "
+                "images by tag: " + ", ".join(f"{n}={p.image}" for n, p in plans.items()))
+        return Rerun(run_id, chosen, plans, [note], None)
+    by_name = {s["name"]: s for s in steps}
+    for name in chosen:
+        last = by_name[name]["attempts"][-1] if by_name[name]["attempts"] else {}
+        if last.get("image_id"):
+            plans[name] = replace(store.step_plan(run_id, name), pinned_image=last["image_id"])
+    note = (f"DAG version {record['dag_version']} as pinned; images pinned to the ids they ran: "
+            + (", ".join(f"{n}={p.pinned_image[:19]}" for n, p in plans.items()) or "none yet"))
+    return Rerun(run_id, chosen, plans, [note], version["version"])
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# --- backfill -------------------------------------------------------------------------------------
+
+
+class Reprocess(StrEnum):
+    none = "none"  # only intervals with no run yet
+    failed = "failed"  # also intervals whose latest run failed or was cancelled
+    all = "all"  # every interval
+
+
+@dataclass(frozen=True)
+class BackfillItem:
+    """One data interval of a backfill: create a run for it, or skip it (it has one already)."""
+
+    start: datetime
+    end: datetime
+    logical_date: datetime
+    create: bool
+    existing_run: str | None = None
+    existing_state: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                "action": "create" if self.create else "skip", "existing_run": self.existing_run,
+                "existing_state": self.existing_state}
+
+
+def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date | datetime, *,
+                  batch: str | None = None, schedule_aligned: bool = False, reprocess: Reprocess = Reprocess.none,
+                  backwards: bool = False) -> tuple[DagSpec, dict[str, Any], list[BackfillItem]]:
+    """The DAG's latest version and one item per data interval of ``[start, end)``: batches (the
+    DAG's ``batch``, else ``1d``) or, ``schedule_aligned``, the schedule's own fires."""
+    calendars = store_calendars(store)
+    spec, record = load_version(store, dag, calendars=calendars)
+    schedule = build_schedule(spec.document, calendars, Agenda(store).global_outages())
+    tz = schedule.tz if schedule else zone("UTC")
+    if schedule_aligned and schedule is None:
+        raise ConveyorError(f"DAG '{dag}' has no schedule; --schedule-aligned needs one")
+    try:
+        if schedule is not None and schedule_aligned:
+            fires = plan_schedule_aligned(schedule, start, end, backwards=backwards)
+            intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
+        else:
+            chosen = batch or spec.document.get("batch") or "1d"
+            Batch.parse(chosen)
+            intervals = [(s, e, e) for s, e in plan_batches(start, end, chosen, tz, backwards=backwards)]
+    except ScheduleError as exc:
+        raise ConveyorError(str(exc)) from None
+    if not intervals:
+        raise ConveyorError(f"no interval in [{start}, {end})")
+    known = store.interval_runs(dag)
+    states = store.run_states([rid for rid in known.values()]) if known else {}
+    items = []
+    for s, e, logical in intervals:
+        existing = known.get(s.isoformat())
+        state = states.get(existing) if existing else None
+        create = (state is None or reprocess == Reprocess.all
+                  or (reprocess == Reprocess.failed and state in {"failed", "cancelled"}))
+        items.append(BackfillItem(s, e, logical, create, existing, state))
+    return spec, record, items
+
+

@@ -12,6 +12,7 @@ A staged run exists before its due time: ``ctl runs`` shows it as ``scheduled``.
 submitting a new version of it, or changing calendars or global outages takes back the staged runs
 that are not released yet (:func:`unstage`): they are deleted as if never created and the DAG's
 cursor moves back, so that the scheduler evaluates those fires again under the new rules.
+Part of the store layer (see :mod:`scheduler.store`), like the agenda.
 ``stage.lua`` refuses a run whose DAG changed since the scheduler read it, so a change racing the
 scheduler cannot leave a stale run behind.
 """
@@ -26,7 +27,8 @@ from rq.job import Job
 from scheduler.dispatch import Dispatcher, job_id
 from scheduler.model import QUEUES
 from scheduler.plan import RunPlan
-from scheduler.store import Ready, RunStore, now_iso
+from scheduler.results import Ready
+from scheduler.store import RunStore, now_iso
 
 RELEASE_BATCH = 1000  # lists (one per queue and due time) per call
 
@@ -42,7 +44,7 @@ class Staging:
         self.store = store
         self.dispatcher = dispatcher
         self._stage = store.script("stage.lua")
-        self._release = store.script("release.lua", with_lib=False)
+        self._release = store.script("release.lua")
         self._pairs = [x for name in QUEUES for x in (name, dispatcher.queues[name].key)]
 
     def epoch(self) -> str:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from scheduler.model import run_ended
 from scheduler.store import RunStore
 
-RUN_ENDED = frozenset({"success", "failed", "cancelled"})
 MIN_SAMPLES = 5
 HISTORY = 100
 FACTOR = 2.0
@@ -95,32 +95,15 @@ def _tag_value(value: Any) -> str:
 def load(store: RunStore, since: float, dag: str | None = None, chunk: int = 200) -> list[Run]:
     """Runs created at or after ``since`` (epoch seconds), oldest first, with steps and attempts.
     Three pipelined round trips per ``chunk`` runs."""
-    keys = store.keys
-    ids = store.r.zrangebyscore(keys.dag_runs(dag) if dag else keys.runs(), since, "+inf", withscores=True)
+    ids = store.run_ids_since(since, dag)
     runs: list[Run] = []
     for offset in range(0, len(ids), chunk):
         part = ids[offset:offset + chunk]
-        with store.r.pipeline(transaction=False) as pipe:
-            for run_id, _ in part:
-                pipe.hgetall(keys.run(run_id))
-            records = pipe.execute()
-        names = [json.loads(r.get("steps") or "[]") if r else [] for r in records]
-        with store.r.pipeline(transaction=False) as pipe:
-            for (run_id, _), steps in zip(part, names, strict=True):
-                for name in steps:
-                    pipe.hgetall(keys.step(run_id, name))
-            step_records = iter(pipe.execute())
-        per_run = [[next(step_records) for _ in steps] for steps in names]
-        with store.r.pipeline(transaction=False) as pipe:
-            for (run_id, _), steps in zip(part, per_run, strict=True):
-                for step in steps:
-                    for n in range(1, int(step.get("attempt") or 0) + 1):
-                        pipe.hgetall(keys.attempt(run_id, step.get("name", ""), n))
-            attempt_records = iter(pipe.execute())
-        for (run_id, created), record, steps in zip(part, records, per_run, strict=True):
+        loaded = store.runs_with_steps([run_id for run_id, _ in part])
+        for (run_id, created), (record, steps) in zip(part, loaded, strict=True):
             built = []
             for step in steps:
-                attempts = [next(attempt_records) for _ in range(int(step.get("attempt") or 0))]
+                attempts = step["attempts"]
                 plan = json.loads(step.get("plan") or "{}")
                 built.append(Step(
                     step.get("name", ""), step.get("state", ""),
@@ -207,7 +190,7 @@ def group(runs: Iterable[Run], by: str) -> list[dict[str, Any]]:
     for run in runs:
         if by == "dag":
             g = groups[run.dag]
-            if run.state in RUN_ENDED:
+            if run_ended(run.state):
                 g.add(run.state, run.duration)
             g.retries += sum(max(0, len(s.attempts) - 1) for s in run.steps)
             continue
@@ -315,54 +298,13 @@ def check_by(by: str) -> str:
 
 # --- retention ----------------------------------------------------------------------------------
 
-_DELETE_IF = """
--- Remove a hash field only if it still names this run (a newer run may have taken the key).
--- KEYS[1] hash; ARGV[1] field, ARGV[2] run_id
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-
 def prune(store: RunStore, older_than: datetime | float, *, limit: int = 1000) -> int:
-    """Delete whole runs created before ``older_than`` that have ended: the run hash, its step and
-    attempt hashes, its logs, its entries in the run indexes and the DAG's fires/intervals entries that
-    still point at it. Active runs are never touched. Returns how many runs were deleted (at most
-    ``limit`` per call: call again while it returns ``limit``).
+    """Delete whole runs created before ``older_than`` that have ended, with every key of theirs
+    (handler steps, attempts and logs included: :meth:`RunStore.delete_run`). Active runs are never
+    touched. Returns how many runs were deleted (at most ``limit`` per call: call again while it
+    returns ``limit``).
 
     After pruning, ``ctl backfill --reprocess none`` treats a pruned interval as never run.
     """
     cutoff = older_than.timestamp() if isinstance(older_than, datetime) else float(older_than)
-    keys = store.keys
-    delete_if = store.r.register_script(_DELETE_IF)
-    candidates = store.r.zrangebyscore(keys.runs(), "-inf", f"({cutoff}", start=0, num=limit)
-    deleted = 0
-    for run_id in candidates:
-        record = store.r.hgetall(keys.run(run_id))
-        if record and record.get("state") not in RUN_ENDED:
-            continue
-        names = json.loads(record.get("steps") or "[]") if record else []
-        with store.r.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hget(keys.step(run_id, name), "attempt")
-            counts = [int(n or 0) for n in pipe.execute()] if names else []
-        doomed = [keys.run(run_id)]
-        for name, count in zip(names, counts, strict=True):
-            doomed.append(keys.step(run_id, name))
-            for n in range(1, count + 1):
-                doomed += [keys.attempt(run_id, name, n), keys.log(run_id, name, n)]
-        dag = record.get("dag") if record else None
-        with store.r.pipeline(transaction=False) as pipe:
-            pipe.unlink(*doomed)
-            pipe.zrem(keys.runs(), run_id)
-            if dag:
-                pipe.zrem(keys.dag_runs(dag), run_id)
-            pipe.execute()
-        if dag:
-            logical = record.get("logical_date")
-            if logical:
-                fire = datetime.fromisoformat(logical).astimezone(UTC).isoformat()
-                delete_if(keys=[keys.dag_fires(dag)], args=[fire, run_id])
-            if record.get("data_interval_start"):
-                delete_if(keys=[keys.dag_intervals(dag)], args=[record["data_interval_start"], run_id])
-        deleted += 1
-    return deleted
+    return sum(store.delete_run(run_id) for run_id in store.runs_created_before(cutoff, limit))

@@ -1,6 +1,11 @@
 """Run state in Redis. Every state change is one Lua script (see ``scheduler/lua``), so it is atomic
 and checks the state it comes from: two workers can never start the same attempt, and a late
 result from an attempt that is no longer current is ignored.
+
+The store layer is the one door to Redis: this module, and its close collaborators that keep
+Redis-side structures of their own (``agenda.py``, ``staging.py``, ``leader.py``, and
+``dispatch.py`` for RQ's keys). Nothing else reads ``RunStore.r``; callers that change state go
+through :mod:`scheduler.engine`, which also enqueues what a transition made ready.
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from importlib import resources
@@ -21,6 +25,22 @@ from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import StepPlan
 from scheduler.plan import RunPlan
+from scheduler.results import (
+    Created,
+    Finished,
+    Ready,
+    RunCancel,
+    SlaMiss,
+    Started,
+    StepCancel,
+    decode_created,
+    decode_finished,
+    decode_ready,
+    decode_run_cancel,
+    decode_sla_misses,
+    decode_started,
+    decode_step_cancel,
+)
 from scheduler.settings import Settings
 
 LOG_TTL = 30 * 86400
@@ -28,25 +48,6 @@ LOG_TTL = 30 * 86400
 
 def now_iso(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True)
-class Ready:
-    """A step attempt that may run now (or after ``delay`` seconds): the dispatcher enqueues it."""
-
-    run_id: str
-    step: str
-    attempt: int
-    queue: str
-    timeout: float | None
-    delay: float = 0.0
-    tag: str = ""  # a re-delivery of the same attempt (e.g. deferred past an outage) gets its own job id
-
-
-@dataclass(frozen=True)
-class Finished:
-    state: str  # the step's new state, 'retrying', or 'stale' when the result was fenced off
-    ready: tuple[Ready, ...] = ()
 
 
 DEFAULT_LEASE = 15.0  # seconds; workers renew every third of it, so a dead worker is found within ~15-20 s
@@ -62,24 +63,15 @@ def parse_member(entry: str) -> tuple[str, str, int]:
     return run_id, step, int(attempt)
 
 
-def _finished(result: list[Any]) -> Finished:
-    if result[0] == "stale":
-        return Finished("stale")
-    if result[0] == "retry":
-        return Finished("retrying", _ready(result[1], float(result[2])) + _ready(result[3]))
-    return Finished(result[1], _ready(result[2]))
-
-
-def _ready(entries: list[Any], delay: float = 0.0) -> tuple[Ready, ...]:
-    return tuple(
-        Ready(rid, step, int(n), queue, float(timeout) if timeout else None, delay)
-        for rid, step, n, queue, timeout in entries
-    )
-
-
 @functools.cache
 def _lua(name: str) -> str:
     return resources.files("scheduler").joinpath(f"lua/{name}").read_text()
+
+
+def lua_script(client: redis.Redis, name: str) -> Any:
+    """A script of ``scheduler/lua`` after the shared helpers of ``lib.lua``, registered on ``client``:
+    the one loader of every Lua script Conveyor runs."""
+    return client.register_script(_lua("lib.lua") + _lua(name))
 
 
 class RunStore:
@@ -101,12 +93,12 @@ class RunStore:
         self._cancel_step = self.script("cancel_step.lua")
         self._pool_set = self.script("pool_set.lua")
         self._sla = self.script("sla.lua")
-        self._append_log = self.script("append_log.lua", with_lib=False)
+        self._append_log = self.script("append_log.lua")
+        self._delete_run = self.script("delete_run.lua")
 
-    def script(self, name: str, *, with_lib: bool = True) -> Any:
-        """A Lua script of ``scheduler/lua``, after the shared helpers of lib.lua (or only the prefix)."""
-        head = _lua("lib.lua") if with_lib else "local P = ARGV[1]\n"
-        return self.r.register_script(head + _lua(name))
+    def script(self, name: str) -> Any:
+        """A Lua script of ``scheduler/lua`` (see :func:`lua_script`) on this store's connection."""
+        return lua_script(self.r, name)
 
     @classmethod
     def connect(cls, settings: Settings) -> RunStore:
@@ -177,6 +169,18 @@ class RunStore:
             raise NotFoundError(f"DAG '{name}' has no version {version}")
         return json.loads(raw)
 
+    def set_dag_error(self, name: str, message: str | None, *, now: datetime | None = None) -> None:
+        """Record (or, with None, clear) why the scheduler cannot evaluate or plan this DAG now."""
+        if message is None:
+            self.r.hdel(self.keys.dag(name), "error", "error_at")
+        elif self.r.exists(self.keys.dag(name)):
+            self.r.hset(self.keys.dag(name), mapping={"error": message, "error_at": now_iso(now)})
+
+    def dag_error(self, name: str) -> tuple[str, str] | None:
+        """The scheduler's last error for this DAG and when it happened, if it has one now."""
+        error, at = self.r.hmget(self.keys.dag(name), "error", "error_at")
+        return (error, at or "") if error else None
+
     def dag_names(self) -> list[str]:
         return sorted(self.r.smembers(self.keys.dags()))
 
@@ -190,28 +194,22 @@ class RunStore:
     # --- runs -----------------------------------------------------------------------------------
 
     def create_run(self, plan: RunPlan, *, idempotency_key: str | None = None,
-                   now: datetime | None = None) -> tuple[str, tuple[Ready, ...]]:
+                   now: datetime | None = None) -> Created:
         """Write the run and its steps and start it (or make it wait for max_active_runs), atomically.
 
         With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
         key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
         """
-        return self._created(plan, self._create(args=self.create_args(plan, idempotency_key, now)))
+        return decode_created(plan.run_id, self._create(args=self.create_args(plan, idempotency_key, now)))
 
     def create_runs(self, plans: list[tuple[RunPlan, str | None]], *,
-                    now: datetime | None = None) -> list[tuple[str, tuple[Ready, ...]]]:
+                    now: datetime | None = None) -> list[Created]:
         """:meth:`create_run` for many runs in one round trip (each still atomic on its own)."""
         with self.r.pipeline(transaction=False) as pipe:
             for plan, key in plans:
                 self._create(args=self.create_args(plan, key, now), client=pipe)
             results = pipe.execute()
-        return [self._created(plan, result) for (plan, _), result in zip(plans, results, strict=True)]
-
-    @staticmethod
-    def _created(plan: RunPlan, result: list[Any]) -> tuple[str, tuple[Ready, ...]]:
-        if result[0] == "exists":
-            return result[1], ()
-        return plan.run_id, _ready(result[1])
+        return [decode_created(plan.run_id, result) for (plan, _), result in zip(plans, results, strict=True)]
 
     def create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
         roots = [s for s in plan.order if not plan.upstream[s]]
@@ -249,12 +247,10 @@ class RunStore:
         ]
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-                      lease: float = DEFAULT_LEASE, now: datetime | None = None) -> tuple[str, StepPlan | None]:
-        """Claim an attempt and take its lease: ``('ok', plan)``, ``('stale', None)`` or ``('cancelled', None)``."""
-        result = self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid, worker, lease])
-        if result[0] == "ok":
-            return "ok", StepPlan.from_json(json.loads(result[1]))
-        return result[0], None
+                      lease: float = DEFAULT_LEASE, now: datetime | None = None) -> Started:
+        """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once)."""
+        return decode_started(self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid,
+                                                worker, lease]))
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
                        *, retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
@@ -263,7 +259,7 @@ class RunStore:
         for key, value in record.items():
             fields += [key, "" if value is None else value]
         result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
-        return _finished(result)
+        return decode_finished(result)
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
@@ -275,27 +271,26 @@ class RunStore:
             context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
         return context, record["dag"]
 
-    def missed_slas(self, limit: int = 200) -> list[dict[str, Any]]:
+    def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
         ready entry of an on_sla_miss handler it fired."""
-        return [{"run_id": rid, "step": step, "dag": dag, "ready": _ready(ready)}
-                for rid, step, dag, ready in (self._sla(args=[self.prefix, now_iso(), limit]) or [])]
+        return decode_sla_misses(self._sla(args=[self.prefix, now_iso(), limit]))
 
     def skip_step(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished:
         """Skip a queued step whose condition is false (fenced by the attempt number)."""
-        return _finished(self._skip(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
+        return decode_finished(self._skip(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
 
     # --- pools ----------------------------------------------------------------------------------
 
     def set_pool(self, name: str, slots: int | None, *, now: datetime | None = None) -> tuple[Ready, ...]:
         """Define, resize (``slots``) or remove (``None``) a pool; returns attempts that got slots."""
-        return _ready(self._pool_set(args=[self.prefix, name, -1 if slots is None else slots, now_iso(now)]))
+        return decode_ready(self._pool_set(args=[self.prefix, name, -1 if slots is None else slots, now_iso(now)]))
 
     def pools(self) -> list[dict[str, Any]]:
         defined = self.r.hgetall(self.keys.pools())
-        used = self.r.hgetall(f"{self.prefix}:pool_used")
+        used = self.r.hgetall(self.keys.pool_used())
         return [{"name": name, "slots": int(slots), "used": int(used.get(name, 0)),
-                 "waiting": self.r.zcard(f"{self.prefix}:pool:{name}:waiting")}
+                 "waiting": self.r.zcard(self.keys.pool_waiting(name))}
                 for name, slots in sorted(defined.items())]
 
     # --- leases ---------------------------------------------------------------------------------
@@ -312,10 +307,7 @@ class RunStore:
     def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True,
              now: datetime | None = None) -> Finished:
         """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins)."""
-        result = self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts)])
-        if result[0] == "alive":
-            return Finished("alive")
-        return _finished(result)
+        return decode_finished(self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts)]))
 
     def overdue_queued(self, older_than: float, limit: int = 500) -> list[tuple[str, str, int]]:
         """Queued attempts due more than ``older_than`` seconds ago (their RQ job may have vanished)."""
@@ -328,19 +320,15 @@ class RunStore:
         queue, timeout = self.r.hmget(self.keys.step(run_id, step), "queue", "timeout")
         return queue or "default", float(timeout) if timeout else None
 
-    def cancel_run(self, run_id: str, *, now: datetime | None = None) -> tuple[str, int, tuple[Ready, ...]]:
-        """Cancel a run. Returns ``(state, running_steps_told_to_stop, newly_ready_other_runs)``."""
+    def cancel_run(self, run_id: str, *, now: datetime | None = None) -> RunCancel:
+        """Cancel a run: waiting steps at once, running ones told to stop (see :class:`RunCancel`)."""
         self.run_record(run_id)
-        result = self._cancel(args=[self.prefix, run_id, now_iso(now)])
-        if result[0] == "done":
-            return result[1], 0, ()
-        return "cancelling" if int(result[1]) else "cancelled", int(result[1]), _ready(result[2])
+        return decode_run_cancel(self._cancel(args=[self.prefix, run_id, now_iso(now)]))
 
-    def cancel_step(self, run_id: str, step: str, *, now: datetime | None = None) -> tuple[str, tuple[Ready, ...]]:
-        """Cancel one step: ``('cancelled', ready)``, ``('stopping', ())`` or ``('done', ())`` if it had ended."""
+    def cancel_step(self, run_id: str, step: str, *, now: datetime | None = None) -> StepCancel:
+        """Cancel one step (see :class:`StepCancel`)."""
         self.step_plan(run_id, step)
-        result = self._cancel_step(args=[self.prefix, run_id, step, now_iso(now)])
-        return result[0], _ready(result[1]) if result[0] == "cancelled" else ()
+        return decode_step_cancel(self._cancel_step(args=[self.prefix, run_id, step, now_iso(now)]))
 
     def is_cancelled(self, run_id: str, step: str | None = None) -> bool:
         """Was the run (or, given ``step``, that step) asked to stop?"""
@@ -365,7 +353,7 @@ class RunStore:
         result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps)])
         if result[0] == "running":
             raise ConveyorError(f"run {run_id} has not ended; cancel it first (ctl cancel {run_id})")
-        return _ready(result[1])
+        return decode_ready(result[1])
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -402,11 +390,108 @@ class RunStore:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")
         return StepPlan.from_json(json.loads(raw))
 
+    # --- small reads for the engine and the daemons (so that nothing else touches Redis) ---------
+
+    def step_fields(self, run_id: str, step: str, *fields: str) -> list[str | None]:
+        return self.r.hmget(self.keys.step(run_id, step), list(fields))
+
+    def running_attempts(self) -> set[tuple[str, str, int]]:
+        """Every attempt that holds a lease now, as ``(run_id, step, attempt)``."""
+        return {parse_member(m) for m in self.r.zrange(self.keys.running(), 0, -1)}
+
+    def postpone_queued(self, run_id: str, step: str, attempt: int, until: datetime) -> None:
+        """Mark a queued attempt as due at ``until`` (deferred past an outage), so that the reconciler
+        does not take the wait for a vanished job."""
+        self.r.zadd(self.keys.queued(), {member(run_id, step, attempt): until.timestamp()}, xx=True)
+
+    def dag_records(self, names: list[str]) -> list[dict[str, str]]:
+        """The DAG hashes (latest version, paused, cursor) of ``names``, in one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.dag(name))
+            return pipe.execute()
+
+    def run_states(self, run_ids: list[str]) -> dict[str, str | None]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for rid in run_ids:
+                pipe.hget(self.keys.run(rid), "state")
+            return dict(zip(run_ids, pipe.execute(), strict=True))
+
+    def interval_runs(self, dag: str) -> dict[str, str]:
+        """Data interval start (ISO) -> the latest run of that interval (backfill's bookkeeping)."""
+        return self.r.hgetall(self.keys.dag_intervals(dag))
+
+    def run_dag(self, run_id: str) -> str | None:
+        return self.r.hget(self.keys.run(run_id), "dag")
+
+    # --- history ----------------------------------------------------------------------------------
+
+    def run_ids_since(self, since: float, dag: str | None = None) -> list[tuple[str, float]]:
+        """Runs created at or after ``since`` (epoch seconds), oldest first, with their creation time."""
+        key = self.keys.dag_runs(dag) if dag else self.keys.runs()
+        return self.r.zrangebyscore(key, since, "+inf", withscores=True)
+
+    def runs_with_steps(self, run_ids: list[str]) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+        """Each run's record and its ordinary steps, each with ``attempts``; three round trips in all."""
+        keys = self.keys
+        with self.r.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(keys.run(run_id))
+            records = pipe.execute()
+        names = [json.loads(r.get("steps") or "[]") if r else [] for r in records]
+        with self.r.pipeline(transaction=False) as pipe:
+            for run_id, steps in zip(run_ids, names, strict=True):
+                for name in steps:
+                    pipe.hgetall(keys.step(run_id, name))
+            step_records = iter(pipe.execute())
+        per_run = [[next(step_records) for _ in steps] for steps in names]
+        with self.r.pipeline(transaction=False) as pipe:
+            for run_id, steps in zip(run_ids, per_run, strict=True):
+                for step in steps:
+                    for n in range(1, int(step.get("attempt") or 0) + 1):
+                        pipe.hgetall(keys.attempt(run_id, step.get("name", ""), n))
+            attempt_records = iter(pipe.execute())
+        for steps in per_run:
+            for step in steps:
+                step["attempts"] = [next(attempt_records) for _ in range(int(step.get("attempt") or 0))]
+        return list(zip(records, per_run, strict=True))
+
+    def runs_created_before(self, cutoff: float, limit: int) -> list[str]:
+        return self.r.zrangebyscore(self.keys.runs(), "-inf", f"({cutoff}", start=0, num=limit)
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete an ended run and every key of it, handler steps included (``delete_run.lua``, the same
+        code that takes staged runs back). A run that has not ended is left alone: returns False."""
+        logical = self.r.hget(self.keys.run(run_id), "logical_date")
+        fire = datetime.fromisoformat(logical).astimezone(UTC).isoformat() if logical else ""
+        return bool(self._delete_run(args=[self.prefix, run_id, fire]))
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def last_event_id(self) -> str:
+        newest = self.r.xrevrange(self.keys.events(), count=1)
+        return newest[0][0] if newest else "0-0"
+
+    def read_events(self, after: str, *, count: int = 500, block_ms: int | None = None) -> list[tuple[str, dict]]:
+        """Events after the id ``after``, oldest first (blocking up to ``block_ms`` when none)."""
+        answer = self.r.xread({self.keys.events(): after}, count=count, block=block_ms)
+        return [(entry_id, fields) for _, entries in answer or [] for entry_id, fields in entries]
+
+    def gauges(self, queues: tuple[str, ...]) -> tuple[list[int], int, int, list[tuple[str, float]]]:
+        """RQ queue depths, running and queued attempts, and the agenda's earliest entry: one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(f"rq:queue:{queue}")
+            pipe.zcard(self.keys.running())
+            pipe.zcard(self.keys.queued())
+            pipe.zrange(self.keys.agenda(), 0, 0, withscores=True)
+            *depths, running, queued, oldest = pipe.execute()
+        return depths, running, queued, oldest
+
     # --- logs -----------------------------------------------------------------------------------
 
     def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
-        return int(self._append_log(keys=[self.keys.log(run_id, step, attempt)],
-                                    args=[self.prefix, chunk, self.log_cap, LOG_TTL]))
+        return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL]))
 
     def read_log(self, run_id: str, step: str, attempt: int) -> bytes:
         raw = self.r.execute_command("GET", self.keys.log(run_id, step, attempt), NEVER_DECODE=True)

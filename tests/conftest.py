@@ -24,6 +24,9 @@ from scheduler.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "conveyor/busybox:local"
+# Key prefix and container label of every test; engineers running suites side by side on one engine
+# set CONVEYOR_TEST_PREFIX so that one suite's cleanup never removes the other's containers.
+TEST_PREFIX = os.environ.get("CONVEYOR_TEST_PREFIX", "test")
 
 
 def free_port() -> int:
@@ -57,7 +60,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_server: str) -> Settings:
     redis.Redis.from_url(redis_server).flushdb()
-    return Settings(redis_server, prefix="test")
+    return Settings(redis_server, prefix=TEST_PREFIX)
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def _no_leftover_containers(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "docker_client" in request.fixturenames or "workers" in request.fixturenames:
         client = request.getfixturevalue("docker_client")
-        for container in client.containers.list(all=True, filters={"label": "dev.conveyor.prefix=test"}):
+        for container in client.containers.list(all=True, filters={"label": f"dev.conveyor.prefix={TEST_PREFIX}"}):
             container.remove(force=True)
 
 

@@ -31,4 +31,4 @@ def new_run(store: RunStore, spec: DagSpec, params: dict | None = None, **kwargs
     version, _ = store.submit_dag(spec.name, json.dumps(spec.document).encode(), spec.document)
     plan = plan_run(spec, version=version, params=resolve_params(spec, params or {}), now=datetime.now(UTC),
                     **kwargs)
-    return plan, list(store.create_run(plan)[1])
+    return plan, list(store.create_run(plan).ready)

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from runner.containers import ContainerRuntime, Outcome, labels_for
 from scheduler.model import Backoff, StepPlan
+from tests.conftest import TEST_PREFIX
 from tests.kube_emulator import Exec, Script, busybox
 
-PREFIX = "test"
+PREFIX = TEST_PREFIX
 
 
 class Harness(Protocol):

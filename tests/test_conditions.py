@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from scheduler.conditions import ConditionError, evaluate
+from scheduler.engine import Engine
 from scheduler.errors import SpecError
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import spec_from, write_dag
 
@@ -44,7 +45,7 @@ def test_evaluation() -> None:
 def test_conditions_in_a_run(tmp_path, store, dispatcher, workers: Workers) -> None:
     submit_file(store, write_dag(tmp_path, DAG))
     workers.start(2)
-    run_id = create_run(store, dispatcher, "cond", {"env": "prod"})
+    run_id = Engine(store, dispatcher).create_run("cond", {"env": "prod"})
     assert wait_for_run(store, run_id)["state"] == "failed"  # check exits 3
     states = {s["name"]: s["state"] for s in store.step_records(run_id)}
     assert states == {"check": "failed", "refresh": "skipped", "on3": "success", "prod_only": "success",

@@ -12,7 +12,7 @@ import pytest
 
 from runner.containers import DockerRuntime, Outcome, labels_for
 from scheduler.model import Backoff, StepPlan
-from tests.conftest import free_port
+from tests.conftest import TEST_PREFIX, free_port
 
 
 def plan(image: str, argv: list[str], **overrides) -> StepPlan:
@@ -25,7 +25,7 @@ def plan(image: str, argv: list[str], **overrides) -> StepPlan:
 
 def run(runtime: DockerRuntime, step: StepPlan, stop=lambda: None) -> tuple[Outcome, bytes]:
     output = bytearray()
-    outcome = runtime.run(step, labels_for(step, 1, "test"), output.extend, stop)
+    outcome = runtime.run(step, labels_for(step, 1, TEST_PREFIX), output.extend, stop)
     return outcome, bytes(output)
 
 
@@ -108,7 +108,7 @@ def test_labels_name_run_step_and_attempt(runtime: DockerRuntime, image: str,
     step = plan(image, ["sleep", "2"])
     run(runtime, step, stop=lambda: look())
     assert seen["dev.conveyor.step"] == "s" and seen["dev.conveyor.attempt"] == "1"
-    assert seen["dev.conveyor.dag"] == "d" and seen["dev.conveyor.prefix"] == "test"
+    assert seen["dev.conveyor.dag"] == "d" and seen["dev.conveyor.prefix"] == TEST_PREFIX
 
 
 @pytest.fixture

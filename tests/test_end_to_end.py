@@ -7,9 +7,10 @@ import json
 from datetime import datetime
 
 from scheduler.dispatch import Dispatcher
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from scheduler.store import RunStore
-from tests.conftest import Workers, wait_for_run
+from tests.conftest import TEST_PREFIX, Workers, wait_for_run
 from tests.helpers import write_dag
 
 
@@ -30,8 +31,10 @@ def test_diamond_in_containers(tmp_path, store: RunStore, dispatcher: Dispatcher
     """)
     submit_file(store, path)
     workers.start(2)
-    run_id = create_run(store, dispatcher, "diamond", {"date": "2026-11-20"})
-    assert wait_for_run(store, run_id)["state"] == "success"
+    run_id = Engine(store, dispatcher).create_run("diamond", {"date": "2026-11-20"})
+    assert wait_for_run(store, run_id)["state"] == "success", {
+        n: [(a.get("state"), a.get("reason"), a.get("error")) for a in s["attempts"]]
+        for n, s in status(store, run_id).items()}
     steps = status(store, run_id)
     assert {n: s["state"] for n, s in steps.items()} == dict.fromkeys("abcd", "success")
     start = {n: datetime.fromisoformat(s["attempts"][0]["started_at"]) for n, s in steps.items()}
@@ -63,7 +66,7 @@ def test_retries_with_backoff_record_every_attempt(tmp_path, store, dispatcher, 
     """)
     submit_file(store, path)
     workers.start(1)
-    run_id = create_run(store, dispatcher, "flaky", {})
+    run_id = Engine(store, dispatcher).create_run("flaky", {})
     assert wait_for_run(store, run_id, timeout=60)["state"] == "failed"
     steps = status(store, run_id)
     attempts = steps["always_fails"]["attempts"]
@@ -87,7 +90,7 @@ def test_timeout_and_params_reach_argv_verbatim(tmp_path, store, dispatcher, wor
     submit_file(store, path)
     workers.start(2)
     hostile = "$(touch /pwned); `id` {{ run_id }} !!python/object 'x' \"y\""
-    run_id = create_run(store, dispatcher, "params", {"text": hostile})
+    run_id = Engine(store, dispatcher).create_run("params", {"text": hostile})
     assert wait_for_run(store, run_id)["state"] == "failed"
     assert store.read_log(run_id, "echo", 1) == hostile.encode() + b"\n"
     slow = status(store, run_id)["slow"]
@@ -107,11 +110,11 @@ def test_duplicate_deliveries_never_run_an_attempt_twice(tmp_path, store, dispat
 
     spec, record = load_version(store, "fan")
     plan = plan_run(spec, version=record["version"], params=resolve_params(spec, {}), now=datetime.now().astimezone())
-    _, ready = store.create_run(plan)
+    ready = store.create_run(plan).ready
     queue = Queue("high", connection=dispatcher.queues["high"].connection)
     for copy in range(3):
         for item in ready:
-            queue.enqueue_call("runner.job.run_attempt", args=(item.run_id, item.step, item.attempt, "test"),
+            queue.enqueue_call("runner.job.run_attempt", args=(item.run_id, item.step, item.attempt, TEST_PREFIX),
                                job_id=f"{item.run_id}-{item.step}-{item.attempt}-copy{copy}", result_ttl=0)
     workers.start(3)
     assert wait_for_run(store, plan.run_id)["state"] == "success"
@@ -130,13 +133,14 @@ def test_cancel_stops_running_containers(tmp_path, store, dispatcher, workers, d
     """)
     submit_file(store, path)
     workers.start(1)
-    run_id = create_run(store, dispatcher, "long", {})
+    run_id = Engine(store, dispatcher).create_run("long", {})
     import time
 
     deadline = time.monotonic() + 30
     while status(store, run_id)["sleepy"]["state"] != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
-    state, running, _ = store.cancel_run(run_id)
+    cancelled = store.cancel_run(run_id)
+    state, running = cancelled.state, cancelled.running
     assert (state, running) == ("cancelling", 1)
     assert wait_for_run(store, run_id, timeout=15)["state"] == "cancelled"
     steps = status(store, run_id)
@@ -151,7 +155,7 @@ def test_status_json_shape(tmp_path, store, dispatcher, workers) -> None:
     path = write_dag(tmp_path, "name: shape\nsteps:\n  only: {image: conveyor/busybox:local, command: ['true']}\n")
     submitted = submit_file(store, path)
     workers.start(1)
-    run_id = create_run(store, dispatcher, "shape", {})
+    run_id = Engine(store, dispatcher).create_run("shape", {})
     wait_for_run(store, run_id)
     data = json.loads(json.dumps(status_object(store, run_id)))
     assert set(data) >= {"run_id", "dag", "dag_version", "dag_sha256", "git_commit", "state", "params", "created_at",

@@ -26,7 +26,7 @@ from scheduler.errors import ConfigError, ConveyorError
 from scheduler.plan import plan_run
 from scheduler.settings import Settings, check_redis_url
 from scheduler.templates import TemplateError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_PREFIX
 from tests.helpers import spec_from, write_dag
 from tests.test_cli import _processes_mentioning, ctl
 
@@ -236,7 +236,7 @@ def test_ctl_run_fails_when_every_worker_has_died(tmp_path: Path, image: str,
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(TMPDIR=str(scratch), CONVEYOR_PREFIX="test")
+    env.update(TMPDIR=str(scratch), CONVEYOR_PREFIX=TEST_PREFIX)
     process = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "run", str(path), "-o", "json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import new_run, spec_from, write_dag
 
@@ -25,8 +26,8 @@ def handler_states(store, run_id: str) -> dict[str, str]:
 def test_handlers_fire_by_how_the_run_ended(tmp_path, store, dispatcher, workers: Workers) -> None:
     submit_file(store, write_dag(tmp_path, DAG))
     workers.start(2)
-    ok = create_run(store, dispatcher, "handled", {})
-    bad = create_run(store, dispatcher, "handled", {"fail": "true"})
+    ok = Engine(store, dispatcher).create_run("handled", {})
+    bad = Engine(store, dispatcher).create_run("handled", {"fail": "true"})
     assert wait_for_run(store, ok)["state"] == "success"
     assert wait_for_run(store, bad)["state"] == "failed"
     assert handler_states(store, ok) == {"_on_failure": "skipped", "_on_success": "success", "_on_exit": "success"}
@@ -38,11 +39,11 @@ def test_handlers_fire_by_how_the_run_ended(tmp_path, store, dispatcher, workers
 def test_a_failing_handler_does_not_change_the_run_and_exit_runs_on_cancel(store) -> None:
     plan, _ = new_run(store, spec_from(DAG))
     rid = plan.run_id
-    assert store.start_attempt(rid, "work", 1, host="h", pid=1, worker="w")[0] == "ok"
+    assert store.start_attempt(rid, "work", 1, host="h", pid=1, worker="w").status == "ok"
     store.cancel_run(rid)
     ready = store.finish_attempt(rid, "work", 1, "cancelled", {}).ready
     assert [r.step for r in ready] == ["_on_exit"]
     assert store.run_record(rid)["state"] == "running"  # until its handler ends
-    assert store.start_attempt(rid, "_on_exit", 1, host="h", pid=1, worker="w")[0] == "ok"
+    assert store.start_attempt(rid, "_on_exit", 1, host="h", pid=1, worker="w").status == "ok"
     store.finish_attempt(rid, "_on_exit", 1, "failed", {})
     assert store.run_record(rid)["state"] == "cancelled"

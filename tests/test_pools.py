@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import new_run, spec_from, write_dag
 from tests.test_cli import ctl
@@ -20,13 +21,13 @@ def test_pool_slots_in_the_store(store) -> None:
         steps: {a: {}, b: {}, c: {priority: high}}
     """))
     rid = plan.run_id
-    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w")[0] == "ok"
-    assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w")[0] == "pooled"
-    assert store.start_attempt(rid, "c", 1, host="h", pid=1, worker="w")[0] == "pooled"
+    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w").status == "ok"
+    assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w").status == "pooled"
+    assert store.start_attempt(rid, "c", 1, host="h", pid=1, worker="w").status == "pooled"
     assert store.pools() == [{"name": "db", "slots": 1, "used": 1, "waiting": 2}]
     handed = store.finish_attempt(rid, "a", 1, "success", {}).ready
     assert [r.step for r in handed] == ["c"]  # the high-priority one first
-    assert store.start_attempt(rid, "c", 1, host="h", pid=1, worker="w")[0] == "ok"  # holds its slot already
+    assert store.start_attempt(rid, "c", 1, host="h", pid=1, worker="w").status == "ok"  # holds its slot already
     assert [r.step for r in store.set_pool("db", 2)] == ["b"]
     assert store.pools()[0]["used"] == 2
     store.cancel_run(rid)
@@ -41,7 +42,7 @@ def test_slots_never_exceeded_under_four_workers(tmp_path, settings, store, disp
     submit_file(store, write_dag(tmp_path, "name: fan\nsteps:\n" + "".join(
         f"  s{i}: {{image: conveyor/busybox:local, command: [sleep, '1'], pool: db}}\n" for i in range(8))))
     workers.start(4)
-    run_id = create_run(store, dispatcher, "fan", {})
+    run_id = Engine(store, dispatcher).create_run("fan", {})
     assert wait_for_run(store, run_id, timeout=90)["state"] == "success"
     first = [s["attempts"][0] for s in store.step_records(run_id)]
     spans = [(datetime.fromisoformat(a["started_at"]), datetime.fromisoformat(a["ended_at"])) for a in first]
@@ -64,7 +65,7 @@ def test_a_cap_per_queue(store) -> None:
         steps: {a: {}, b: {}, urgent: {priority: high}}
     """))
     rid = plan.run_id
-    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w")[0] == "ok"
-    assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w")[0] == "pooled"
-    assert store.start_attempt(rid, "urgent", 1, host="h", pid=1, worker="w")[0] == "ok"  # other queue
+    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w").status == "ok"
+    assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w").status == "pooled"
+    assert store.start_attempt(rid, "urgent", 1, host="h", pid=1, worker="w").status == "ok"  # other queue
     assert [r.step for r in store.finish_attempt(rid, "a", 1, "success", {}).ready] == ["b"]

@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from scheduler.dispatch import Dispatcher
+from scheduler.engine import Engine
 from scheduler.reaper import Reaper
-from scheduler.service import create_run, load_version, submit_file
+from scheduler.service import load_version, submit_file
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 from tests.conftest import Workers, free_port, wait_for_run
@@ -67,7 +68,7 @@ def test_kill_9_a_worker_mid_step(tmp_path: Path, settings: Settings, store: Run
     os.environ.update(env_lease)
     try:
         [victim] = pool.start(1)
-        run_id = create_run(store, dispatcher, "slow", {})
+        run_id = Engine(store, dispatcher).create_run("slow", {})
         wait_running(store, run_id, "nap")
         time.sleep(0.5)
         victim.send_signal(signal.SIGKILL)
@@ -95,7 +96,7 @@ def test_sigterm_lets_the_step_finish(tmp_path: Path, settings: Settings, store:
                                       dispatcher: Dispatcher, workers: Workers) -> None:
     submit_file(store, write_dag(tmp_path, SLOW.replace("SECONDS", "2")))
     [worker] = workers.start(1)
-    run_id = create_run(store, dispatcher, "slow", {})
+    run_id = Engine(store, dispatcher).create_run("slow", {})
     wait_running(store, run_id, "nap")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
@@ -111,7 +112,7 @@ def test_sigterm_past_the_grace_hands_the_step_back(tmp_path: Path, settings: Se
     os.environ["CONVEYOR_SHUTDOWN_GRACE"] = "1"
     try:
         [first] = pool.start(1)
-        run_id = create_run(store, dispatcher, "slow", {})
+        run_id = Engine(store, dispatcher).create_run("slow", {})
         wait_running(store, run_id, "nap")
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0
@@ -137,8 +138,8 @@ def test_a_vanished_job_is_enqueued_again(tmp_path: Path, store: RunStore, dispa
     workers.start(1)
     time.sleep(1.5)
     assert store.run_record(plan.run_id)["state"] == "queued"
-    assert Reaper(store, dispatcher, queued_grace=1).vanished_jobs() == 1
-    assert Reaper(store, dispatcher, queued_grace=1).vanished_jobs() == 0  # enqueued once, not twice
+    assert Reaper(Engine(store, dispatcher), queued_grace=1).vanished_jobs() == 1
+    assert Reaper(Engine(store, dispatcher), queued_grace=1).vanished_jobs() == 0  # enqueued once, not twice
     assert wait_for_run(store, plan.run_id)["state"] == "success"
 
 
@@ -212,7 +213,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, aof_redis, image:
     pool = Workers(settings, tmp_path)
     try:
         pool.start(1)
-        run_id = create_run(store, dispatcher, "slow", {})
+        run_id = Engine(store, dispatcher).create_run("slow", {})
         wait_running(store, run_id, "nap")
         restart()
         record = wait_for_run(store, run_id, timeout=90)
@@ -241,7 +242,7 @@ def test_a_delayed_retry_survives_the_worker_that_scheduled_it(tmp_path: Path, s
     pool = Workers(settings, tmp_path)
     try:
         [first] = pool.start(1)
-        run_id = create_run(store, dispatcher, "flaky", {})
+        run_id = Engine(store, dispatcher).create_run("flaky", {})
         deadline = time.monotonic() + 30
         while store.step_records(run_id)[0]["state"] != "retrying":
             assert time.monotonic() < deadline

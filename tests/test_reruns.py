@@ -9,7 +9,8 @@ from pathlib import Path
 
 import docker
 
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import write_dag
 from tests.test_cli import ctl
@@ -39,7 +40,7 @@ def test_rerun_failed_with_latest_then_a_step_and_its_rule(tmp_path: Path, setti
     path = write_dag(tmp_path, dag())
     submit_file(store, path)
     workers.start(2)
-    run_id = create_run(store, dispatcher, "chain", {})
+    run_id = Engine(store, dispatcher).create_run("chain", {})
     assert wait_for_run(store, run_id)["state"] == "failed"
     assert {n: s["state"] for n, s in steps(store, run_id).items()} == {
         "stage": "success", "a": "success", "b": "failed", "c": "upstream_failed"}
@@ -81,7 +82,7 @@ def test_a_rerun_runs_the_image_it_ran_before(tmp_path: Path, settings, store, d
     try:
         submit_file(store, write_dag(tmp_path, dag(b_command="cat /version || echo v1; exit 1", image=tag)))
         workers.start(1)
-        run_id = create_run(store, dispatcher, "chain", {})
+        run_id = Engine(store, dispatcher).create_run("chain", {})
         wait_for_run(store, run_id)
         docker_client.images.build(path=str(build), tag=tag)  # the tag moves on
         assert ctl("rerun", run_id, "--wait", env=env).returncode == 1  # b still fails (same image)
@@ -105,7 +106,7 @@ def test_cancel_one_running_step(tmp_path: Path, settings, store, dispatcher, wo
           after: {image: conveyor/busybox:local, command: ["true"], depends_on: [slow]}
     """))
     workers.start(2)
-    run_id = create_run(store, dispatcher, "two", {})
+    run_id = Engine(store, dispatcher).create_run("two", {})
     deadline = time.monotonic() + 30
     while steps(store, run_id)["slow"]["state"] != "running":
         assert time.monotonic() < deadline

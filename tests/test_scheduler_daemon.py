@@ -15,6 +15,7 @@ import pytest
 
 from scheduler.agenda import Agenda
 from scheduler.daemon import Scheduler
+from scheduler.engine import Engine
 from scheduler.service import submit_file
 from scheduler.store import RunStore
 from tests.helpers import write_dag
@@ -40,7 +41,7 @@ def lookahead(request) -> float:
 
 def daemon_with(tmp_path, store, dispatcher, text: str, lookahead: float = 0.0) -> Scheduler:
     submit_file(store, write_dag(tmp_path, text), now=T0)
-    return Scheduler(store, dispatcher, lookahead=lookahead)
+    return Scheduler(Engine(store, dispatcher), lookahead=lookahead)
 
 
 def test_each_fire_once_with_its_interval(tmp_path, store, dispatcher, lookahead) -> None:
@@ -72,12 +73,12 @@ def test_without_catchup_only_the_latest_missed_run(tmp_path, store, dispatcher,
 
 def test_two_schedulers_and_a_restart_never_duplicate(tmp_path, store, dispatcher, lookahead) -> None:
     first = daemon_with(tmp_path, store, dispatcher, EVERY_5.replace("CATCHUP", "true").replace("3", "100"), lookahead)
-    second = Scheduler(store, dispatcher, lookahead=lookahead)
+    second = Scheduler(Engine(store, dispatcher), lookahead=lookahead)
     moments = [T0 + timedelta(seconds=s) for s in range(0, 3601, 50)]  # some within 15 s of a fire
     for now in moments:
         first.tick(now)
         second.tick(now - timedelta(seconds=1))
-        Scheduler(store, dispatcher, lookahead=lookahead).tick(now)  # a freshly restarted one, with no memory
+        Scheduler(Engine(store, dispatcher), lookahead=lookahead).tick(now)  # a freshly restarted one, with no memory
     dates = [r["logical_date"] for r in runs_of(store, "every5")]
     assert len(dates) == len(set(dates)) == 12
 
@@ -152,3 +153,51 @@ def test_two_ctl_schedulers_over_a_simulated_week(tmp_path, settings, store) -> 
     created = store.r.hgetall(store.keys.dag_fires("every5"))
     assert sorted(created) == expected
     assert len(store.run_ids("every5", 100_000)) == len(expected)
+
+
+HEALTHY = """
+name: healthy
+schedule: {cron: "* * * * * *"}
+steps:
+  s: {image: conveyor/busybox:local, command: [echo, "{{ ts }}"]}
+"""
+# Passes the validation of today's stored versions but cannot be planned: the handler's env names a
+# param that does not exist. (Validation now refuses it; the source is written to Redis directly, as an
+# older Conveyor or a hand edit could have left it.)
+BROKEN = """
+name: broken
+schedule: {cron: "* * * * * *"}
+steps:
+  s: {image: conveyor/busybox:local, command: [echo, x]}
+on_failure: {image: conveyor/busybox:local, command: [echo, x], env: {X: "{{ params.nope }}"}}
+"""
+
+
+def test_a_dag_that_cannot_be_planned_never_stops_the_scheduler(tmp_path, settings, store) -> None:
+    """A real ``ctl scheduler``: the broken DAG is logged and recorded as its error, and the healthy
+    DAG keeps firing every second meanwhile."""
+    import yaml
+
+    submit_file(store, write_dag(tmp_path, HEALTHY))
+    store.submit_dag("broken", BROKEN.encode(), yaml.safe_load(BROKEN), path="broken.yaml")
+    Agenda(store).schedule_now("broken")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "CONVEYOR_PREFIX": settings.prefix}
+    daemon = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "scheduler", "--lookahead", "0",
+                               "--metrics-port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(store.run_ids("healthy", 100)) < 4:
+            assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+            time.sleep(0.2)
+        assert len(store.run_ids("healthy", 100)) >= 4
+        assert daemon.poll() is None  # still running
+        assert store.run_ids("broken") == []
+        error = store.dag_error("broken")
+        assert error is not None and "nope" in error[0]
+        shown = subprocess.run([sys.executable, "-m", "scheduler.cli.main", "runs", "broken"], env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "nope" in shown.stderr and "Traceback" not in shown.stderr
+    finally:
+        daemon.terminate()
+        _, stderr = daemon.communicate(timeout=30)
+    assert "broken" in stderr and "nope" in stderr and "Traceback" not in stderr

@@ -8,8 +8,9 @@ from pathlib import Path
 import docker
 import pytest
 
+from scheduler.engine import Engine
 from scheduler.errors import ParamError
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import write_dag
 
@@ -34,7 +35,7 @@ def test_secrets_reach_the_container_but_never_the_store(tmp_path: Path, setting
     os.environ["CONVEYOR_TEST_TOKEN"] = SECRET
     try:
         pool.start(1)
-        run_id = create_run(store, dispatcher, "secrets", {})
+        run_id = Engine(store, dispatcher).create_run("secrets", {})
         assert wait_for_run(store, run_id)["state"] == "success"
     finally:
         os.environ.pop("CONVEYOR_TEST_TOKEN")
@@ -52,7 +53,7 @@ def test_a_missing_secret_fails_the_attempt_clearly(tmp_path: Path, store, dispa
           use: {image: conveyor/busybox:local, command: ["true"], secrets: {TOKEN: {env: CONVEYOR_NOT_SET_ANYWHERE}}}
     """))
     workers.start(1)
-    run_id = create_run(store, dispatcher, "nosecret", {})
+    run_id = Engine(store, dispatcher).create_run("nosecret", {})
     assert wait_for_run(store, run_id)["state"] == "failed"
     attempt = store.step_records(run_id)[0]["attempts"][0]
     assert attempt["reason"] == "secret_missing" and "CONVEYOR_NOT_SET_ANYWHERE" in attempt["error"]
@@ -75,7 +76,7 @@ def test_mounts_only_where_the_worker_allows(tmp_path: Path, settings, store, di
     pool = Workers(settings, tmp_path)
     try:
         pool.start(1, "--allow-mount", str(allowed))
-        run_id = create_run(store, dispatcher, "mounts", {})
+        run_id = Engine(store, dispatcher).create_run("mounts", {})
         wait_for_run(store, run_id)
     finally:
         pool.stop()
@@ -98,7 +99,7 @@ def test_containers_run_unprivileged_with_the_worker_default_limits(tmp_path: Pa
     seen = {}
     try:
         pool.start(1, "--default-memory", "64m", "--default-cpus", "0.5")
-        run_id = create_run(store, dispatcher, "limits", {})
+        run_id = Engine(store, dispatcher).create_run("limits", {})
         import time
 
         deadline = time.monotonic() + 30
@@ -121,5 +122,5 @@ def test_params_are_bounded(tmp_path: Path, store, dispatcher) -> None:
           s: {image: conveyor/busybox:local, command: [echo, "{{ params.blob }}"]}
     """))
     with pytest.raises(ParamError, match="the limit is 65,536"):
-        create_run(store, dispatcher, "big", {"blob": "x" * 70_000})
+        Engine(store, dispatcher).create_run("big", {"blob": "x" * 70_000})
     assert store.run_ids("big") == []

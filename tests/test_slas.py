@@ -6,8 +6,9 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+from scheduler.engine import Engine
 from scheduler.reaper import Reaper
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from scheduler.stats import load, report
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import new_run, spec_from, write_dag
@@ -27,9 +28,9 @@ def test_a_missed_sla_is_recorded_once_and_fires_its_handler(tmp_path, settings,
                                                               workers: Workers) -> None:
     submit_file(store, write_dag(tmp_path, DAG))
     workers.start(2)
-    run_id = create_run(store, dispatcher, "slas", {})
+    run_id = Engine(store, dispatcher).create_run("slas", {})
     time.sleep(1.5)
-    reaper = Reaper(store, dispatcher)
+    reaper = Reaper(Engine(store, dispatcher))
     assert reaper.sla_misses() == 1
     assert reaper.sla_misses() == 0  # judged once
     assert wait_for_run(store, run_id)["state"] == "success"

@@ -17,6 +17,7 @@ from scheduler.agenda import Agenda
 from scheduler.cli.views import run_object
 from scheduler.daemon import Scheduler
 from scheduler.dispatch import Dispatcher
+from scheduler.engine import Engine
 from scheduler.plan import plan_run
 from scheduler.service import load_version, submit_file
 from scheduler.staging import Staging
@@ -40,7 +41,7 @@ def at(seconds_before_due: float) -> datetime:
 
 def setup(tmp_path, store, dispatcher, text: str = DAG) -> Scheduler:
     submit_file(store, write_dag(tmp_path, text), now=T0)
-    daemon = Scheduler(store, dispatcher, lookahead=15)
+    daemon = Scheduler(Engine(store, dispatcher), lookahead=15)
     daemon.tick(T0)
     return daemon
 
@@ -78,7 +79,7 @@ def test_a_run_is_staged_ahead_and_reaches_the_queue_at_its_due_time(tmp_path, s
 def test_a_fresh_leader_releases_what_a_dead_one_staged(tmp_path, store, dispatcher) -> None:
     setup(tmp_path, store, dispatcher).tick(at(10))
     [run_id] = store.run_ids("five")
-    successor = Scheduler(store, dispatcher, lookahead=15)  # no memory of the first one
+    successor = Scheduler(Engine(store, dispatcher), lookahead=15)  # no memory of the first one
     successor.tick(at(5))  # looks at the DAG again: the fire is staged already, nothing new
     assert store.run_ids("five") == [run_id]
     successor.tick(DUE)
@@ -106,7 +107,7 @@ def test_a_staged_run_cancelled_by_its_user_stays_cancelled(tmp_path, store, dis
     daemon = setup(tmp_path, store, dispatcher)
     daemon.tick(at(10))
     [run_id] = store.run_ids("five")
-    assert store.cancel_run(run_id)[0] == "cancelled"
+    assert store.cancel_run(run_id).state == "cancelled"
     Agenda(store).set_paused("five", True)  # takes back staged runs, but not one the user cancelled
     assert store.run_ids("five") == [run_id] and store.run_record(run_id)["state"] == "cancelled"
     assert not Job.exists(f"{run_id}-first-1", connection=dispatcher.connection)

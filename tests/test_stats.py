@@ -167,3 +167,35 @@ def test_prune_deletes_whole_ended_runs_and_keeps_active_and_recent_ones(store: 
     assert store.run_record(recent)["state"] == "success"
     assert json.loads(store.run_record(recent)["steps"]) == ["a", "b"]
     assert stats.prune(store, cutoff.timestamp()) == 0
+
+
+HANDLED = """
+name: handled
+defaults: {image: img}
+steps:
+  work: {command: [w]}
+on_failure: {command: [f]}
+on_exit: {command: [x]}
+"""
+
+
+def test_prune_leaves_no_key_of_a_run_with_handlers(store: RunStore) -> None:
+    """Handler steps (``_on_failure``, ``_on_exit``), their attempts and logs go with the run."""
+    plan, _ = new_run(store, spec_from(HANDLED))
+    rid = plan.run_id
+    assert store.start_attempt(rid, "work", 1, host="h", pid=1, worker="w").status == "ok"
+    store.append_log(rid, "work", 1, b"work output")
+    store.finish_attempt(rid, "work", 1, "failed", {"exit_code": 1})
+    for handler in ("_on_failure", "_on_exit"):
+        assert store.start_attempt(rid, handler, 1, host="h", pid=1, worker="w").status == "ok"
+        store.append_log(rid, handler, 1, b"handler output")
+        store.finish_attempt(rid, handler, 1, "success", {"exit_code": 0})
+    assert store.run_record(rid)["state"] == "failed"
+    assert store.r.exists(store.keys.log(rid, "_on_exit", 1))
+    assert store.r.exists(store.keys.attempt(rid, "_on_failure", 1))
+    assert stats.prune(store, datetime.now(UTC) + timedelta(days=1)) == 1
+    left = [k for k in store.r.scan_iter(f"{store.prefix}:*") if rid in k]
+    indexed = [k for k in store.r.scan_iter(f"{store.prefix}:*")
+               if store.r.type(k) == "zset" and any(rid in m for m in store.r.zrange(k, 0, -1))]
+    assert left == [] and indexed == []
+    assert store.r.xlen(store.keys.events()) > 0  # the event history is capped, not pruned per run

@@ -25,7 +25,7 @@ steps:
 
 
 def start(store: RunStore, run_id: str, step: str, attempt: int = 1) -> str:
-    return store.start_attempt(run_id, step, attempt, host="h", pid=1, worker="w")[0]
+    return store.start_attempt(run_id, step, attempt, host="h", pid=1, worker="w").status
 
 
 def finish(store: RunStore, run_id: str, step: str, outcome: str, attempt: int = 1):
@@ -109,13 +109,14 @@ def test_cancel_settles_waiting_steps_and_stops_running_ones(store: RunStore) ->
     plan, _ = new_run(store, spec_from(DIAMOND))
     rid = plan.run_id
     start(store, rid, "a")
-    state, running, _ = store.cancel_run(rid)
+    cancelled = store.cancel_run(rid)
+    state, running = cancelled.state, cancelled.running
     assert (state, running) == ("cancelling", 1)
     assert states(store, rid) == {"a": "running", "b": "cancelled", "c": "cancelled", "d": "cancelled"}
     assert store.is_cancelled(rid)
     assert store.finish_attempt(rid, "a", 1, "cancelled", {}).state == "cancelled"
     assert store.run_record(rid)["state"] == "cancelled"
-    assert store.cancel_run(rid)[0] == "cancelled"
+    assert store.cancel_run(rid).state == "cancelled"
 
 
 def test_max_active_runs_makes_runs_wait_and_hands_over_the_slot(store: RunStore) -> None:
@@ -198,8 +199,9 @@ def test_an_idempotency_key_creates_one_run_only(store: RunStore) -> None:
     store.submit_dag(spec.name, b"x", spec.document)
     first = plan_run(spec, version=1, params={}, now=datetime.now(UTC))
     second = plan_run(spec, version=1, params={}, now=datetime.now(UTC))
-    assert store.create_run(first, idempotency_key="2026-11-20T17:00:00-05:00")[0] == first.run_id
-    assert store.create_run(second, idempotency_key="2026-11-20T17:00:00-05:00") == (first.run_id, ())
+    assert store.create_run(first, idempotency_key="2026-11-20T17:00:00-05:00").run_id == first.run_id
+    again = store.create_run(second, idempotency_key="2026-11-20T17:00:00-05:00")
+    assert (again.run_id, again.created, again.ready) == (first.run_id, False, ())
     assert store.run_ids("diamond") == [first.run_id]
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scheduler.service import create_run, submit_file
+from scheduler.engine import Engine
+from scheduler.service import submit_file
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import write_dag
 
@@ -28,7 +29,7 @@ steps:
 def test_every_rule_in_containers(tmp_path, store, dispatcher, workers: Workers) -> None:
     submit_file(store, write_dag(tmp_path, DAG))
     workers.start(2)
-    run_id = create_run(store, dispatcher, "rules", {})
+    run_id = Engine(store, dispatcher).create_run("rules", {})
     assert wait_for_run(store, run_id, timeout=90)["state"] == "failed"
     states = {s["name"]: s["state"] for s in store.step_records(run_id)}
     assert states == {

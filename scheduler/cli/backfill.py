@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime
-from enum import StrEnum
-from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scheduler.agenda import Agenda
-from scheduler.backfill import plan_batches, plan_schedule_aligned
-from scheduler.calendars import zone
 from scheduler.cli import common, views
-from scheduler.errors import ConveyorError
-from scheduler.model import Priority, Trigger
-from scheduler.schedules import Batch, ScheduleError
-from scheduler.service import create_run_of, load_version, store_calendars
-from scheduler.spec import build_schedule
+from scheduler.model import Priority, Trigger, run_ended
+from scheduler.service import Reprocess, plan_backfill
+from scheduler.store import RunStore
 
 POLL_SECONDS = 0.5
-TERMINAL = {"success", "failed", "cancelled"}
-
-
-class Reprocess(StrEnum):
-    none = "none"  # only intervals with no run yet
-    failed = "failed"  # also intervals whose latest run failed or was cancelled
-    all = "all"  # every interval
 
 
 def backfill(
@@ -52,46 +38,22 @@ def backfill(
     """Create one run per data interval of [start, end), skipping intervals already done."""
     params = common.parse_params(param)
     current = common.settings()
-    store = common.store(current)
-    calendars = store_calendars(store)
-    spec, record = load_version(store, dag, calendars=calendars)
-    schedule = build_schedule(spec.document, calendars, Agenda(store).global_outages())
-    tz = schedule.tz if schedule else zone("UTC")
-    first, last = _when(start, "--start"), _when(end, "--end")
-    try:
-        if schedule_aligned:
-            if schedule is None:
-                raise ConveyorError(f"DAG '{dag}' has no schedule; --schedule-aligned needs one")
-            fires = plan_schedule_aligned(schedule, first, last, backwards=backwards)
-            intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
-        else:
-            chosen = batch or spec.document.get("batch") or "1d"
-            Batch.parse(chosen)
-            intervals = [(s, e, e) for s, e in plan_batches(first, last, chosen, tz, backwards=backwards)]
-    except ScheduleError as exc:
-        raise ConveyorError(str(exc)) from None
-    if not intervals:
-        raise ConveyorError(f"no interval in [{start}, {end})")
-    known = store.r.hgetall(store.keys.dag_intervals(dag))
-    plan = []
-    for s, e, logical in intervals:
-        existing = known.get(s.isoformat())
-        state = store.r.hget(store.keys.run(existing), "state") if existing else None
-        create = (state is None or reprocess == Reprocess.all
-                  or (reprocess == Reprocess.failed and state in {"failed", "cancelled"}))
-        plan.append({"start": s.isoformat(), "end": e.isoformat(), "action": "create" if create else "skip",
-                     "existing_run": existing, "existing_state": state, "_logical": logical, "_interval": (s, e)})
+    engine = common.engine(current)
+    store = engine.store
+    spec, record, plan = plan_backfill(store, dag, _when(start, "--start"), _when(end, "--end"), batch=batch,
+                                       schedule_aligned=schedule_aligned, reprocess=reprocess, backwards=backwards)
     if dry_run:
-        shown = [{k: v for k, v in p.items() if not k.startswith("_")} for p in plan]
         if output == common.Output.json:
-            views.print_json([{"start": p["start"], "end": p["end"], "action": p["action"]} for p in shown])
+            views.print_json([{k: v for k, v in p.to_json().items() if k in ("start", "end", "action")}
+                              for p in plan])
         else:
-            for p in shown:
-                note = f" (run {p['existing_run']}: {p['existing_state']})" if p["existing_run"] else ""
-                views.out.print(f"{p['action']:6} [{p['start']}, {p['end']}){note}")
+            for p in plan:
+                shown = p.to_json()
+                note = f" (run {p.existing_run}: {p.existing_state})" if p.existing_run else ""
+                views.out.print(f"{shown['action']:6} [{shown['start']}, {shown['end']}){note}")
         return
-    dispatcher = common.dispatcher(current)
-    todo = [p for p in plan if p["action"] == "create"]
+    todo = [p for p in plan if p.create]
+    run_of: dict[int, str] = {}
     created: list[str] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=views.err, transient=False, disable=not views.err.is_terminal) as progress:
@@ -101,10 +63,9 @@ def backfill(
             active = _active(store, created)
             while pending and (max_active_runs is None or len(active) < max_active_runs or no_wait):
                 item = pending.pop(0)
-                s, e = item["_interval"]
-                run_id = create_run_of(store, dispatcher, spec, record, params, trigger=Trigger.BACKFILL,
-                                       priority=priority, logical_date=item["_logical"], interval=(s, e))
-                item["run_id"] = run_id
+                run_id = engine.create_run_of(spec, record, params, trigger=Trigger.BACKFILL, priority=priority,
+                                              logical_date=item.logical_date, interval=(item.start, item.end))
+                run_of[id(item)] = run_id
                 created.append(run_id)
                 active.append(run_id)
             if no_wait:
@@ -113,12 +74,12 @@ def backfill(
             done = len(created) - len(_active(store, created))
             progress.update(task, completed=done)
             time.sleep(POLL_SECONDS)
-    states = {rid: store.r.hget(store.keys.run(rid), "state") for rid in created}
+    states = store.run_states(created) if created else {}
     result = {
         "dag": dag, "created": len(created), "skipped": len(plan) - len(todo),
-        "runs": [{"start": p["start"], "end": p["end"], "run_id": p.get("run_id"),
-                  "state": states.get(p.get("run_id")) if p.get("run_id") else p["existing_state"],
-                  "action": p["action"]} for p in plan],
+        "runs": [{"start": p.start.isoformat(), "end": p.end.isoformat(), "run_id": run_of.get(id(p)),
+                  "state": states.get(run_of[id(p)]) if id(p) in run_of else p.existing_state,
+                  "action": "create" if p.create else "skip"} for p in plan],
     }
     if output == common.Output.json:
         views.print_json(result)
@@ -130,14 +91,10 @@ def backfill(
         raise typer.Exit(1)
 
 
-def _active(store: Any, run_ids: list[str]) -> list[str]:
+def _active(store: RunStore, run_ids: list[str]) -> list[str]:
     if not run_ids:
         return []
-    with store.r.pipeline(transaction=False) as pipe:
-        for rid in run_ids:
-            pipe.hget(store.keys.run(rid), "state")
-        states = pipe.execute()
-    return [rid for rid, state in zip(run_ids, states, strict=True) if state not in TERMINAL]
+    return [rid for rid, state in store.run_states(run_ids).items() if not run_ended(state)]
 
 
 def _when(text: str, option: str) -> date | datetime:

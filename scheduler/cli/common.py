@@ -10,6 +10,7 @@ import typer
 
 from scheduler.dispatch import Dispatcher
 from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
+from scheduler.engine import Engine
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -35,6 +36,11 @@ def store(current: Settings | None = None) -> RunStore:
 
 def dispatcher(current: Settings) -> Dispatcher:
     return Dispatcher(current.connect(decode=False), current.prefix)
+
+
+def engine(current: Settings | None = None) -> Engine:
+    """The engine over this Redis: every command that changes state goes through it."""
+    return Engine.connect(current or settings())
 
 
 def parse_params(values: list[str] | None) -> dict[str, str]:

@@ -28,7 +28,7 @@ from scheduler.dispatch import DelayedMover
 from scheduler.embedded import die_with_parent, embedded_redis
 from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.model import Priority, Trigger
-from scheduler.service import create_run, submit_file
+from scheduler.service import submit_file
 from scheduler.settings import Settings, runtime_kind
 from scheduler.spec import load_file, resolve_params
 
@@ -53,13 +53,13 @@ def run(
     with ExitStack() as stack:
         current = configured if configured.redis_url else replace(configured,
                                                                    redis_url=stack.enter_context(embedded_redis()))
-        store = common.store(current)
+        engine = common.engine(current)
+        store = engine.store
         submitted = submit_file(store, file)
         forked = WorkerWatch(stack.enter_context(worker_processes(current, workers)))
-        mover = DelayedMover(common.dispatcher(current))
-        run_id = create_run(store, common.dispatcher(current), submitted.spec.name, common.parse_params(param),
-                            trigger=Trigger.MANUAL, priority=priority, version=submitted.version,
-                            now=datetime.now(UTC))
+        mover = DelayedMover(engine.dispatcher)
+        run_id = engine.create_run(submitted.spec.name, common.parse_params(param), trigger=Trigger.MANUAL,
+                                   priority=priority, version=submitted.version, now=datetime.now(UTC))
         views.err.print(f"run {run_id} ({workers} workers, Redis {current.safe_url})", highlight=False)
 
         def tick() -> None:
@@ -75,8 +75,7 @@ def run(
             raise WorkersGone(f"{exc}; run {run_id} was cancelled") from None
         except KeyboardInterrupt:
             views.err.print(f"interrupted: cancelling run {run_id}", highlight=False)
-            _, _, ready = store.cancel_run(run_id)
-            common.dispatcher(current).enqueue(ready)
+            engine.cancel(run_id)
             status = watch.follow(store, run_id, live=False, timeout=CANCEL_GRACE, tick=mover.tick)
             _remove_containers(run_id)
             runs.finish(status, output) if status["state"] != "cancelled" else None

@@ -13,9 +13,7 @@ pool_app = typer.Typer(help="Pools: a step with `pool: NAME` runs only while it 
 def pool_set(name: str = typer.Argument(..., help="The pool's name."),
              slots: int = typer.Argument(..., min=0, help="How many slots.")) -> None:
     """Define or resize a pool (waiting steps get freed slots at once)."""
-    current = common.settings()
-    ready = common.store(current).set_pool(name, slots)
-    common.dispatcher(current).enqueue(ready)
+    common.engine().set_pool(name, slots)
     views.out.print(f"pool {name}: {slots} slots")
 
 
@@ -33,7 +31,5 @@ def pool_list(output: common.Output = common.OutputOption) -> None:
 @pool_app.command("remove")
 def pool_remove(name: str = typer.Argument(..., help="The pool's name.")) -> None:
     """Remove a pool: its steps are no longer limited."""
-    current = common.settings()
-    ready = common.store(current).set_pool(name, None)
-    common.dispatcher(current).enqueue(ready)
+    common.engine().set_pool(name, None)
     views.out.print(f"pool {name}: removed")

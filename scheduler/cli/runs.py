@@ -9,7 +9,7 @@ import typer
 from scheduler.cli import common, views, watch
 from scheduler.errors import NotFoundError
 from scheduler.model import Priority, Trigger
-from scheduler.service import create_run
+from scheduler.results import StepCancelStatus
 
 
 def trigger(
@@ -21,10 +21,9 @@ def trigger(
 ) -> None:
     """Start a run of a submitted DAG now."""
     params = common.parse_params(param)
-    current = common.settings()
-    store = common.store(current)
-    run_id = create_run(store, common.dispatcher(current), dag, params,
-                        trigger=Trigger.MANUAL, priority=priority)
+    engine = common.engine()
+    store = engine.store
+    run_id = engine.create_run(dag, params, trigger=Trigger.MANUAL, priority=priority)
     if not wait:
         if output == common.Output.json:
             views.print_json({"run_id": run_id})
@@ -56,6 +55,10 @@ def runs(
     if dag and dag not in store.dag_names():
         raise NotFoundError(store.unknown_dag(dag))
     records = [views.run_object(store.run_record(rid)) for rid in store.run_ids(dag, limit)]
+    problem = store.dag_error(dag) if dag else None
+    if problem:  # the scheduler could not evaluate or plan it: say so where people look
+        views.err.print(f"DAG {dag}: the scheduler reports, since {problem[1]}: {problem[0]}", markup=False,
+                        highlight=False)
     if output == common.Output.json:
         views.print_json(records)
     elif dag and records:
@@ -106,21 +109,21 @@ def cancel(
     run_id: str = typer.Argument(..., help="The run's id."),
     step: str | None = typer.Option(None, "--step", "-s", help="Cancel only this step."),
 ) -> None:
-    """Cancel a run (or one step): waiting steps are cancelled, running containers are stopped."""
-    current = common.settings()
-    store = common.store(current)
+    """Cancel a run (or one step): waiting steps are cancelled, running containers are stopped.
+
+    Exit 0 when this call cancelled something; 1 when the run (or step) had already ended, however it
+    ended (success, failed or cancelled)."""
+    engine = common.engine()
     if step is not None:
-        outcome, ready = store.cancel_step(run_id, step)
-        common.dispatcher(current).enqueue(ready)
-        if outcome == "done":
+        done = engine.cancel_step(run_id, step)
+        if done.status is StepCancelStatus.DONE:
             views.err.print(f"step {step} of run {run_id} had already ended")
             raise typer.Exit(1)
-        views.out.print(f"run {run_id} step {step}: {'stopping' if outcome == 'stopping' else 'cancelled'}")
+        views.out.print(f"run {run_id} step {step}: {done.status.value}")
         return
-    state, running, ready = store.cancel_run(run_id)
-    common.dispatcher(current).enqueue(ready)
-    if state in {"success", "failed"}:
-        views.err.print(f"run {run_id} had already ended: {state}", highlight=False)
+    result = engine.cancel(run_id)
+    if result.already_ended:
+        views.err.print(f"run {run_id} had already ended: {result.state}", highlight=False)
         raise typer.Exit(1)
-    note = f"; stopping {running} running step(s)" if running else ""
-    views.out.print(f"run {run_id}: {state}{note}", highlight=False)
+    note = f"; stopping {result.running} running step(s)" if result.running else ""
+    views.out.print(f"run {run_id}: {result.state}{note}", highlight=False)

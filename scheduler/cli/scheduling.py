@@ -16,6 +16,7 @@ from scheduler.calendars import zone
 from scheduler.cli import common, observe, views
 from scheduler.clock import Clock, FakeClock
 from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
+from scheduler.engine import Engine
 from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.schedules import Dropped
@@ -58,7 +59,7 @@ def scheduler(
             done = submit_file(store, path)
             logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
-    daemon = Scheduler(store, common.dispatcher(current), clock=clock, lease_ttl=lease_ttl,
+    daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
                        history_days=history / DAY, lookahead=lookahead)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())

@@ -6,17 +6,17 @@
 local rid, now = ARGV[2], ARGV[3]
 local rk = run_key(rid)
 local state = redis.call('HGET', rk, 'state')
-if state == 'success' or state == 'failed' or state == 'cancelled' then return {'done', state} end
+if RUN_DONE[state] then return {'done', state} end
 redis.call('HSET', rk, 'cancel', '1')
-redis.call('LREM', P .. ':dag:' .. redis.call('HGET', rk, 'dag') .. ':waiting', 0, rid)
+redis.call('LREM', K.dag_waiting(redis.call('HGET', rk, 'dag')), 0, rid)
 local running = 0
 local ready = {}
 for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps'))) do
   local sk = step_key(rid, s)
   local st = redis.call('HGET', sk, 'state')
-  if (st == 'pending' or st == 'queued' or st == 'retrying') and redis.call('HGET', sk, 'rule') ~= 'always' then
+  if STEP_WAITING[st] and redis.call('HGET', sk, 'rule') ~= 'always' then
     release_pool(rid, s, now, ready)
-  settle(rid, s, 'cancelled', now)
+    settle(rid, s, 'cancelled', now)
     propagate(rid, s, 'cancelled', now, ready)  -- 'always' steps (cleanup) still run once upstream is done
   elseif st == 'running' then running = running + 1 end
 end

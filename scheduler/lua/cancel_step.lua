@@ -9,10 +9,10 @@ if state == 'running' then
   redis.call('HSET', sk, 'cancel', '1')
   return {'stopping'}
 end
-if state ~= 'pending' and state ~= 'queued' and state ~= 'retrying' then return {'done', state or ''} end
+if not STEP_WAITING[state] then return {'done', state or ''} end
 local ready = {}
 release_pool(rid, s, now, ready)
-  settle(rid, s, 'cancelled', now)
+settle(rid, s, 'cancelled', now)
 propagate(rid, s, 'cancelled', now, ready)
 maybe_end_run(rid, now, ready)
 return {'cancelled', ready}

@@ -1,10 +1,61 @@
 -- Shared helpers, prepended to every script below (Redis runs each script atomically).
--- Every script takes ARGV[1] = key prefix and builds keys like scheduler/keys.py does.
--- Not Redis Cluster safe by design: one run's keys are computed inside the script.
+-- Every script takes ARGV[1] = key prefix. Not Redis Cluster safe by design: one run's keys are
+-- computed inside the script.
 local P = ARGV[1]
-local function run_key(rid) return P .. ':run:' .. rid end
-local function step_key(rid, s) return P .. ':run:' .. rid .. ':step:' .. s end
-local function attempt_key(rid, s, n) return P .. ':run:' .. rid .. ':step:' .. s .. ':a:' .. n end
+
+-- Every key, built exactly like scheduler/keys.py (one helper per Keys method, same name; a test
+-- evaluates both and compares them). No script builds a key any other way.
+local K = {}
+function K.store_id() return P .. ':store_id' end
+function K.dags() return P .. ':dags' end
+function K.dag(d) return P .. ':dag:' .. d end
+function K.dag_version(d, v) return P .. ':dag:' .. d .. ':v:' .. v end
+function K.dag_shas(d) return P .. ':dag:' .. d .. ':shas' end
+function K.dag_runs(d) return P .. ':dag:' .. d .. ':runs' end
+function K.dag_active(d) return P .. ':dag:' .. d .. ':active' end
+function K.dag_waiting(d) return P .. ':dag:' .. d .. ':waiting' end
+function K.dag_fires(d) return P .. ':dag:' .. d .. ':fires' end
+function K.dag_staged(d) return P .. ':dag:' .. d .. ':staged' end
+function K.dag_intervals(d) return P .. ':dag:' .. d .. ':intervals' end
+function K.agenda() return P .. ':agenda' end
+function K.staged() return P .. ':staged' end
+function K.staged_list(queue, due) return P .. ':staged:' .. queue .. '|' .. due end
+function K.sched_epoch() return P .. ':sched_epoch' end
+function K.wake() return P .. ':wake' end
+function K.calendars() return P .. ':calendars' end
+function K.outages() return P .. ':outages' end
+function K.leader() return P .. ':scheduler:leader' end
+function K.leader_token() return P .. ':scheduler:token' end
+function K.runs() return P .. ':runs' end
+function K.run(rid) return P .. ':run:' .. rid end
+function K.step(rid, s) return P .. ':run:' .. rid .. ':step:' .. s end
+function K.attempt(rid, s, n) return P .. ':run:' .. rid .. ':step:' .. s .. ':a:' .. n end
+function K.log(rid, s, n) return P .. ':log:' .. rid .. ':' .. s .. ':' .. n end
+function K.pools() return P .. ':pools' end
+function K.pool_used() return P .. ':pool_used' end
+function K.pool_waiting(pool) return P .. ':pool:' .. pool .. ':waiting' end
+function K.running() return P .. ':running' end
+function K.queued() return P .. ':queued' end
+function K.delayed() return P .. ':delayed' end
+function K.sla() return P .. ':sla' end
+function K.events() return P .. ':events' end
+local run_key, step_key, attempt_key = K.run, K.step, K.attempt
+
+-- The state vocabulary, mirrored from scheduler/model.py (a test compares them).
+local STEP_STATES = {'pending', 'queued', 'running', 'retrying', 'success', 'failed', 'upstream_failed',
+  'skipped', 'cancelled'}
+local RUN_STATES = {'queued', 'running', 'success', 'failed', 'cancelled'}
+local STEP_DONE = {success = true, failed = true, upstream_failed = true, skipped = true, cancelled = true}
+local STEP_WAITING = {pending = true, queued = true, retrying = true}  -- not started: cancel settles these
+local RUN_DONE = {success = true, failed = true, cancelled = true}
+local FAILED = {failed = true, upstream_failed = true}  -- failures for trigger rules
+
+-- Is this step told to stop? Its own cancel flag, or its run's (except 'always' steps: cleanup).
+local function cancel_requested(rid, s)
+  local sk = step_key(rid, s)
+  if redis.call('HGET', sk, 'cancel') == '1' then return true end
+  return redis.call('HGET', run_key(rid), 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always'
+end
 
 -- Redis's own clock (seconds): leases and the queued index use it, so workers' clocks need not agree.
 local function server_time()
@@ -16,7 +67,7 @@ end
 local function member(rid, s, n) return rid .. '|' .. s .. '|' .. n end
 
 local function event(rid, kind, step, state, attempt, now)
-  redis.call('XADD', P .. ':events', 'MAXLEN', '~', 10000, '*',
+  redis.call('XADD', K.events(), 'MAXLEN', '~', 10000, '*',
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)
 end
 
@@ -26,7 +77,7 @@ local function queue_step(rid, s, now)
   local sk = step_key(rid, s)
   local n = tostring(redis.call('HINCRBY', sk, 'attempt', 1))
   redis.call('HSET', sk, 'state', 'queued', 'queued_at', now)
-  redis.call('ZADD', P .. ':queued', server_time(), member(rid, s, n))
+  redis.call('ZADD', K.queued(), server_time(), member(rid, s, n))
   event(rid, 'step', s, 'queued', n, now)
   return {rid, s, n, redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
 end
@@ -34,7 +85,7 @@ end
 -- Take one of the DAG's active slots and queue the run's root steps.
 local function activate(rid, now, ready)
   local rk = run_key(rid)
-  redis.call('SADD', P .. ':dag:' .. redis.call('HGET', rk, 'dag') .. ':active', rid)
+  redis.call('SADD', K.dag_active(redis.call('HGET', rk, 'dag')), rid)
   for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'roots'))) do
     table.insert(ready, queue_step(rid, s, now))
   end
@@ -44,10 +95,11 @@ end
 -- logical date) only once per DAG and key. Returns the existing run's id when the key is taken.
 local function insert_run(rid, now, dag, created, key, interval, fields_json, steps_json)
   if key ~= '' then
-    local existing = redis.call('HGET', P .. ':dag:' .. dag .. ':fires', key)
+    local existing = redis.call('HGET', K.dag_fires(dag), key)
     if existing then return existing end
-    redis.call('HSET', P .. ':dag:' .. dag .. ':fires', key, rid)
+    redis.call('HSET', K.dag_fires(dag), key, rid)
   end
+  redis.call('HSET', run_key(rid), 'fire_key', key)
   local function hset_all(k, fields)
     local flat = {}
     for f, v in pairs(fields) do table.insert(flat, f); table.insert(flat, v) end
@@ -56,11 +108,11 @@ local function insert_run(rid, now, dag, created, key, interval, fields_json, st
   local fields = cjson.decode(fields_json)
   hset_all(run_key(rid), fields)
   for _, step in ipairs(cjson.decode(steps_json)) do hset_all(step_key(rid, step[1]), step[2]) end
-  redis.call('ZADD', P .. ':runs', created, rid)
-  redis.call('ZADD', P .. ':dag:' .. dag .. ':runs', created, rid)
-  if interval ~= '' then redis.call('HSET', P .. ':dag:' .. dag .. ':intervals', interval, rid) end
+  redis.call('ZADD', K.runs(), created, rid)
+  redis.call('ZADD', K.dag_runs(dag), created, rid)
+  if interval ~= '' then redis.call('HSET', K.dag_intervals(dag), interval, rid) end
   for _, entry in ipairs(cjson.decode(fields['slas'] or '[]')) do
-    redis.call('ZADD', P .. ':sla', entry[2], entry[1])
+    redis.call('ZADD', K.sla(), entry[2], entry[1])
   end
   event(rid, 'run', '', 'queued', '', now)
   return nil
@@ -71,8 +123,8 @@ local function start_or_wait(rid, now, ready)
   local rk = run_key(rid)
   local dag = redis.call('HGET', rk, 'dag')
   local limit = tonumber(redis.call('HGET', rk, 'max_active') or '0')
-  if limit > 0 and redis.call('SCARD', P .. ':dag:' .. dag .. ':active') >= limit then
-    redis.call('RPUSH', P .. ':dag:' .. dag .. ':waiting', rid)
+  if limit > 0 and redis.call('SCARD', K.dag_active(dag)) >= limit then
+    redis.call('RPUSH', K.dag_waiting(dag), rid)
     event(rid, 'run', '', 'waiting', '', now)
     return
   end
@@ -91,10 +143,10 @@ end
 
 -- Hand a pool's free slots to waiting attempts, best queue first; returns their ready entries.
 local function fill_pool(pool, now, ready)
-  local slots = tonumber(redis.call('HGET', P .. ':pools', pool) or '-1')
+  local slots = tonumber(redis.call('HGET', K.pools(), pool) or '-1')
   if slots < 0 then slots = 1e18 end
-  local used = tonumber(redis.call('HGET', P .. ':pool_used', pool) or '0')
-  local wkey = P .. ':pool:' .. pool .. ':waiting'
+  local used = tonumber(redis.call('HGET', K.pool_used(), pool) or '0')
+  local wkey = K.pool_waiting(pool)
   for _, m in ipairs(redis.call('ZRANGE', wkey, 0, -1)) do
     local wr, ws, wn = string.match(m, '^(.*)|(.*)|(%d+)$')
     local wk = step_key(wr, ws)
@@ -104,10 +156,10 @@ local function fill_pool(pool, now, ready)
       local need = tonumber(redis.call('HGET', wk, 'pool_slots') or '1')
       if used + need <= slots then
         used = used + need
-        redis.call('HINCRBY', P .. ':pool_used', pool, need)
+        redis.call('HINCRBY', K.pool_used(), pool, need)
         redis.call('HSET', wk, 'pool_held', '1')
         redis.call('ZREM', wkey, m)
-        redis.call('ZADD', P .. ':queued', server_time(), m)
+        redis.call('ZADD', K.queued(), server_time(), m)
         table.insert(ready, {wr, ws, wn, redis.call('HGET', wk, 'queue'), redis.call('HGET', wk, 'timeout') or ''})
       end
     end
@@ -120,7 +172,7 @@ local function release_pool(rid, s, now, ready)
   local pool = redis.call('HGET', sk, 'pool')
   if not pool or pool == '' or redis.call('HGET', sk, 'pool_held') ~= '1' then return end
   redis.call('HSET', sk, 'pool_held', '0')
-  redis.call('HINCRBY', P .. ':pool_used', pool, -tonumber(redis.call('HGET', sk, 'pool_slots') or '1'))
+  redis.call('HINCRBY', K.pool_used(), pool, -tonumber(redis.call('HGET', sk, 'pool_slots') or '1'))
   fill_pool(pool, now, ready)
 end
 
@@ -128,9 +180,9 @@ end
 local function settle(rid, s, state, now)
   local sk = step_key(rid, s)
   local n = redis.call('HGET', sk, 'attempt')
-  redis.call('ZREM', P .. ':queued', member(rid, s, n))
+  redis.call('ZREM', K.queued(), member(rid, s, n))
   local pool = redis.call('HGET', sk, 'pool')
-  if pool and pool ~= '' then redis.call('ZREM', P .. ':pool:' .. pool .. ':waiting', member(rid, s, n)) end
+  if pool and pool ~= '' then redis.call('ZREM', K.pool_waiting(pool), member(rid, s, n)) end
   redis.call('HSET', sk, 'state', state)
   if not redis.call('HGET', sk, 'ended_at') then redis.call('HSET', sk, 'ended_at', now) end
   local rk = run_key(rid)
@@ -139,15 +191,13 @@ local function settle(rid, s, state, now)
   event(rid, 'step', s, state, redis.call('HGET', sk, 'attempt'), now)
 end
 
-local FAILED = {failed = true, upstream_failed = true}
-
 -- What a pending step's trigger rule says, given how its upstream steps ended so far:
 -- 'run', a terminal state to settle it in ('skipped', 'upstream_failed', 'cancelled'), or nil (wait).
 local function decide(rid, dk)
   local h = redis.call('HMGET', dk, 'up_done', 'up_success', 'up_failed', 'rule', 'upstream')
   local done, succ, fail = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
   local rule, total = h[4] or 'all_success', #cjson.decode(h[5])
-  if rule ~= 'always' and redis.call('HGET', run_key(rid), 'cancel') == '1' then return 'cancelled' end
+  if cancel_requested(rid, redis.call('HGET', dk, 'name')) then return 'cancelled' end
   local all = done >= total
   if rule == 'all_success' then
     if fail > 0 then return 'upstream_failed' end
@@ -223,9 +273,9 @@ local function maybe_end_run(rid, now, ready)
   redis.call('HSET', rk, 'state', state, 'ended_at', now)
   event(rid, 'run', '', state, '', now)
   local dag = redis.call('HGET', rk, 'dag')
-  if redis.call('SREM', P .. ':dag:' .. dag .. ':active', rid) == 1 then
+  if redis.call('SREM', K.dag_active(dag), rid) == 1 then
     while true do
-      local nxt = redis.call('LPOP', P .. ':dag:' .. dag .. ':waiting')
+      local nxt = redis.call('LPOP', K.dag_waiting(dag))
       if not nxt then break end
       if redis.call('HGET', run_key(nxt), 'state') == 'queued' then
         activate(nxt, now, ready)
@@ -240,12 +290,11 @@ end
 -- Returns {'retry', {ready entry of the next attempt}, delay} or {'done', state, ready entries}.
 local function end_attempt(rid, s, n, outcome, now, delay)
   local rk, sk = run_key(rid), step_key(rid, s)
-  redis.call('ZREM', P .. ':running', member(rid, s, n))
+  redis.call('ZREM', K.running(), member(rid, s, n))
   local freed = {}
   release_pool(rid, s, now, freed)
   redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
-  local cancelled = (redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always')
-    or redis.call('HGET', sk, 'cancel') == '1'
+  local cancelled = cancel_requested(rid, s)
   if outcome == 'requeue' and not cancelled then
     redis.call('HINCRBY', sk, 'max_attempts', 1)
     delay = 0
@@ -256,7 +305,7 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   elseif (new == 'failed' or new == 'requeue') and tonumber(n) < tonumber(redis.call('HGET', sk, 'max_attempts')) then
     local nxt = tonumber(n) + 1
     redis.call('HSET', sk, 'state', 'retrying', 'attempt', nxt, 'retry_in', delay)
-    redis.call('ZADD', P .. ':queued', server_time() + tonumber(delay), member(rid, s, nxt))
+    redis.call('ZADD', K.queued(), server_time() + tonumber(delay), member(rid, s, nxt))
     event(rid, 'step', s, 'retrying', tostring(nxt), now)
     return {'retry', {{rid, s, tostring(nxt), redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}},
             tostring(delay), freed}
@@ -267,4 +316,55 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   propagate(rid, s, new, now, ready)
   maybe_end_run(rid, now, ready)
   return {'done', new, ready}
+end
+
+-- The names of every step of a run, handler steps included (the one list retention and unstaging use).
+local function run_step_names(rid)
+  local rk = run_key(rid)
+  local names = cjson.decode(redis.call('HGET', rk, 'steps') or '[]')
+  for h, _ in pairs(cjson.decode(redis.call('HGET', rk, 'handlers') or '{}')) do table.insert(names, h) end
+  return names
+end
+
+-- Delete a run and every key of it: the run hash, each step's hash, attempts and logs (handlers
+-- included), its entries in the run, queued, running, SLA and active indexes, and the DAG's fires
+-- and intervals entries that still name it. The one way a run is deleted (retention, unstaging).
+local function delete_run(rid, fallback_fire)
+  local rk = run_key(rid)
+  local f = {}
+  local run = redis.call('HGETALL', rk)
+  for i = 1, #run, 2 do f[run[i]] = run[i + 1] end
+  local doomed = {rk}
+  for _, s in ipairs(run_step_names(rid)) do
+    local n = tonumber(redis.call('HGET', step_key(rid, s), 'attempt') or '0')
+    local pool = redis.call('HGET', step_key(rid, s), 'pool')
+    if n > 0 then
+      redis.call('ZREM', K.queued(), member(rid, s, n))
+      redis.call('ZREM', K.running(), member(rid, s, n))
+      if pool and pool ~= '' then redis.call('ZREM', K.pool_waiting(pool), member(rid, s, n)) end
+    end
+    table.insert(doomed, step_key(rid, s))
+    for a = 1, n do
+      table.insert(doomed, attempt_key(rid, s, a))
+      table.insert(doomed, K.log(rid, s, a))
+    end
+  end
+  for _, entry in ipairs(cjson.decode(f['slas'] or '[]')) do redis.call('ZREM', K.sla(), entry[1]) end
+  local dag = f['dag']
+  if dag then
+    local fire = f['fire_key'] or ''
+    if fire == '' then fire = fallback_fire or '' end  -- runs written before fire_key was recorded
+    if fire ~= '' and redis.call('HGET', K.dag_fires(dag), fire) == rid then redis.call('HDEL', K.dag_fires(dag), fire) end
+    local interval = f['data_interval_start'] or ''
+    if interval ~= '' and redis.call('HGET', K.dag_intervals(dag), interval) == rid then
+      redis.call('HDEL', K.dag_intervals(dag), interval)
+    end
+    redis.call('SREM', K.dag_active(dag), rid)
+    redis.call('LREM', K.dag_waiting(dag), 0, rid)
+    redis.call('ZREM', K.dag_runs(dag), rid)
+    redis.call('ZREM', K.dag_staged(dag), rid)
+  end
+  redis.call('ZREM', K.runs(), rid)
+  for i = 1, #doomed, 500 do redis.call('UNLINK', unpack(doomed, i, math.min(#doomed, i + 499))) end
+  return f
 end

@@ -3,13 +3,13 @@
 -- ARGV: 1 prefix, 2 member (run|step|attempt), 3 now (ISO), 4 retry delay, 5 whether lost counts (1|0)
 -- Returns: {'alive'} | {'stale'} | like finish.lua
 local m, now = ARGV[2], ARGV[3]
-local expiry = redis.call('ZSCORE', P .. ':running', m)
+local expiry = redis.call('ZSCORE', K.running(), m)
 if not expiry then return {'stale'} end
 if tonumber(expiry) > server_time() then return {'alive'} end
 local rid, s, n = string.match(m, '^(.*)|(.*)|(%d+)$')
 local sk = step_key(rid, s)
 if redis.call('HGET', sk, 'state') ~= 'running' or redis.call('HGET', sk, 'attempt') ~= n then
-  redis.call('ZREM', P .. ':running', m)
+  redis.call('ZREM', K.running(), m)
   return {'stale'}
 end
 redis.call('HSET', attempt_key(rid, s, n), 'reason', 'lost',

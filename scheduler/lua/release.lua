@@ -5,15 +5,16 @@
 --       then pairs of (queue name, RQ queue key).  Returns {ids moved, lists moved}.
 local rq = {}
 for i = 4, #ARGV, 2 do rq[ARGV[i]] = ARGV[i + 1] end
-local lists = redis.call('ZRANGEBYSCORE', P .. ':staged', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local lists = redis.call('ZRANGEBYSCORE', K.staged(), '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local moved = 0
 for _, m in ipairs(lists) do
-  local queue = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
-  local key = P .. ':staged:' .. m
+  local bar = string.find(m, '|', 1, true)
+  local queue = string.sub(m, 1, bar - 1)
+  local key = K.staged_list(queue, string.sub(m, bar + 1))
   local ids = redis.call('LRANGE', key, 0, -1)
   for i = 1, #ids, 4000 do redis.call('RPUSH', rq[queue], unpack(ids, i, math.min(#ids, i + 3999))) end
   redis.call('UNLINK', key)
   moved = moved + #ids
 end
-if #lists > 0 then redis.call('ZREM', P .. ':staged', unpack(lists)) end
+if #lists > 0 then redis.call('ZREM', K.staged(), unpack(lists)) end
 return {moved, #lists}

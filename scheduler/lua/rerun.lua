@@ -4,7 +4,7 @@
 local rid, now = ARGV[2], ARGV[3]
 local rk = run_key(rid)
 local state = redis.call('HGET', rk, 'state')
-if state ~= 'success' and state ~= 'failed' and state ~= 'cancelled' then return {'running'} end
+if not RUN_DONE[state] then return {'running'} end
 local chosen, set = cjson.decode(ARGV[4]), {}
 for _, s in ipairs(chosen) do set[s] = true end
 -- Reset the chosen steps; count how their kept upstream steps ended.
@@ -33,7 +33,7 @@ for name, _ in pairs(cjson.decode(redis.call('HGET', rk, 'handlers') or '{}')) d
   redis.call('HSET', step_key(rid, name), 'state', 'pending')
 end
 redis.call('HDEL', rk, 'ended_at')
-redis.call('SADD', P .. ':dag:' .. redis.call('HGET', rk, 'dag') .. ':active', rid)
+redis.call('SADD', K.dag_active(redis.call('HGET', rk, 'dag')), rid)
 event(rid, 'run', '', 'rerun', '', now)
 local ready = {}
 for _, s in ipairs(chosen) do

@@ -5,16 +5,16 @@
 -- Returns: the misses as {run_id, step ('' for the deadline), dag, ready entries of handlers}
 local now, misses = ARGV[2], {}
 local t = redis.call('TIME')
-local due = redis.call('ZRANGEBYSCORE', P .. ':sla', '-inf', tonumber(t[1]) + tonumber(t[2]) / 1000000,
+local due = redis.call('ZRANGEBYSCORE', K.sla(), '-inf', tonumber(t[1]) + tonumber(t[2]) / 1000000,
   'LIMIT', 0, tonumber(ARGV[3]))
 for _, m in ipairs(due) do
-  redis.call('ZREM', P .. ':sla', m)
+  redis.call('ZREM', K.sla(), m)
   local rid, s = string.match(m, '^(.*)|(.*)$')
   local rk = run_key(rid)
   local state = redis.call('HGET', rk, 'state')
   local missed
   if s == '' then
-    missed = state ~= 'success' and state ~= 'failed' and state ~= 'cancelled'
+    missed = not RUN_DONE[state]
     if missed then redis.call('HSET', rk, 'deadline_missed', now) end
   else
     missed = state and redis.call('HGET', step_key(rid, s), 'state') ~= 'success'

@@ -11,25 +11,25 @@
 --       14 cursor to move to (ISO, UTC)
 -- Returns: {'exists', run_id} | {'refused', why} | {'staged', ready entries}
 local rid, now, dag, due = ARGV[2], ARGV[3], ARGV[4], ARGV[10]
-local dk = P .. ':dag:' .. dag
+local dk = K.dag(dag)
 if redis.call('HGET', dk, 'paused') == '1' then return {'refused', 'paused'} end
 if redis.call('HGET', dk, 'latest') ~= ARGV[11] then return {'refused', 'changed'} end
-if (redis.call('GET', P .. ':sched_epoch') or '0') ~= ARGV[12] then return {'refused', 'rescheduled'} end
+if (redis.call('GET', K.sched_epoch()) or '0') ~= ARGV[12] then return {'refused', 'rescheduled'} end
 local existing = insert_run(rid, now, dag, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 if existing then return {'exists', existing} end
 local ready = {}
 activate(rid, now, ready)
 local held = {}
 for _, e in ipairs(ready) do
-  local member, job = e[4] .. '|' .. due, e[1] .. '-' .. e[2] .. '-' .. e[3]
-  redis.call('RPUSH', P .. ':staged:' .. member, job)
-  redis.call('ZADD', P .. ':staged', due, member)
-  table.insert(held, {P .. ':staged:' .. member, job})
+  local list, job = K.staged_list(e[4], due), e[1] .. '-' .. e[2] .. '-' .. e[3]
+  redis.call('RPUSH', list, job)
+  redis.call('ZADD', K.staged(), due, e[4] .. '|' .. due)
+  table.insert(held, {list, job})
 end
-redis.call('ZREMRANGEBYSCORE', dk .. ':staged', '-inf', '(' .. due)
-redis.call('ZADD', dk .. ':staged', due, rid)
+redis.call('ZREMRANGEBYSCORE', K.dag_staged(dag), '-inf', '(' .. due)
+redis.call('ZADD', K.dag_staged(dag), due, rid)
 redis.call('HSET', run_key(rid), 'staged_jobs', cjson.encode(held), 'staged_at', ARGV[13], 'staged_due', due,
-  'fire_key', ARGV[6], 'staged_cursor', redis.call('HGET', dk, 'cursor') or '',
+  'staged_cursor', redis.call('HGET', dk, 'cursor') or '',
   'staged_cursor_ts', redis.call('HGET', dk, 'cursor_ts') or '')
 local c = redis.call('HGET', dk, 'cursor_ts')
 if (not c) or tonumber(c) < tonumber(due) then redis.call('HSET', dk, 'cursor', ARGV[14], 'cursor_ts', due) end

@@ -9,27 +9,27 @@ local current = redis.call('HGET', sk, 'attempt')
 if current ~= n or (state ~= 'queued' and state ~= 'retrying') then
   return {'stale', state or '', current or ''}
 end
-if redis.call('HGET', rk, 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always' then
+if cancel_requested(rid, s) then
   return {'cancelled'}
 end
 local pool = redis.call('HGET', sk, 'pool')
 if pool and pool ~= '' and redis.call('HGET', sk, 'pool_held') ~= '1' then
   -- A step waiting for a pool slot does not hold a worker: it waits in the pool's queue instead.
-  local slots = tonumber(redis.call('HGET', P .. ':pools', pool) or '-1')  -- an undefined pool does not limit
+  local slots = tonumber(redis.call('HGET', K.pools(), pool) or '-1')  -- an undefined pool does not limit
   local need = tonumber(redis.call('HGET', sk, 'pool_slots') or '1')
-  local used = tonumber(redis.call('HGET', P .. ':pool_used', pool) or '0')
+  local used = tonumber(redis.call('HGET', K.pool_used(), pool) or '0')
   if slots >= 0 and used + need > slots then
-    redis.call('ZADD', P .. ':pool:' .. pool .. ':waiting', pool_rank(sk), member(rid, s, n))
-    redis.call('ZREM', P .. ':queued', member(rid, s, n))
+    redis.call('ZADD', K.pool_waiting(pool), pool_rank(sk), member(rid, s, n))
+    redis.call('ZREM', K.queued(), member(rid, s, n))
     event(rid, 'step', s, 'pool_wait', n, now)
     return {'pooled'}
   end
-  redis.call('HINCRBY', P .. ':pool_used', pool, need)
+  redis.call('HINCRBY', K.pool_used(), pool, need)
   redis.call('HSET', sk, 'pool_held', '1')
 end
 redis.call('HSET', sk, 'state', 'running', 'started_at', now)
-redis.call('ZREM', P .. ':queued', member(rid, s, n))
-redis.call('ZADD', P .. ':running', server_time() + tonumber(ARGV[9]), member(rid, s, n))
+redis.call('ZREM', K.queued(), member(rid, s, n))
+redis.call('ZADD', K.running(), server_time() + tonumber(ARGV[9]), member(rid, s, n))
 redis.call('HSET', attempt_key(rid, s, n), 'number', n, 'state', 'running', 'started_at', now,
   'host', ARGV[6], 'pid', ARGV[7], 'worker', ARGV[8])
 if redis.call('HGET', rk, 'state') == 'queued' then

@@ -5,9 +5,8 @@
 -- is left alone.
 -- ARGV: 1 prefix, 2 dag, 3 RQ job key prefix.  Returns how many runs were taken back.
 local dag = ARGV[2]
-local dk = P .. ':dag:' .. dag
 local taken, rewind, rewind_ts = 0, nil, nil
-for _, rid in ipairs(redis.call('ZRANGE', dk .. ':staged', 0, -1)) do
+for _, rid in ipairs(redis.call('ZRANGE', K.dag_staged(dag), 0, -1)) do
   local rk = run_key(rid)
   local held = cjson.decode(redis.call('HGET', rk, 'staged_jobs') or '[]')
   -- Not released yet while its lists exist (release.lua moves a whole list at once). Its ids stay in
@@ -23,32 +22,11 @@ for _, rid in ipairs(redis.call('ZRANGE', dk .. ':staged', 0, -1)) do
   end
   if waiting then
     for _, m in ipairs(held) do redis.call('DEL', ARGV[3] .. m[2]) end
-    local run = redis.call('HGETALL', rk)
-    local f = {}
-    for i = 1, #run, 2 do f[run[i]] = run[i + 1] end
-    local names = cjson.decode(f['steps'] or '[]')
-    for h, _ in pairs(cjson.decode(f['handlers'] or '{}')) do table.insert(names, h) end
-    for _, s in ipairs(names) do
-      local n = redis.call('HGET', step_key(rid, s), 'attempt')
-      if n and n ~= '0' then redis.call('ZREM', P .. ':queued', member(rid, s, n)) end
-      redis.call('DEL', step_key(rid, s))
-    end
-    for _, entry in ipairs(cjson.decode(f['slas'] or '[]')) do redis.call('ZREM', P .. ':sla', entry[1]) end
-    if f['fire_key'] and f['fire_key'] ~= '' and redis.call('HGET', dk .. ':fires', f['fire_key']) == rid then
-      redis.call('HDEL', dk .. ':fires', f['fire_key'])
-    end
-    local interval = f['data_interval_start'] or ''
-    if interval ~= '' and redis.call('HGET', dk .. ':intervals', interval) == rid then
-      redis.call('HDEL', dk .. ':intervals', interval)
-    end
-    redis.call('SREM', dk .. ':active', rid)
-    redis.call('ZREM', P .. ':runs', rid)
-    redis.call('ZREM', dk .. ':runs', rid)
-    redis.call('DEL', rk)
+    local f = delete_run(rid)
     if rewind == nil and f['staged_cursor'] ~= '' then rewind, rewind_ts = f['staged_cursor'], f['staged_cursor_ts'] end
     taken = taken + 1
   end
-  redis.call('ZREM', dk .. ':staged', rid)
+  redis.call('ZREM', K.dag_staged(dag), rid)
 end
-if rewind then redis.call('HSET', dk, 'cursor', rewind, 'cursor_ts', rewind_ts) end
+if rewind then redis.call('HSET', K.dag(dag), 'cursor', rewind, 'cursor_ts', rewind_ts) end
 return taken

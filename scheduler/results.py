@@ -1,0 +1,157 @@
+"""What the Lua transitions return, as types, decoded in one place (:func:`decode_*` below).
+
+Every script's reply is a Lua table; the store hands callers these dataclasses instead, so that no
+caller indexes a reply or compares a status string it typed itself. ``Ready`` entries (attempts
+that became runnable) are for the engine only: it enqueues them in the same call
+(:mod:`scheduler.engine`), and nothing else needs to see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from scheduler.model import RunState, StepPlan, StepState
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A step attempt that may run now (or after ``delay`` seconds): the engine enqueues it."""
+
+    run_id: str
+    step: str
+    attempt: int
+    queue: str
+    timeout: float | None
+    delay: float = 0.0
+    tag: str = ""  # a re-delivery of the same attempt (e.g. deferred past an outage) gets its own job id
+
+
+class StartStatus(StrEnum):
+    OK = "ok"  # the attempt is ours: run it
+    STALE = "stale"  # not the attempt the step waits for (a duplicate delivery, a late job)
+    CANCELLED = "cancelled"  # the run or step was cancelled before it started
+    POOLED = "pooled"  # waits in its pool's queue for a slot, without holding a worker
+
+
+@dataclass(frozen=True)
+class Started:
+    status: StartStatus
+    plan: StepPlan | None = None  # with OK
+
+
+class Fence(StrEnum):
+    """A transition that changed nothing because it was fenced off."""
+
+    STALE = "stale"  # the attempt is no longer the current one (or the step moved on)
+    ALIVE = "alive"  # lose.lua: the lease was renewed in time
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The step's new state (``retrying`` when another attempt follows), or the fence that stopped it."""
+
+    state: StepState | Fence
+    ready: tuple[Ready, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return not isinstance(self.state, Fence)
+
+
+@dataclass(frozen=True)
+class RunCancel:
+    """``already_ended``: the run had ended before (``state`` says how); otherwise ``state`` is
+    ``cancelled``, or ``cancelling`` while ``running`` steps are being stopped."""
+
+    state: str
+    running: int = 0
+    already_ended: bool = False
+    ready: tuple[Ready, ...] = ()
+
+
+class StepCancelStatus(StrEnum):
+    CANCELLED = "cancelled"  # it had not started: settled now
+    STOPPING = "stopping"  # running: its worker stops the container
+    DONE = "done"  # it had already ended
+
+
+@dataclass(frozen=True)
+class StepCancel:
+    status: StepCancelStatus
+    ready: tuple[Ready, ...] = ()
+
+
+@dataclass(frozen=True)
+class SlaMiss:
+    run_id: str
+    step: str  # '' for the run's deadline
+    dag: str
+    ready: tuple[Ready, ...] = ()
+
+
+@dataclass(frozen=True)
+class Created:
+    run_id: str
+    created: bool  # False: the idempotency key was taken; ``run_id`` is the existing run
+    ready: tuple[Ready, ...] = ()
+
+
+# --- decoding (the one place that knows the scripts' reply shapes) --------------------------------
+
+
+def decode_ready(entries: Sequence[Any], delay: float = 0.0) -> tuple[Ready, ...]:
+    return tuple(
+        Ready(rid, step, int(n), queue, float(timeout) if timeout else None, delay)
+        for rid, step, n, queue, timeout in entries
+    )
+
+
+def decode_finished(reply: Sequence[Any]) -> Finished:
+    """finish.lua, lose.lua, skip.lua: {'stale'} | {'alive'} | {'retry', next, delay, freed} |
+    {'done', state, ready}."""
+    kind = reply[0]
+    if kind in (Fence.STALE, Fence.ALIVE):
+        return Finished(Fence(kind))
+    if kind == "retry":
+        freed = decode_ready(reply[3]) if len(reply) > 3 else ()
+        return Finished(StepState.RETRYING, decode_ready(reply[1], float(reply[2])) + freed)
+    return Finished(StepState(reply[1]), decode_ready(reply[2]))
+
+
+def decode_started(reply: Sequence[Any]) -> Started:
+    """start.lua: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
+    import json
+
+    status = StartStatus(reply[0])
+    if status is StartStatus.OK:
+        return Started(status, StepPlan.from_json(json.loads(reply[1])))
+    return Started(status)
+
+
+def decode_created(run_id: str, reply: Sequence[Any]) -> Created:
+    """create.lua / stage.lua: {'exists', run_id} | {'created' | 'staged', ready}."""
+    if reply[0] == "exists":
+        return Created(reply[1], False)
+    return Created(run_id, True, decode_ready(reply[1]))
+
+
+def decode_run_cancel(reply: Sequence[Any]) -> RunCancel:
+    """cancel.lua: {'done', state} | {'ok', running, ready}."""
+    if reply[0] == "done":
+        return RunCancel(RunState(reply[1]), 0, True)
+    running = int(reply[1])
+    return RunCancel("cancelling" if running else RunState.CANCELLED, running, False, decode_ready(reply[2]))
+
+
+def decode_step_cancel(reply: Sequence[Any]) -> StepCancel:
+    """cancel_step.lua: {'done', state} | {'stopping'} | {'cancelled', ready}."""
+    status = StepCancelStatus(reply[0])
+    return StepCancel(status, decode_ready(reply[1]) if status is StepCancelStatus.CANCELLED else ())
+
+
+def decode_sla_misses(reply: Sequence[Any] | None) -> list[SlaMiss]:
+    """sla.lua: a list of {run_id, step, dag, ready}."""
+    return [SlaMiss(rid, step, dag, decode_ready(ready)) for rid, step, dag, ready in (reply or [])]
