@@ -27,7 +27,8 @@ class WorkerContext:
 
     @cached_property
     def store(self) -> RunStore:
-        return RunStore(self.settings.connect(), self.settings.prefix, self.settings.log_cap)
+        return RunStore(self.settings.connect(), self.settings.prefix, self.settings.log_cap,
+                        self.settings.signing_key)
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

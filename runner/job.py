@@ -15,9 +15,10 @@ from runner.containers import Outcome, labels_for
 from runner.context import current
 from runner.secrets import Masker, SecretError
 from runner.secrets import resolve as resolve_secrets
-from scheduler import conditions
+from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
@@ -48,10 +49,17 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         return skipped.state
     lease = ctx.settings.attempt_lease
     started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name, lease=lease)
-    plan = started.plan
-    if plan is None:
+    if started.status is not StartStatus.OK:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
+    plan = started.plan
+    refusal = _plan_refusal(started, run_id, step, ctx.settings.signing_key)
+    if refusal is not None or plan is None:
+        # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
+        log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
+        finished = _with_redis_retries(lambda: engine.finish(
+            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal}))
+        return finished.state
     bind(dag=plan.dag)
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
 
@@ -106,6 +114,20 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:
+    """Why this worker must not run the stored plan, or None. Without a key plans are not checked
+    (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
+    if started.plan is None:
+        return "the stored plan is not a plan Conveyor wrote; nothing was run"
+    if key is None:
+        return None
+    if not started.signature:
+        return "the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); nothing was run"
+    if not signing.verify(key, run_id, step, started.plan_json, started.signature):
+        return "the plan's signature does not verify: it was changed after it was signed; nothing was run"
+    return None
 
 
 class StepRefused(Exception):

@@ -11,17 +11,29 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Sequence
+from typing import Any
 
+import redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
+from runner import admission
+from runner.admission import ConveyorJob, JobRefused
 from runner.context import WorkerContext, install
-from scheduler.dispatch import DelayedMover
+from scheduler import health
+from scheduler.dispatch import FAILURE_TTL, DelayedMover
 from scheduler.model import QUEUES
 from scheduler.reaper import Reaper
 from scheduler.settings import Settings
 
 FAIR_TURN = 5
+# RQ's worker key TTL. RQ blocks on the queues for TTL - 15 s between two turns of its loop, so this
+# also bounds how long /readyz waits before it calls an idle worker's loop stuck (RQ's 420 s default
+# would make that 7 minutes).
+WORKER_TTL = 60
 log = logging.getLogger("conveyor.runner")
 
 
@@ -38,12 +50,58 @@ class ConveyorWorker(SimpleWorker):
 
     _taken = 0
     context: WorkerContext | None = None
+    prefix = "conveyor"
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """RQ's dequeue, except that a job that cannot even be read as Conveyor's (oversized, malformed)
+        is refused and the worker dequeues the next one, instead of the loop ending on it."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception as exc:  # raised by Job.fetch; RQ attaches the job's id and queue
+                found = getattr(exc, "job_id", None)
+                if found is None:
+                    raise
+                reason = exc.reason if isinstance(exc, JobRefused) else f"the job cannot be read ({exc!r:.200})"
+                self.refuse(found, getattr(exc, "queue", None), reason)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job only if it is Conveyor's attempt job for this prefix (see runner/admission.py)."""
+        try:
+            admission.check(job, self.prefix)
+        except JobRefused as exc:
+            self.refuse(job.id, queue, exc.reason)
+            return
+        with health.busy("worker"):  # a step may run for hours without the loop turning
+            super().execute_job(job, queue)
+
+    def refuse(self, job_id: str, queue: Queue | None, reason: str) -> None:
+        """Move a job to RQ's failed registry with the reason; nothing of it is called."""
+        log.warning("refused job %.100r on queue %s: %s", job_id, queue.name if queue else "?", reason)
+        try:
+            with self.connection.pipeline() as pipe:  # by hand: RQ's registry.add would re-save the job
+                pipe.hset(Job.key_for(job_id), mapping={"status": "failed", "exc_info": zlib.compress(
+                    f"refused by Conveyor worker {self.name}: {reason}".encode())})
+                pipe.expire(Job.key_for(job_id), FAILURE_TTL)
+                if queue is not None:
+                    pipe.zadd(queue.failed_job_registry.key, {job_id: time.time() + FAILURE_TTL})
+                pipe.execute()
+            if self.context is not None:
+                self.context.store.count_refused_job()
+        except redis.RedisError as exc:  # recording the refusal is best effort; refusing is not
+            log.warning("could not record the refusal of %.100r: %s", job_id, exc)
 
     def request_stop(self, signum, frame) -> None:
         """Stop taking work; the running step gets the shutdown grace, then is stopped and handed back."""
         if self.context is not None and self.context.stopping_since is None:
             self.context.stopping_since = time.monotonic()
         super().request_stop(signum, frame)
+
+    def heartbeat(self, *args, **kwargs) -> None:
+        super().heartbeat(*args, **kwargs)
+        health.beat("worker", self.dequeue_timeout + 30, "idle")
 
     def reorder_queues(self, reference_queue: Queue) -> None:
         self._taken += 1
@@ -52,15 +110,19 @@ class ConveyorWorker(SimpleWorker):
     def subscribe(self) -> None:
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=0.2, daemon=True, exception_handler=self._pubsub_exception_handler)
 
 
 def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = False, name: str | None = None,
          log_level: str = "INFO") -> bool:
     name = name or f"{socket.gethostname()}-{os.getpid()}"
+    if settings.signing_key is None:
+        log.warning("CONVEYOR_SIGNING_KEY is not set: this worker runs step plans without verifying who wrote "
+                    "them (anyone who can write to its Redis can choose what it runs)")
     context = WorkerContext(settings, name=name)
     install(context)
+    context.store.warn_if_exposed(log)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
     reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts)
@@ -70,9 +132,12 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     try:
         while True:
             connection = settings.connect(decode=False)
-            worker = ConveyorWorker([Queue(q, connection=connection) for q in queues], connection=connection,
+            worker = ConveyorWorker([Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
+                                    connection=connection, serializer=JSONSerializer, job_class=ConveyorJob,
+                                    worker_ttl=WORKER_TTL,
                                     name=f"{name}-{int(time.time() * 1000) % 100000}" if backoff > 0.5 else name)
             worker.context = context
+            worker.prefix = settings.prefix
             worker.work(burst=burst, logging_level=log_level)
             if burst or context.stopping_since is not None or worker._stop_requested:
                 return True

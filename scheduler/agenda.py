@@ -22,7 +22,7 @@ from scheduler.store import RunStore, now_iso
 class Agenda:
     def __init__(self, store: RunStore):
         self.store = store
-        self.r = store.r
+        self.r: Any = store.r
         self._advance = store.script("advance_cursor.lua")
         self.keys = store.keys
 

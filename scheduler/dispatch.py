@@ -11,11 +11,13 @@ import json
 import threading
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
 from scheduler.keys import Keys
 from scheduler.model import QUEUES
@@ -52,8 +54,9 @@ class Dispatcher:
 
     def __init__(self, connection: redis.Redis, prefix: str = "conveyor"):
         self.prefix = prefix
-        self.connection = connection
-        self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
+        self.connection: Any = connection  # bytes replies (RQ's own client)
+        # JSON, never pickle: workers refuse anything else (runner/admission.py)
+        self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES}
         self.delayed_key = Keys(prefix).delayed()
         self._delay = lua_script(connection, "delay.lua")
         self._pop_due = lua_script(connection, "pop_due.lua")

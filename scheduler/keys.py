@@ -113,5 +113,8 @@ class Keys:
     def sla(self) -> str:  # zset: "run|step" ("run|" for the deadline) by when the SLA falls due
         return f"{self.prefix}:sla"
 
+    def jobs_refused(self) -> str:  # counter: RQ jobs workers refused (not Conveyor's attempt job)
+        return f"{self.prefix}:jobs_refused"
+
     def events(self) -> str:  # stream: every state change, capped
         return f"{self.prefix}:events"

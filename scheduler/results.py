@@ -39,7 +39,9 @@ class StartStatus(StrEnum):
 @dataclass(frozen=True)
 class Started:
     status: StartStatus
-    plan: StepPlan | None = None  # with OK
+    plan: StepPlan | None = None  # with OK (None if the stored plan is not one: the runner refuses it)
+    plan_json: str = ""  # the plan exactly as stored, and its signature (see scheduler/signing.py)
+    signature: str = ""
 
 
 class Fence(StrEnum):
@@ -122,12 +124,17 @@ def decode_finished(reply: Sequence[Any]) -> Finished:
 
 
 def decode_started(reply: Sequence[Any]) -> Started:
-    """start.lua: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
+    """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
     import json
 
     status = StartStatus(reply[0])
     if status is StartStatus.OK:
-        return Started(status, StepPlan.from_json(json.loads(reply[1])))
+        signature = reply[2] if len(reply) > 2 else ""
+        try:
+            plan = StepPlan.from_json(json.loads(reply[1]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            plan = None  # not a plan Conveyor wrote: the runner refuses it (see runner/job.py)
+        return Started(status, plan, reply[1] or "", signature)
     return Started(status)
 
 

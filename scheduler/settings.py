@@ -47,6 +47,7 @@ class Settings:
     default_cpus: float | None = None  # limits for steps that set none (ctl worker --default-cpus)
     default_memory: int | None = None
     allowed_mounts: tuple[str, ...] = ()  # host paths steps may mount (ctl worker --allow-mount)
+    signing_key: bytes | None = field(default=None, repr=False)  # signs and verifies step plans (signing.py)
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, environ: Environ | None = None) -> Settings:
@@ -66,6 +67,7 @@ class Settings:
             default_cpus=env_cpus(env, "CONVEYOR_DEFAULT_CPUS"),
             default_memory=env_size(env, "CONVEYOR_DEFAULT_MEMORY", None),
             allowed_mounts=env_paths(env, "CONVEYOR_ALLOW_MOUNTS"),
+            signing_key=signing_key_from_env(env),
         )
 
     @property
@@ -163,6 +165,21 @@ def env_paths(env: Environ, name: str) -> tuple[str, ...]:
         raise _bad(name, raw, "absolute paths separated by ':', like /data:/srv/shared",
                    f"has a relative path ({relative[0]!r})")
     return paths
+
+
+def signing_key_from_env(environ: Environ | None = None) -> bytes | None:
+    """``CONVEYOR_SIGNING_KEY`` (the key itself) or ``CONVEYOR_SIGNING_KEY_FILE`` (a file holding it)."""
+    env = os.environ if environ is None else environ
+    value = _get(env, "CONVEYOR_SIGNING_KEY")
+    path = _get(env, "CONVEYOR_SIGNING_KEY_FILE")
+    if not value and path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"CONVEYOR_SIGNING_KEY_FILE={path!r}: cannot read it ({exc.strerror}): use the "
+                              "path of a readable file holding the key") from None
+    return value.encode() if value else None
 
 
 def runtime_kind(environ: Environ | None = None) -> str:

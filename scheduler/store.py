@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import StepPlan
@@ -77,8 +78,11 @@ def lua_script(client: redis.Redis, name: str) -> Any:
 class RunStore:
     """DAG versions, runs, steps, attempts, events and logs under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "conveyor", log_cap: int = 1024 * 1024):
-        self.r = client
+    def __init__(self, client: redis.Redis, prefix: str = "conveyor", log_cap: int = 1024 * 1024,
+                 signing_key: bytes | None = None):
+        # Replies are str (``decode_responses=True``), which redis-py's types cannot express: Any here.
+        self.r: Any = client
+        self.signing_key = signing_key  # plans written here are signed with it (scheduler/signing.py)
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.log_cap = log_cap
@@ -102,9 +106,21 @@ class RunStore:
 
     @classmethod
     def connect(cls, settings: Settings) -> RunStore:
-        store = cls(settings.connect(), settings.prefix, settings.log_cap)
+        store = cls(settings.connect(), settings.prefix, settings.log_cap, settings.signing_key)
         store.ping(settings)
         return store
+
+    def warn_if_exposed(self, logger: Any) -> str | None:
+        """Warn when this Redis has no password and is not on loopback or a unix socket (security.py)."""
+        from scheduler import security
+
+        return security.warn_if_exposed(self.r, logger)
+
+    def readiness_check(self, timeout: float = 2.0) -> Any:
+        """A PING probe on a client of its own with a short timeout (see metrics.redis_check)."""
+        from scheduler.metrics import redis_check
+
+        return redis_check(self.r, timeout)
 
     @cached_property
     def store_id(self) -> str:
@@ -234,7 +250,7 @@ class RunStore:
                 "downstream": json.dumps(list(plan.downstream.get(name, ()))),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
                 "timeout": "" if step.timeout is None else str(step.timeout),
-                "plan": json.dumps(step.to_json()),
+                **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
@@ -245,6 +261,12 @@ class RunStore:
             idempotency_key or "", iso(plan.data_interval_start),
             json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
         ]
+
+    def _signed_plan(self, run_id: str, step: str, plan: StepPlan) -> dict[str, str]:
+        """The step hash's ``plan`` (canonical JSON) and ``plan_sig`` (empty without a key)."""
+        text = signing.canonical(plan.to_json())
+        sig = signing.sign(self.signing_key, run_id, step, text) if self.signing_key else ""
+        return {"plan": text, "plan_sig": sig}
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
                       lease: float = DEFAULT_LEASE, now: datetime | None = None) -> Started:
@@ -347,7 +369,7 @@ class RunStore:
             with self.r.pipeline() as pipe:
                 for name, plan in plans.items():
                     pipe.hset(self.keys.step(run_id, name), mapping={
-                        "plan": json.dumps(plan.to_json()), "retries": plan.retries, "queue": plan.queue,
+                        **self._signed_plan(run_id, name, plan), "retries": plan.retries, "queue": plan.queue,
                         "timeout": "" if plan.timeout is None else plan.timeout, "rule": plan.trigger_rule})
                 pipe.execute()
         result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps)])
@@ -423,6 +445,13 @@ class RunStore:
 
     def run_dag(self, run_id: str) -> str | None:
         return self.r.hget(self.keys.run(run_id), "dag")
+
+    def count_refused_job(self) -> None:
+        """A worker refused a job that is not Conveyor's (``conveyor_jobs_refused_total``)."""
+        self.r.incr(self.keys.jobs_refused())
+
+    def jobs_refused(self) -> int:
+        return int(self.r.get(self.keys.jobs_refused()) or 0)
 
     # --- history ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ the locally built busybox image, and worker processes started with the real ``ct
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from scheduler.dispatch import Dispatcher
-from scheduler.settings import Settings
+from scheduler.settings import Settings, signing_key_from_env
 from scheduler.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,8 @@ IMAGE = "conveyor/busybox:local"
 # Key prefix and container label of every test; engineers running suites side by side on one engine
 # set CONVEYOR_TEST_PREFIX so that one suite's cleanup never removes the other's containers.
 TEST_PREFIX = os.environ.get("CONVEYOR_TEST_PREFIX", "test")
+# Plans are signed and verified in every test, as in every real deployment (runs, workers, schedulers).
+os.environ.setdefault("CONVEYOR_SIGNING_KEY", "conveyor-test-signing-key")
 
 
 def free_port() -> int:
@@ -60,7 +63,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_server: str) -> Settings:
     redis.Redis.from_url(redis_server).flushdb()
-    return Settings(redis_server, prefix=TEST_PREFIX)
+    return Settings(redis_server, prefix=TEST_PREFIX, signing_key=signing_key_from_env())
 
 
 @pytest.fixture
@@ -98,7 +101,8 @@ def _no_leftover_containers(request: pytest.FixtureRequest) -> Iterator[None]:
     if "docker_client" in request.fixturenames or "workers" in request.fixturenames:
         client = request.getfixturevalue("docker_client")
         for container in client.containers.list(all=True, filters={"label": f"dev.conveyor.prefix={TEST_PREFIX}"}):
-            container.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):  # its worker removed it meanwhile
+                container.remove(force=True)
 
 
 class Workers:

@@ -19,7 +19,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.engine import Engine
 from scheduler.reaper import Reaper
 from scheduler.service import load_version, submit_file
-from scheduler.settings import Settings
+from scheduler.settings import Settings, signing_key_from_env
 from scheduler.store import RunStore
 from tests.conftest import Workers, free_port, wait_for_run
 from tests.helpers import new_run, spec_from, write_dag
@@ -206,7 +206,7 @@ def aof_redis(tmp_path: Path):
 
 def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, aof_redis, image: str) -> None:
     url, restart = aof_redis
-    settings = Settings(url, prefix="aof")
+    settings = Settings(url, prefix="aof", signing_key=signing_key_from_env())
     store = RunStore.connect(settings)
     dispatcher = Dispatcher(settings.connect(decode=False), settings.prefix)
     submit_file(store, write_dag(tmp_path, SLOW.replace("SECONDS", "3")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -51,8 +52,10 @@ def run(
 
         check_engine()  # ...and an engine that does not answer: before any redis-server or run exists
     with ExitStack() as stack:
-        current = configured if configured.redis_url else replace(configured,
-                                                                   redis_url=stack.enter_context(embedded_redis()))
+        current = configured
+        if not configured.redis_url:  # a private Redis, and a private key: plans are signed and verified even here
+            current = replace(configured, redis_url=stack.enter_context(embedded_redis()),
+                              signing_key=secrets.token_hex(32).encode())
         engine = common.engine(current)
         store = engine.store
         submitted = submit_file(store, file)

@@ -38,6 +38,7 @@ function K.running() return P .. ':running' end
 function K.queued() return P .. ':queued' end
 function K.delayed() return P .. ':delayed' end
 function K.sla() return P .. ':sla' end
+function K.jobs_refused() return P .. ':jobs_refused' end
 function K.events() return P .. ':events' end
 local run_key, step_key, attempt_key = K.run, K.step, K.attempt
 

@@ -1,7 +1,7 @@
 -- A worker claims an attempt. Only the attempt the step is waiting for can start, once.
 -- The worker takes a lease on it (expiring after the TTL unless renewed: see renew.lua, lose.lua).
 -- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now, 6 host, 7 pid, 8 worker name, 9 lease ttl seconds
--- Returns: {'ok', plan_json} | {'stale', state, attempt} | {'cancelled'} | {'pooled'} (waits for a slot)
+-- Returns: {'ok', plan_json, plan signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'} (waits for a slot)
 local rid, s, n, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rk, sk = run_key(rid), step_key(rid, s)
 local state = redis.call('HGET', sk, 'state')
@@ -37,4 +37,4 @@ if redis.call('HGET', rk, 'state') == 'queued' then
   event(rid, 'run', '', 'running', '', now)
 end
 event(rid, 'step', s, 'running', n, now)
-return {'ok', redis.call('HGET', sk, 'plan')}
+return {'ok', redis.call('HGET', sk, 'plan'), redis.call('HGET', sk, 'plan_sig') or ''}
