@@ -48,6 +48,7 @@ INTERNAL = {
     "scheduler.yamlsource.YamlProblems": "becomes a SpecError",
     "scheduler.yamlsource._TooDeep": "becomes a YAML problem",
     "runner.job.StepRefused": "becomes the attempt's outcome (reason and error)",
+    "runner.admission.JobRefused": "the worker moves the job to RQ's failed registry with the reason, and logs it",
 }
 
 
