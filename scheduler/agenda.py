@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.calendars import Calendar, CalendarError
-from scheduler.errors import ConveyorError, NotFoundError
-from scheduler.outages import Outage, OutageError
+from scheduler.calendars import Calendar
+from scheduler.errors import NotFoundError
+from scheduler.outages import Outage
 from scheduler.staging import unstage
 from scheduler.store import RunStore, now_iso
 
@@ -126,10 +126,7 @@ class Agenda:
     def put_calendars(self, specs: Mapping[str, Any]) -> list[str]:
         """Store named calendars (checked first: all or nothing) and re-evaluate every schedule."""
         for name, spec in specs.items():
-            try:
-                Calendar.from_spec(name, spec)
-            except CalendarError as exc:
-                raise ConveyorError(f"calendar '{name}': {exc}") from None
+            Calendar.from_spec(name, spec)  # a CalendarError names the calendar
         if specs:
             self.r.hset(self.keys.calendars(), mapping={k: json.dumps(v) for k, v in specs.items()})
         self._reschedule_all()
@@ -142,10 +139,7 @@ class Agenda:
         return [Outage.from_spec(name, spec) for name, spec in self.outages().items()]
 
     def put_outage(self, name: str, spec: Mapping[str, Any]) -> None:
-        try:
-            Outage.from_spec(name, spec)
-        except OutageError as exc:
-            raise ConveyorError(str(exc)) from None
+        Outage.from_spec(name, spec)  # an OutageError names the outage
         self.r.hset(self.keys.outages(), name, json.dumps(dict(spec)))
         self._reschedule_all()
 

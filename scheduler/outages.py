@@ -33,12 +33,13 @@ from scheduler.calendars import (
     zone,
 )
 from scheduler.durations import DurationError, parse_duration
+from scheduler.errors import InputError
 
 Window = tuple[datetime, datetime]
 MAX_CHAIN = 10_000
 
 
-class OutageError(ValueError):
+class OutageError(InputError):
     """An outage that cannot be built, or windows that never end; meant for people."""
 
 

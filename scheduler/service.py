@@ -22,7 +22,7 @@ from scheduler.model import DagSpec, Trigger
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
 from scheduler.reruns import select
-from scheduler.schedules import Batch, ScheduleError
+from scheduler.schedules import Batch
 from scheduler.spec import build_schedule, load_bytes, load_file
 from scheduler.store import RunStore
 
@@ -189,16 +189,13 @@ def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date |
     tz = schedule.tz if schedule else zone("UTC")
     if schedule_aligned and schedule is None:
         raise ConveyorError(f"DAG '{dag}' has no schedule; --schedule-aligned needs one")
-    try:
-        if schedule is not None and schedule_aligned:
-            fires = plan_schedule_aligned(schedule, start, end, backwards=backwards)
-            intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
-        else:
-            chosen = batch or spec.document.get("batch") or "1d"
-            Batch.parse(chosen)
-            intervals = [(s, e, e) for s, e in plan_batches(start, end, chosen, tz, backwards=backwards)]
-    except ScheduleError as exc:
-        raise ConveyorError(str(exc)) from None
+    if schedule is not None and schedule_aligned:
+        fires = plan_schedule_aligned(schedule, start, end, backwards=backwards)
+        intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
+    else:  # a ScheduleError (a bad batch or range) is a ConveyorError: it reaches the user as is
+        chosen = batch or spec.document.get("batch") or "1d"
+        Batch.parse(chosen)
+        intervals = [(s, e, e) for s, e in plan_batches(start, end, chosen, tz, backwards=backwards)]
     if not intervals:
         raise ConveyorError(f"no interval in [{start}, {end})")
     known = store.interval_runs(dag)
