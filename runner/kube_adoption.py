@@ -46,7 +46,7 @@ class KubernetesAdoption:
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(ApiException):
-            self.runtime.delete(found_id)
+            self.runtime.reap([found_id])
 
 
 def _skip_first(on_output: Callable[[bytes], None], count: int) -> Callable[[bytes], None]:

@@ -15,12 +15,18 @@ What differs from :class:`~runner.containers.DockerRuntime`, on purpose:
 - stdout and stderr come interleaved through the log API (Docker's attach is the same mix).
 - A Pod whose container has not started within ``start_timeout`` (unschedulable, stuck volume...)
   ends as ``start_timeout``.
+- Resolved ``secrets:`` never appear in the Pod spec: they go into a Secret made for the attempt (same
+  name as the Pod), which the container reads through ``valueFrom.secretKeyRef``. The Secret is made
+  first (a Pod whose Secret is missing cannot start), then owned by the Pod (``ownerReferences``, so
+  the cluster deletes it with the Pod even if the worker dies), and deleted by the runtime when the
+  attempt ends. API verbs used: pods create/get/list/delete, pods/log get, secrets create/patch/delete.
 
 ``pod_manifest`` is pure, so every Pod spec can be checked offline with ``kubernetes-validate``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -89,8 +95,40 @@ def _quantity_cpu(cpus: float) -> str:
     return f"{max(1, round(cpus * 1000))}m"
 
 
+def secret_key(env_name: str) -> str:
+    """A Secret data key for an env var name (keys allow ``[-._a-zA-Z0-9]`` only)."""
+    if re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", env_name):
+        return env_name
+    return "k-" + hashlib.sha256(env_name.encode()).hexdigest()[:16]
+
+
+def secret_values(plan: StepPlan) -> dict[str, str]:
+    """The env vars of a prepared plan that are resolved secrets (``plan.secrets`` names them)."""
+    return {name: str(plan.env[name]) for name in plan.secrets if name in plan.env}
+
+
+def secret_manifest(name: str, values: Mapping[str, str], labels: Mapping[str, str], namespace: str,
+                    ) -> dict[str, Any]:
+    """The per-attempt Secret holding a step's resolved secrets (pure)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, **{key: label_value(str(value)) for key, value in labels.items()}},
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "data": {secret_key(k): base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+
+
 def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> dict[str, Any]:
-    """The Pod for one attempt, as plain data (pure; ``labels`` as :func:`runner.containers.labels_for` makes them)."""
+    """The Pod for one attempt, as plain data (pure; ``labels`` as :func:`runner.containers.labels_for` makes them).
+
+    Env vars named in ``plan.secrets`` are references to the attempt's Secret (:func:`secret_manifest`, same
+    name as the Pod), never values."""
     attempt = labels.get(f"{LABEL_PREFIX}.attempt", "0")
     name = pod_name(labels.get(f"{LABEL_PREFIX}.prefix", ""), plan.run_id, plan.step, attempt)
     limits: dict[str, str] = {}
@@ -110,8 +148,12 @@ def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> d
         },
     }
     if plan.env:
-        # Plain values only; secrets will come as valueFrom.secretKeyRef.
-        container["env"] = [{"name": str(k), "value": str(v)} for k, v in plan.env.items()]
+        secret = secret_values(plan)
+        container["env"] = [
+            {"name": str(k), "valueFrom": {"secretKeyRef": {"name": name, "key": secret_key(str(k))}}}
+            if k in secret else {"name": str(k), "value": str(v)}
+            for k, v in plan.env.items()
+        ]
     if plan.working_dir:
         container["workingDir"] = plan.working_dir
     if limits:
@@ -174,22 +216,58 @@ class KubernetesRuntime:
             should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         manifest = pod_manifest(plan, labels, self.namespace)
         name = manifest["metadata"]["name"]
+        secrets = secret_values(plan)
         try:
-            self.core.create_namespaced_pod(self.namespace, manifest)
+            if secrets:
+                self._create_secret(secret_manifest(name, secrets, labels, self.namespace))
+            try:
+                pod = self.core.create_namespaced_pod(self.namespace, manifest)
+            except BaseException:
+                if secrets:
+                    self.delete_secret(name)
+                raise
         except ApiException as exc:
             if exc.status == 409:
-                return Outcome(None, "create_failed", f"a Pod named {name!r} already exists in namespace "
+                return Outcome(None, "create_failed", f"a Pod or Secret named {name!r} already exists in namespace "
                                f"{self.namespace!r} (a leftover of this attempt?)", container_id=name)
             return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
         except _Transport as exc:
             return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
         outcome: Outcome | None = None
         try:
+            if secrets:
+                self._own_secret(name, pod)
             outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
         finally:
             if outcome is None or not (outcome.detached or keep):  # a detached Pod runs on under its adopter
                 self.delete(name)
+                if secrets:
+                    self.delete_secret(name)
         return replace(outcome, kept=True) if keep and not outcome.detached else outcome
+
+    def _create_secret(self, manifest: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_secret(self.namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A leftover of this very attempt (a worker died between create and delete): replace it.
+            self.delete_secret(manifest["metadata"]["name"])
+            self.core.create_namespaced_secret(self.namespace, manifest)
+
+    def _own_secret(self, name: str, pod: Any) -> None:
+        """Make the Pod the Secret's owner, so that the cluster deletes the Secret with the Pod."""
+        uid = pod.metadata.uid if hasattr(pod, "metadata") else pod["metadata"]["uid"]
+        if not uid:
+            return
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
+        with contextlib.suppress(ApiException, *_Transport):
+            self.core.patch_namespaced_secret(name, self.namespace, {"metadata": {"ownerReferences": [owner]}})
+
+    def delete_secret(self, name: str) -> None:
+        """Delete the attempt's Secret; one already gone is fine."""
+        with contextlib.suppress(ApiException, *_Transport):
+            self.core.delete_namespaced_secret(name, self.namespace)
 
     def delete(self, name: str) -> None:
         """Delete a Pod at once (zero grace, dependents first); a Pod already gone is fine."""
@@ -213,9 +291,10 @@ class KubernetesRuntime:
         return found
 
     def reap(self, ids: Iterable[str]) -> None:
-        """Delete the given Pods (names from :meth:`orphans`) at once."""
+        """Delete the given Pods (names from :meth:`orphans`, or of ``run(keep=True)``) and their Secrets at once."""
         for name in ids:
             self.delete(name)
+            self.delete_secret(name)  # the owner reference does it too, in a cluster; not in every emulator
 
 
 class _Attempt:
@@ -392,6 +471,7 @@ class _LogPump:
         except Exception:  # the Pod went away or the API dropped us: no log to follow
             return
         # The stream ends when the container does, or raises when the Pod goes away or we close it.
+        assert self.response is not None
         pump_in_batches(self.response.stream(LOG_FLUSH_BYTES, decode_content=True), self.on_output)
 
     def join(self, timeout: float = 10.0) -> None:

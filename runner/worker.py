@@ -24,12 +24,17 @@ from runner import admission
 from runner.admission import ConveyorJob, JobRefused
 from runner.adoption import Adopter
 from runner.context import WorkerContext, install
+from scheduler import health
 from scheduler.dispatch import FAILURE_TTL, DelayedMover
 from scheduler.model import QUEUES
 from scheduler.reaper import Reaper
 from scheduler.settings import Settings
 
 FAIR_TURN = 5
+# RQ's worker key TTL. RQ blocks on the queues for TTL - 15 s between two turns of its loop, so this
+# also bounds how long /readyz waits before it calls an idle worker's loop stuck (RQ's 420 s default
+# would make that 7 minutes).
+WORKER_TTL = 60
 log = logging.getLogger("conveyor.runner")
 
 
@@ -70,7 +75,8 @@ class ConveyorWorker(SimpleWorker):
         except JobRefused as exc:
             self.refuse(job.id, queue, exc.reason)
             return
-        super().execute_job(job, queue)
+        with health.busy("worker"):  # a step may run for hours without the loop turning
+            super().execute_job(job, queue)
 
     def refuse(self, job_id: str, queue: Queue | None, reason: str) -> None:
         """Move a job to RQ's failed registry with the reason; nothing of it is called."""
@@ -94,6 +100,10 @@ class ConveyorWorker(SimpleWorker):
             self.context.stopping_since = time.monotonic()
         super().request_stop(signum, frame)
 
+    def heartbeat(self, *args, **kwargs) -> None:
+        super().heartbeat(*args, **kwargs)
+        health.beat("worker", self.dequeue_timeout + 30, "idle")
+
     def reorder_queues(self, reference_queue: Queue) -> None:
         self._taken += 1
         self._ordered_queues = self.queues[::-1] if self._taken % FAIR_TURN == FAIR_TURN - 1 else self.queues[:]
@@ -101,7 +111,7 @@ class ConveyorWorker(SimpleWorker):
     def subscribe(self) -> None:
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=0.2, daemon=True, exception_handler=self._pubsub_exception_handler)
 
 
@@ -113,6 +123,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
                     "them (anyone who can write to its Redis can choose what it runs)")
     context = WorkerContext(settings, name=name)
     install(context)
+    context.store.warn_if_exposed(log)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
     reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts, adopter=Adopter(context))
@@ -124,6 +135,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
             connection = settings.connect(decode=False)
             worker = ConveyorWorker([Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
                                     connection=connection, serializer=JSONSerializer, job_class=ConveyorJob,
+                                    worker_ttl=WORKER_TTL,
                                     name=f"{name}-{int(time.time() * 1000) % 100000}" if backoff > 0.5 else name)
             worker.context = context
             worker.prefix = settings.prefix

@@ -17,6 +17,8 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scheduler.errors import InputError
+
 STEP_FIELDS = ("exit_code", "state")
 _LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 _COMPARE = {
@@ -29,7 +31,7 @@ _ALLOWED = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, a
             ast.Name, ast.Attribute, ast.Load, ast.List, ast.Tuple, *_COMPARE)
 
 
-class ConditionError(ValueError):
+class ConditionError(InputError):
     """A condition that cannot be parsed or names something unknown; the message is for people."""
 
 

@@ -26,13 +26,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
-from scheduler import stats
+from scheduler import health, stats
 from scheduler.agenda import Agenda
 from scheduler.clock import Clock
 from scheduler.engine import Engine
@@ -70,6 +71,12 @@ class Compiled:
     params: dict[str, Any]  # a scheduled run takes the params' defaults
     provenance: dict[str, Any]
 
+    @property
+    def sched(self) -> Schedule:
+        """The schedule of a DAG that has one (the only kind the daemon walks)."""
+        assert self.schedule is not None, "an unscheduled DAG is never walked"
+        return self.schedule
+
 
 def next_due(schedule: Schedule, now: datetime, upcoming: list[Fire] | None = None) -> datetime | None:
     """When the daemon must look at this DAG again: its next fire's due time, or sooner, the end of
@@ -96,7 +103,7 @@ class Scheduler:
         self.lease = Lease(store, ttl=lease_ttl)
         self.stop = threading.Event()
         self._compiled: dict[str, Compiled] = {}
-        self._schedules: dict[str, Schedule] = {}
+        self._schedules: dict[str, Schedule | None] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self.leading = False  # read by the release thread
         # DAG -> (cursor, version, context, due time of the first fire after that cursor), epoch seconds
@@ -147,7 +154,7 @@ class Scheduler:
         work: list[tuple[str, Compiled, list[Fire]]] = []
         for dag, record in zip(dags, records, strict=True):
             try:
-                if not record or record.get("paused") == "1":
+                if not record or record.get("paused") == "1" or record.get("deactivated") == "1":
                     self.agenda.set_next(dag, None)
                     continue
                 compiled = self._compile(dag, int(record["latest"]), *context)
@@ -165,7 +172,7 @@ class Scheduler:
         with self.agenda.batch() as pipe:
             for dag, compiled, _ in work:
                 self.agenda.advance(dag, now, client=pipe)
-                schedule = compiled.schedule
+                schedule = compiled.sched
                 upcoming = self._memoized(compiled, "next", now)
                 wake = next_due(schedule, now, upcoming)
                 known = (now, upcoming[0].due) if upcoming else None  # the first fire after the new cursor
@@ -207,7 +214,7 @@ class Scheduler:
         fire = upcoming[0]
         if fire.due - now < STAGE_MARGIN or fire.deferred_by:
             return False
-        outages = compiled.schedule.outages
+        outages = compiled.sched.outages
         return not outages or (outages.find(now) is None and outages.find(fire.due) is None)
 
     def _memoized(self, compiled: Compiled, what: str, *args: datetime) -> Any:
@@ -215,8 +222,9 @@ class Scheduler:
         (every ``0 * * * *`` DAG in UTC) share the cron walking."""
         key = (compiled.schedule_key, what, *args)
         if key not in self._memo:
-            schedule = compiled.schedule
-            self._memo[key] = schedule.next_fires(args[0], 2) if what == "next" else schedule.due_between(*args)
+            schedule = compiled.sched
+            self._memo[key] = (schedule.next_fires(args[0], 2) if what == "next"
+                               else schedule.due_between(args[0], args[1]))
         return self._memo[key]
 
     def _due_fires(self, dag: str, compiled: Compiled, cursor: datetime, now: datetime) -> list[Fire]:
@@ -230,7 +238,7 @@ class Scheduler:
             return []
         fires, not_created = self._memoized(compiled, "due", cursor, now)
         if not_created:
-            schedule = compiled.schedule
+            schedule = compiled.sched
             how = "catchup is off: only the latest is created" if not schedule.catchup else (
                 f"max_catchup is {schedule.max_catchup}")
             log.warning("%s: %d missed run(s) not created (%s)", dag, not_created, how)
@@ -299,13 +307,13 @@ class Scheduler:
         self._compiled[dag] = compiled
         return compiled
 
-    def _schedule(self, document: dict[str, Any], calendars: dict[str, Any], outages: list[Outage],
+    def _schedule(self, document: Mapping[str, Any], calendars: dict[str, Any], outages: list[Outage],
                   context: str) -> tuple[str, Schedule | None]:
         """One Schedule object per distinct schedule (with its calendars, outages and batch)."""
         key = json.dumps([document.get(k) for k in ("schedule", "calendars", "outages", "batch")] + [context],
                          sort_keys=True, default=str)
         if key not in self._schedules:
-            self._schedules[key] = build_schedule(document, calendars, outages)
+            self._schedules[key] = build_schedule(dict(document), calendars, outages)
         return key, self._schedules[key]
 
     # --- the loop -------------------------------------------------------------------------------
@@ -326,13 +334,20 @@ class Scheduler:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self.stop.wait(RELEASE_POLL)
 
+    def turn_within(self) -> float:
+        """How long one turn of :meth:`serve` may take before ``/readyz`` says the loop is stuck: a
+        standby sleeps up to a lease, a leader's pass may be long (thousands of DAGs to stage)."""
+        return max(30.0, 3 * self.lease.ttl)
+
     def serve(self) -> None:
         """Lead (or stand by) until :attr:`stop` is set. Survives Redis restarts with a backoff."""
         backoff = 0.1
+        self.store.warn_if_exposed(log)
         threading.Thread(target=self.release_loop, name="conveyor-release", daemon=True).start()
         while not self.stop.is_set():
             try:
                 was_leading, self.leading = self.leading, self.lease.hold()
+                health.beat("scheduler", self.turn_within(), "leader" if self.leading else "standby")
                 if not self.leading:
                     if was_leading:
                         log.warning("lost the leadership (lease taken by %s)", self.lease.holder())

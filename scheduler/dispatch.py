@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import redis
 from rq import Queue
@@ -53,7 +54,7 @@ class Dispatcher:
 
     def __init__(self, connection: redis.Redis, prefix: str = "conveyor"):
         self.prefix = prefix
-        self.connection = connection
+        self.connection: Any = connection  # bytes replies (RQ's own client)
         # JSON, never pickle: workers refuse anything else (runner/admission.py)
         self.queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in QUEUES}
         self.delayed_key = Keys(prefix).delayed()

@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scheduler.store import RunStore
@@ -31,7 +31,7 @@ class Lease:
     token: int = 0
 
     def __post_init__(self) -> None:
-        self.client = self.store.r  # the lease is part of the store layer (leader_*.lua)
+        self.client: Any = self.store.r  # the lease is part of the store layer (leader_*.lua)
         self.keys = self.store.keys
         self._acquire = self.store.script("leader_acquire.lua")
         self._release = self.store.script("leader_release.lua")

@@ -12,11 +12,14 @@ Two sources, both read-only:
   their busy ratio, scheduler lag. These are gauges of shared state: every process reports the
   same values.
 
-``ctl scheduler --metrics-port N`` and ``ctl worker --metrics-port N`` start :func:`start`.
+``ctl scheduler --metrics-port N`` and ``ctl worker --metrics-port N`` start :func:`start`, which also
+serves ``/healthz`` (the process answers) and ``/readyz`` (Redis answers and the main loop turned
+recently, see :mod:`scheduler.health`) on the same port, for the chart's and Compose's probes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,12 +28,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from scheduler.health import HEALTH, Health
 from scheduler.model import QUEUES, TERMINAL_RUN_STATES, TERMINAL_STEP_STATES
 from scheduler.store import RunStore
 
@@ -232,6 +238,8 @@ class RedisCollector(Collector):
         for state in sorted(states):
             workers.add_metric([state], states[state])
         yield workers
+        yield GaugeMetricFamily("conveyor_dag_import_errors", "Synced DAG files that do not validate (ctl dags).",
+                                value=self.store.import_error_count())
         refused = CounterMetricFamily("conveyor_jobs_refused", "RQ jobs workers refused to run: not Conveyor's "
                                       "attempt job (see runner/admission.py).")
         refused.add_metric([], self.store.jobs_refused())
@@ -266,12 +274,67 @@ def build(store: RunStore, rq_connection: redis.Redis, clock: Callable[[], float
     return registry, EventTail(store, metrics)
 
 
-def start(store: RunStore, rq_connection: redis.Redis, port: int, addr: str = "0.0.0.0") -> Exporter:
-    """Serve ``/metrics`` on ``addr:port`` and tail the events stream, both in daemon threads."""
+def redis_check(client: redis.Redis, timeout: float = 2.0) -> Callable[[], str | None]:
+    """A readiness check: PING on a client of its own with a short timeout and no retries, so that a
+    probe answers within its own timeout while Redis is away."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout,
+              "retry": None}
+    kwargs.pop("retry_on_error", None)
+    probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                             max_connections=2, **kwargs))
+
+    def check() -> str | None:
+        try:
+            probe.ping()
+        except (redis.RedisError, OSError) as exc:
+            return f"Redis does not answer: {exc}"
+        return None
+
+    return check
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no access log
+        pass
+
+
+def http_app(registry: CollectorRegistry, health: Health) -> Callable:
+    """``/healthz``, ``/readyz`` (JSON details; 503 when not ready), anything else: the metrics."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            ready, details = health.report()
+            body = json.dumps({"ready": ready, "checks": details}, sort_keys=True).encode() + b"\n"
+            start_response("200 OK" if ready else "503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def serve(app: Callable, port: int, addr: str) -> tuple[Any, threading.Thread]:
+    server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="conveyor-metrics-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def start(store: RunStore, rq_connection: redis.Redis, port: int, addr: str = "0.0.0.0",
+          health: Health = HEALTH) -> Exporter:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``addr:port`` and tail the events stream,
+    both in daemon threads."""
     registry, tail = build(store, rq_connection)
     tail.start()
-    server, thread = start_http_server(port, addr, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    health.add_check("redis", store.readiness_check())
+    server, thread = serve(http_app(registry, health), port, addr)
+    log.info("metrics on http://%s:%d/metrics (probes: /healthz, /readyz)", addr, server.server_port)
     return Exporter(registry, tail, server, thread, server.server_port)
 
 

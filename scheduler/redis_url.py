@@ -79,6 +79,15 @@ def parse(url: str) -> SentinelUrl:
                        (query.get("sentinel_password") or [None])[0])
 
 
+def problem(url: str) -> str | None:
+    """What is wrong with a ``redis+sentinel://`` URL, or None."""
+    try:
+        parse(url)
+    except (ConveyorError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def connect(url: str, *, decode: bool = True) -> redis.Redis:
     """A client of the current primary of the URL's service, that follows failovers (see the module)."""
     parsed = parse(url)

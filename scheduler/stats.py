@@ -223,7 +223,7 @@ def slow_attempts(runs: Iterable[Run], now: float) -> list[dict[str, Any]]:
                 if a.started is not None:
                     by_step[(run.dag, step.name)].append((run, a))
     found = []
-    for (dag, step), attempts in by_step.items():
+    for (dag, step_name), attempts in by_step.items():
         history: list[float] = []
         for run, a in sorted(attempts, key=lambda item: item[1].started or 0.0):
             took = a.duration(now)
@@ -231,7 +231,7 @@ def slow_attempts(runs: Iterable[Run], now: float) -> list[dict[str, Any]]:
             if took is not None and limit is not None and took > limit:
                 window = history[-HISTORY:]
                 found.append({
-                    "run_id": run.run_id, "dag": dag, "step": step, "attempt": a.number, "state": a.state,
+                    "run_id": run.run_id, "dag": dag, "step": step_name, "attempt": a.number, "state": a.state,
                     "host": a.host or None, "seconds": round(took, 3), "threshold_seconds": round(limit, 3),
                     "p50_seconds": _round(percentile(window, 50)), "p95_seconds": _round(percentile(window, 95)),
                     "samples": len(window), "ratio": round(took / (percentile(window, 50) or 1e-9), 1),

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scheduler.errors import InputError
+
 _TOKEN = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -30,7 +32,7 @@ BUILTINS = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template names something unknown or is malformed; the message is for people."""
 
 

@@ -85,7 +85,8 @@ class _Container:
 class Emulator:
     """kmock's KubernetesEmulator served on a loopback port from its own event-loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host  # 0.0.0.0: containers reach it through their network's gateway
         self.kubelet: FakeKubelet | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -105,10 +106,12 @@ class Emulator:
         self._thread.join(10)
 
     async def _serve(self) -> None:
-        async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s) as server:
+        async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s, host=self.host) as server:
             k8s.resources["v1/pods"] = kmock.ResourceInfo(
                 kind="Pod", namespaced=True, subresources={"log", "status"},
                 verbs={"get", "list", "watch", "create", "patch", "delete"})
+            k8s.resources["v1/secrets"] = kmock.ResourceInfo(
+                kind="Secret", namespaced=True, verbs={"get", "list", "create", "patch", "delete"})
             k8s["get /version/"] << VERSION  # the client asks with a trailing slash; kmock knows "/version"
             k8s[kmock.resource("v1", "pods"), kmock.subresource("log")] << self._log
             self._stop, self._loop = asyncio.Event(), asyncio.get_running_loop()

@@ -37,7 +37,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def one(variant: str, kind: str, name_suffix: str = "") -> dict[str, Any]:
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
+    return workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
 
 
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,7 +165,8 @@ def test_two_scheduler_replicas_with_lease_ttl(variant):
     # A rollout never takes the standby away first.
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     env = env_of(main_container(dep, "scheduler"))
-    assert env["CONVEYOR_LEASE_TTL"]["value"] == "10s"
+    # Plain seconds: what `ctl scheduler --lease-ttl` accepts with or without duration parsing.
+    assert env["CONVEYOR_LEASE_TTL"]["value"] == "10"
     assert main_container(dep, "scheduler")["args"][:3] == ["scheduler", "--metrics-port", "9100"]
     pdb = one(variant, "PodDisruptionBudget", "-scheduler")
     assert pdb["spec"]["minAvailable"] == 1
@@ -218,12 +219,14 @@ def test_external_redis_password_only_from_the_secret():
     values = VARIANTS[variant]
     secret = values["externalRedis"]["existingSecret"]
     assert not of_kind(variant, "StatefulSet"), "no bundled Redis with externalRedis"
-    assert not of_kind(variant, "Secret"), "the chart must not render a Secret of its own"
+    # The chart renders no Secret of its own for the Redis password (the signing key's only).
+    assert [s["metadata"]["name"] for s in of_kind(variant, "Secret")] == [f"{RELEASE}-conveyor-signing"]
     for name in ("scheduler", "worker"):
         env = env_of(main_container(one(variant, "Deployment", f"-{name}"), name))
         ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret, "key": values["externalRedis"]["existingSecretPasswordKey"]}
-        assert env["REDIS_URL"]["value"] == "rediss://conveyor:$(REDIS_PASSWORD)@redis.example.internal:6380/2"
+        assert env["REDIS_URL"]["value"] == ("rediss://conveyor:$(REDIS_PASSWORD)@redis.example.internal:6380/2"
+                                             "?ssl_ca_certs=/etc/conveyor/redis-ca/ca.crt")
     # No manifest carries a password: every URL-shaped string either has no credentials or
     # the $(REDIS_PASSWORD) reference, and no env var named like a secret has a plain value.
     for doc in manifests(variant):
@@ -372,9 +375,10 @@ def test_kubernetes_runtime_has_role_on_pods_and_no_socket():
     variant = "kubernetes-runtime"
     role = one(variant, "Role")
     rules = {res: set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
-    assert {"create", "get", "list", "watch", "delete"} <= rules["pods"]
-    assert "get" in rules["pods/log"]
-    assert rules["secrets"] == {"create", "delete"}
+    # Exactly what runner/kubernetes.py calls (tests/test_kubernetes_secrets.py compares with the code).
+    assert rules["pods"] == {"create", "get", "list", "delete"}
+    assert rules["pods/log"] == {"get"}
+    assert rules["secrets"] == {"create", "patch", "delete"}
     assert all(rule["apiGroups"] == [""] for rule in role["rules"])
     binding = one(variant, "RoleBinding")
     sa = one(variant, "ServiceAccount")
@@ -447,8 +451,11 @@ def test_network_policy_guards_redis(variant):
     (rule,) = np["spec"]["ingress"]
     (peer,) = rule["from"]
     exprs = {e["key"]: e["values"] for e in peer["podSelector"]["matchExpressions"]}
-    assert exprs["app.kubernetes.io/component"] == ["scheduler", "worker"]
+    # Only this release's Conveyor pods (the helm test pod runs ctl against Redis too); on by default.
+    assert exprs["app.kubernetes.io/component"] == ["scheduler", "worker", "test"]
     assert exprs["app.kubernetes.io/instance"] == [RELEASE]
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    assert values_of("defaults")["networkPolicy"]["enabled"] is True
 
 
 # --- values.yaml and values.schema.json ----------------------------------------------------
@@ -461,6 +468,10 @@ def test_network_policy_guards_redis(variant):
         {"scheduler": {"replicas": 0}},
         {"config": {"runtime": "podman"}},
         {"config": {"leaseTTL": "ten seconds"}},
+        {"config": {"leaseTTL": "1m30s"}},
+        {"config": {"leaseTTL": 0}},
+        {"redis": {"tls": {"enabled": True}}},
+        {"signing": {"key": "inline"}},
         {"worker": {"queues": []}},
         {"worker": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
         {"redis": {"enabled": False}},
@@ -500,3 +511,180 @@ def test_every_values_key_is_commented():
         if not (re.match(r"#( \S|$)", above) or "#" in line.split(":", 1)[1]):
             missing.append(f"values.yaml:{i + 1}: {m.group(2)}")
     assert not missing, "keys without a comment:\n" + "\n".join(missing)
+
+
+# --- Redis locked by default, signed plans (issue 11) ---------------------------------------
+
+
+def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [d for path, text in files.items() if not path.endswith("NOTES.txt")
+            for d in yaml.safe_load_all(text) if d]
+
+
+def _named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    return found
+
+
+@pytest.mark.parametrize("variant", [v for v in sorted(VARIANTS) if v != "external-redis"])
+def test_bundled_redis_requires_a_password_by_default(variant):
+    values = values_of(variant)
+    existing = values["redis"]["auth"]["existingSecret"]
+    name = existing or f"{RELEASE}-conveyor-redis-auth"
+    key = values["redis"]["auth"]["existingSecretPasswordKey"] if existing else "redis-password"
+    generated = [s for s in of_kind(variant, "Secret") if s["metadata"]["name"].endswith("-redis-auth")]
+    if existing:
+        assert generated == [], "an existing Secret replaces the generated one"
+    else:
+        (secret,) = generated
+        import base64
+
+        password = base64.b64decode(secret["data"]["redis-password"]).decode()
+        assert re.fullmatch(r"[A-Za-z0-9]{40}", password), "random and URL-safe"
+    redis = main_container(one(variant, "StatefulSet", "-redis"), "redis")
+    flags = _pairs(redis["args"])
+    assert flags["--requirepass"] == "$(REDIS_PASSWORD)" and "--protected-mode" not in flags
+    assert env_of(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": name, "key": key}
+    for component in ("scheduler", "worker"):
+        env = env_of(main_container(one(variant, "Deployment", f"-{component}"), component))
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": name, "key": key}
+        assert env["REDIS_URL"]["value"] == f"redis://:$(REDIS_PASSWORD)@{RELEASE}-conveyor-redis:6379/0"
+
+
+def test_generated_secrets_are_random_per_install():
+    """Offline, Helm's lookup finds nothing: each render is a first install with new values. In a
+    cluster, lookup returns the Secret already there, so an upgrade keeps it (see docs/deploy.md)."""
+    first, second = _render({}), _render({})
+    for suffix in ("-redis-auth", "-signing"):
+        a, b = _named(first, "Secret", suffix), _named(second, "Secret", suffix)
+        assert a["data"] != b["data"], suffix
+    template = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret" .root.Release.Namespace .name' in template
+
+
+@all_variants
+def test_signing_key_only_for_the_scheduler_and_workers(variant):
+    (secret,) = [s for s in of_kind(variant, "Secret") if s["metadata"]["name"].endswith("-signing")]
+    assert len(secret["data"]["signing-key"]) >= 64
+    for component in ("scheduler", "worker"):
+        env = env_of(main_container(one(variant, "Deployment", f"-{component}"), component))
+        ref = env["CONVEYOR_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": "signing-key"}
+    redis = [main_container(d, "redis") for d in of_kind(variant, "StatefulSet")]
+    assert all("CONVEYOR_SIGNING_KEY" not in env_of(c) for c in redis)
+
+
+def test_signing_key_from_an_existing_secret():
+    docs = _render({"signing": {"existingSecret": "my-key", "existingSecretKey": "k"}})
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-signing")]
+    env = env_of(main_container(_named(docs, "Deployment", "-worker"), "worker"))
+    assert env["CONVEYOR_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "my-key", "key": "k"}
+
+
+def test_redis_without_auth_is_explicit():
+    docs = _render({"redis": {"auth": {"enabled": False}}})
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-redis-auth")]
+    redis = main_container(_named(docs, "StatefulSet", "-redis"), "redis")
+    assert _pairs(redis["args"])["--protected-mode"] == "no" and "--requirepass" not in redis["args"]
+    env = env_of(main_container(_named(docs, "Deployment", "-scheduler"), "scheduler"))
+    assert "REDIS_PASSWORD" not in env and env["REDIS_URL"]["value"] == f"redis://{RELEASE}-conveyor-redis:6379/0"
+
+
+def test_bundled_redis_over_tls():
+    docs = _render({"redis": {"tls": {"enabled": True, "existingSecret": "redis-tls"}},
+                    "worker": {"keda": {"enabled": True}}})
+    sts = _named(docs, "StatefulSet", "-redis")
+    redis = main_container(sts, "redis")
+    flags = _pairs(redis["args"])
+    assert flags["--port"] == "0" and flags["--tls-port"] == "6379" and flags["--tls-auth-clients"] == "no"
+    assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in redis["volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "redis-tls", "defaultMode": 0o440}} in pod_spec(sts)["volumes"]
+    assert "--tls" in redis["readinessProbe"]["exec"]["command"]
+    for component in ("scheduler", "worker"):
+        dep = _named(docs, "Deployment", f"-{component}")
+        c = main_container(dep, component)
+        assert env_of(c)["REDIS_URL"]["value"] == (f"rediss://:$(REDIS_PASSWORD)@{RELEASE}-conveyor-redis:6379/0"
+                                                   "?ssl_ca_certs=/etc/conveyor/redis-ca/ca.crt")
+        assert {"name": "redis-ca", "mountPath": "/etc/conveyor/redis-ca", "readOnly": True} in c["volumeMounts"]
+        (ca,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "redis-ca"]
+        assert ca["secret"] == {"secretName": "redis-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    md = _named(docs, "ScaledObject", "-worker")["spec"]["triggers"][0]["metadata"]
+    assert md["enableTLS"] == "true"
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_external_redis_ca_from_a_secret():
+    values = {**VARIANTS["external-redis"]}
+    values["externalRedis"] = {**values["externalRedis"], "tls": {"caSecret": "corp-ca", "caKey": "root.pem"}}
+    docs = _render(values)
+    dep = _named(docs, "Deployment", "-scheduler")
+    url = env_of(main_container(dep, "scheduler"))["REDIS_URL"]["value"]
+    assert url == ("rediss://conveyor:$(REDIS_PASSWORD)@redis.example.internal:6380/2"
+                   "?ssl_ca_certs=/etc/conveyor/redis-ca/ca.crt")
+    (ca,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "redis-ca"]
+    assert ca["secret"]["items"] == [{"key": "root.pem", "path": "ca.crt"}]
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(10, "10"), ("15", "15"), ("10s", "10"), ("2m", "120"),
+                                                ("1h", "3600"), (2.5, "2.5")])
+def test_lease_ttl_renders_as_plain_seconds(given, seconds):
+    docs = _render({"config": {"leaseTTL": given}})
+    env = env_of(main_container(_named(docs, "Deployment", "-scheduler"), "scheduler"))
+    assert env["CONVEYOR_LEASE_TTL"]["value"] == seconds
+
+
+# --- a chart that really starts (issue 12) ---------------------------------------------------
+
+
+@all_variants
+def test_probes_are_http_health_endpoints(variant):
+    for component in ("scheduler", "worker"):
+        c = main_container(one(variant, "Deployment", f"-{component}"), component)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert "--metrics-port" in c["args"], "the probes need the metrics server"
+
+
+def _sample_dags() -> dict[str, str]:
+    """The commented sample of values.yaml (uncommented) and every dags.files of the ci variants."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    start = lines.index("  #  nightly.yaml: |")
+    sample = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  #    "):
+            break
+        sample.append(line.removeprefix("  #    "))
+    found = {"values.yaml sample": "\n".join(sample) + "\n"}
+    for name, values in VARIANTS.items():
+        for file, text in (values.get("dags", {}).get("files") or {}).items():
+            found[f"{name}: {file}"] = text
+    return found
+
+
+@pytest.mark.parametrize("where", sorted(_sample_dags()))
+def test_sample_dags_are_valid(where, tmp_path):
+    from scheduler.spec import load_file
+
+    path = tmp_path / "dag.yaml"
+    path.write_text(_sample_dags()[where])
+    spec, _ = load_file(path)  # raises with file:line:col messages when invalid
+    images = {step.image for step in spec.steps.values()}
+    assert images == {"conveyor/busybox:local"}, "an image that exists locally (pull: never by default)"
+
+
+@all_variants
+def test_helm_test_pod_runs_the_cli_without_the_signing_key(variant):
+    (pod,) = [d for d in of_kind(variant, "Pod") if d["metadata"]["name"].endswith("-test-ctl")]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"  # admitted by the Redis policy
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["runs"]  # `ctl dags` once it lands on main
+    env = env_of(c)
+    assert "CONVEYOR_SIGNING_KEY" not in env
+    worker = env_of(main_container(one(variant, "Deployment", "-worker"), "worker"))
+    assert env["REDIS_URL"] == worker["REDIS_URL"]
+    assert env.get("REDIS_PASSWORD") == worker.get("REDIS_PASSWORD")

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import free_port
 
@@ -85,18 +86,29 @@ def ctl_command() -> list[str]:
 class Stack:
     def __init__(self, binary: str, project: str, env_file: Path, redis_port: int, prefix: str):
         self.binary, self.project, self.env_file = binary, project, env_file
-        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        self.open_url = f"redis://127.0.0.1:{redis_port}/0"
+        self.redis_url = f"redis://:{self.env_value('REDIS_PASSWORD')}@127.0.0.1:{redis_port}/0"
         self.prefix = prefix
 
+    def env_value(self, name: str) -> str:
+        values = dict(line.split("=", 1) for line in self.env_file.read_text().splitlines()
+                      if "=" in line and not line.startswith("#"))
+        return values.get(name, "")
+
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # The shell's environment wins over the env file in Compose: the suite's own CONVEYOR_* and REDIS_*
+        # variables (its test signing key) must not reach the stack.
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "REDIS_"))}
         return run([self.binary, "-p", self.project, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file),
-                    *args], timeout=timeout, check=check, what="docker compose")
+                    *args], timeout=timeout, check=check, env=clean, what="docker compose")
 
     def ctl(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run([*ctl_command(), *args], timeout=timeout, check=check, env=self.env(), what="ctl")
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "REDIS_URL": self.redis_url, "CONVEYOR_PREFIX": self.prefix}
+        # ctl on the host creates runs: it signs them with the stack's key, as an operator would.
+        return {**os.environ, "REDIS_URL": self.redis_url, "CONVEYOR_PREFIX": self.prefix,
+                "CONVEYOR_SIGNING_KEY": self.env_value("CONVEYOR_SIGNING_KEY")}
 
     def containers(self, service: str | None = None) -> dict[str, dict]:
         """Running containers of this project (or one service), by full id, as docker inspect sees them."""
@@ -137,7 +149,6 @@ def stack(tmp_path: Path, images: None) -> Iterator[Stack]:
     port = free_port()
     env_file = tmp_path / "compose.env"
     env_file.write_text("\n".join([
-        f"DOCKER_GID={os.stat('/var/run/docker.sock').st_gid}",
         f"REDIS_PORT={port}",
         f"CONVEYOR_PREFIX=ct{token}",
         "CONVEYOR_ATTEMPT_LEASE=3",   # a killed worker's attempt is lost within ~5 s
@@ -149,6 +160,8 @@ def stack(tmp_path: Path, images: None) -> Iterator[Stack]:
         "LOG_LEVEL=INFO",
         "",
     ]))
+    # The password, the signing key and DOCKER_GID come from the script a user runs (the default path).
+    run(["bash", str(ROOT / "scripts/compose-env.sh"), str(env_file)], what="compose-env.sh")
     stack = Stack(binary, f"conveyor-test-{token}", env_file, port, f"ct{token}")
     print(f"compose project {stack.project}: {binary} ({run([binary, 'version', '--short']).stdout.strip()}),"
           f" Redis {stack.redis_url}", file=sys.stderr)
@@ -200,6 +213,17 @@ def check_stack(tmp_path: Path, stack: Stack) -> None:
     assert len(stack.containers("scheduler")) == 2
     [redis_container] = stack.containers("redis").values()
     assert redis_container["HostConfig"]["PortBindings"]["6379/tcp"][0]["HostIp"] == "127.0.0.1"
+    # Locked by default: without the password Redis refuses; the services got the password and the key.
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(stack.open_url).set(f"{stack.prefix}:probe", 1)
+    key = stack.env_value("CONVEYOR_SIGNING_KEY")
+    assert len(key) == 64 and len(stack.env_value("REDIS_PASSWORD")) == 64
+    for service in ("scheduler", "worker"):
+        for cid, c in stack.containers(service).items():
+            env = dict(e.split("=", 1) for e in c["Config"]["Env"])
+            assert env["CONVEYOR_SIGNING_KEY"] == key, cid
+            assert env["REDIS_URL"].startswith("redis://:") and "@redis:6379/" in env["REDIS_URL"], cid
+    assert not any(e.startswith("CONVEYOR_SIGNING_KEY=") for e in redis_container["Config"]["Env"])
     for cid, c in stack.containers("worker").items():
         assert c["Config"]["User"] == "10001:10001", cid
         assert str(os.stat("/var/run/docker.sock").st_gid) in c["HostConfig"]["GroupAdd"], cid

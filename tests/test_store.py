@@ -270,3 +270,23 @@ def test_skip_step_is_fenced_and_propagates(store: RunStore) -> None:
     assert store.skip_step(rid, "a", 1).state == "skipped"
     assert states(store, rid) == {"a": "skipped", "b": "skipped", "c": "skipped", "d": "skipped"}
     assert store.run_record(rid)["state"] == "success"
+
+
+def test_ctl_cancel_exits_1_for_any_run_that_had_ended(store: RunStore, settings, monkeypatch, capsys) -> None:
+    """Cancelled now: exit 0. Already ended, however (success, failed, cancelled): exit 1, one line."""
+    from scheduler.cli.main import main
+
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("CONVEYOR_PREFIX", settings.prefix)
+    spec = spec_from("name: one\ndefaults: {image: img}\nsteps:\n  a: {command: [a]}\n")
+    cancelled, _ = new_run(store, spec)
+    assert main(["cancel", cancelled.run_id]) == 0
+    succeeded, _ = new_run(store, spec)
+    failed, _ = new_run(store, spec)
+    for plan, outcome in ((succeeded, "success"), (failed, "failed")):
+        assert start(store, plan.run_id, "a") == "ok"
+        finish(store, plan.run_id, "a", outcome)
+    capsys.readouterr()
+    for plan, state in ((cancelled, "cancelled"), (succeeded, "success"), (failed, "failed")):
+        assert main(["cancel", plan.run_id]) == 1
+        assert capsys.readouterr().err.strip() == f"run {plan.run_id} had already ended: {state}"

@@ -75,10 +75,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-redis" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Name of the Secret the chart generates for the bundled Redis's password. */}}
+{{- define "conveyor.redis.generatedSecret" -}}
+{{- printf "%s-redis-auth" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* Secret and key of the Redis password, or nothing when Redis has none. */}}
 {{- define "conveyor.redis.passwordSecret" -}}
 {{- if .Values.redis.enabled -}}
-{{- .Values.redis.auth.existingSecret -}}
+{{- if .Values.redis.auth.enabled -}}
+{{- default (include "conveyor.redis.generatedSecret" .) .Values.redis.auth.existingSecret -}}
+{{- end -}}
 {{- else -}}
 {{- .Values.externalRedis.existingSecret -}}
 {{- end -}}
@@ -86,16 +93,81 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "conveyor.redis.passwordKey" -}}
 {{- if .Values.redis.enabled -}}
+{{- if .Values.redis.auth.existingSecret -}}
 {{- .Values.redis.auth.existingSecretPasswordKey -}}
 {{- else -}}
+redis-password
+{{- end -}}
+{{- else -}}
 {{- .Values.externalRedis.existingSecretPasswordKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret and key holding the CA certificate Conveyor checks Redis's TLS certificate against, or nothing. */}}
+{{- define "conveyor.redis.caSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.redis.tls.enabled -}}
+{{- required "redis.tls.existingSecret is required when redis.tls.enabled is true" .Values.redis.tls.existingSecret -}}
+{{- end -}}
+{{- else -}}
+{{- .Values.externalRedis.tls.caSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.redis.caKey" -}}
+{{- ternary "ca.crt" .Values.externalRedis.tls.caKey .Values.redis.enabled -}}
+{{- end -}}
+
+{{/* Where the Conveyor containers find Redis's CA certificate. */}}
+{{- define "conveyor.redis.caPath" -}}
+/etc/conveyor/redis-ca/ca.crt
+{{- end -}}
+
+{{/* Name of the Secret the chart generates for the plan-signing key. */}}
+{{- define "conveyor.signing.generatedSecret" -}}
+{{- printf "%s-signing" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "conveyor.signing.secret" -}}
+{{- default (include "conveyor.signing.generatedSecret" .) .Values.signing.existingSecret -}}
+{{- end -}}
+
+{{- define "conveyor.signing.key" -}}
+{{- ternary .Values.signing.existingSecretKey "signing-key" (ne .Values.signing.existingSecret "") -}}
+{{- end -}}
+
+{{/*
+A random value for a generated Secret, kept across upgrades: the value already in the cluster
+(Helm lookup) when there is one, else a new one. (dict "root" $ "name" NAME "key" KEY "length" N)
+Renders the base64 form, ready for a Secret's data. Offline (helm template) lookup finds nothing:
+every render then makes a new value.
+*/}}
+{{- define "conveyor.keptRandom" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randAlphaNum (int .length) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A duration value ("10", 10, "10s", "2m", "1h") as plain seconds, for CONVEYOR_* variables. */}}
+{{- define "conveyor.seconds" -}}
+{{- $v := toString . -}}
+{{- if hasSuffix "h" $v -}}
+{{- mulf (trimSuffix "h" $v | float64) 3600 -}}
+{{- else if hasSuffix "m" $v -}}
+{{- mulf (trimSuffix "m" $v | float64) 60 -}}
+{{- else -}}
+{{- trimSuffix "s" $v -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
 REDIS_URL without the password. With a password Secret, the password is spliced in as
 $(REDIS_PASSWORD), which the kubelet expands from the env var defined before it: the
-password never appears in a rendered manifest.
+password never appears in a rendered manifest. With TLS and a CA Secret, the URL names the
+mounted CA file (ssl_ca_certs, which redis-py reads from the URL's query).
 */}}
 {{- define "conveyor.redis.url" -}}
 {{- $secret := include "conveyor.redis.passwordSecret" . -}}
@@ -103,23 +175,29 @@ password never appears in a rendered manifest.
 {{- if $secret -}}
 {{- $auth = printf "%s:$(REDIS_PASSWORD)@" (ternary "" .Values.externalRedis.username .Values.redis.enabled) -}}
 {{- end -}}
+{{- $url := "" -}}
 {{- if .Values.redis.enabled -}}
-{{- printf "redis://%s%s:%v/0" $auth (include "conveyor.redis.fullname" .) .Values.redis.port -}}
+{{- $scheme := ternary "rediss" "redis" .Values.redis.tls.enabled -}}
+{{- $url = printf "%s://%s%s:%v/0" $scheme $auth (include "conveyor.redis.fullname" .) .Values.redis.port -}}
 {{- else -}}
-{{- $url := required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
-{{- $parts := splitn "://" 2 $url -}}
+{{- $external := required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
+{{- $parts := splitn "://" 2 $external -}}
 {{- if eq $parts._0 "unix" -}}
 {{- if $secret -}}
-{{- $sep := ternary "&" "?" (contains "?" $url) -}}
+{{- $sep := ternary "&" "?" (contains "?" $external) -}}
 {{- $user := ternary (printf "&username=%s" .Values.externalRedis.username) "" (ne .Values.externalRedis.username "") -}}
-{{- printf "%s%spassword=$(REDIS_PASSWORD)%s" $url $sep $user -}}
+{{- $url = printf "%s%spassword=$(REDIS_PASSWORD)%s" $external $sep $user -}}
 {{- else -}}
+{{- $url = $external -}}
+{{- end -}}
+{{- else -}}
+{{- $url = printf "%s://%s%s" $parts._0 $auth $parts._1 -}}
+{{- end -}}
+{{- end -}}
+{{- if include "conveyor.redis.caSecret" . -}}
+{{- $url = printf "%s%sssl_ca_certs=%s" $url (ternary "&" "?" (contains "?" $url)) (include "conveyor.redis.caPath" .) -}}
+{{- end -}}
 {{- $url -}}
-{{- end -}}
-{{- else -}}
-{{- printf "%s://%s%s" $parts._0 $auth $parts._1 -}}
-{{- end -}}
-{{- end -}}
 {{- end -}}
 
 {{/* Environment shared by the scheduler and the workers. */}}
@@ -134,6 +212,11 @@ password never appears in a rendered manifest.
 {{- end }}
 - name: REDIS_URL
   value: {{ include "conveyor.redis.url" . | quote }}
+- name: CONVEYOR_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "conveyor.signing.secret" . }}
+      key: {{ include "conveyor.signing.key" . }}
 - name: CONVEYOR_PREFIX
   value: {{ .Values.config.prefix | quote }}
 - name: CONVEYOR_RUNTIME
@@ -163,12 +246,24 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The default probe: TCP on the named metrics port. */}}
-{{- define "conveyor.defaultProbe" -}}
-tcpSocket:
+{{/* The default liveness probe: /healthz on the metrics port (the process answers). */}}
+{{- define "conveyor.defaultLivenessProbe" -}}
+httpGet:
+  path: /healthz
   port: metrics
 initialDelaySeconds: 10
 periodSeconds: 20
+timeoutSeconds: 5
+failureThreshold: 3
+{{- end -}}
+
+{{/* The default readiness probe: /readyz (Redis answers, the loop turned recently). */}}
+{{- define "conveyor.defaultReadinessProbe" -}}
+httpGet:
+  path: /readyz
+  port: metrics
+periodSeconds: 10
+timeoutSeconds: 5
 failureThreshold: 3
 {{- end -}}
 
@@ -225,9 +320,9 @@ containers:
         containerPort: {{ $v.metricsPort }}
         protocol: TCP
     livenessProbe:
-      {{- toYaml (default (include "conveyor.defaultProbe" . | fromYaml) $v.livenessProbe) | nindent 6 }}
+      {{- toYaml (default (include "conveyor.defaultLivenessProbe" . | fromYaml) $v.livenessProbe) | nindent 6 }}
     readinessProbe:
-      {{- toYaml (default (dict "tcpSocket" (dict "port" "metrics") "periodSeconds" 10) $v.readinessProbe) | nindent 6 }}
+      {{- toYaml (default (include "conveyor.defaultReadinessProbe" . | fromYaml) $v.readinessProbe) | nindent 6 }}
     resources:
       {{- toYaml $v.resources | nindent 6 }}
     securityContext:
@@ -235,6 +330,11 @@ containers:
     volumeMounts:
       - name: tmp
         mountPath: /tmp
+      {{- if include "conveyor.redis.caSecret" $root }}
+      - name: redis-ca
+        mountPath: {{ include "conveyor.redis.caPath" $root | dir }}
+        readOnly: true
+      {{- end }}
       {{- with .mounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -244,6 +344,14 @@ containers:
 volumes:
   - name: tmp
     emptyDir: {}
+  {{- with include "conveyor.redis.caSecret" $root }}
+  - name: redis-ca
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: {{ include "conveyor.redis.caKey" $root }}
+          path: {{ include "conveyor.redis.caPath" $root | base }}
+  {{- end }}
   {{- with .volumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
