@@ -61,13 +61,16 @@ def wait_for(predicate, timeout: float = 30, what: str = "the condition") -> Non
 
 def gone(docker_client: docker.DockerClient, run_id: str) -> None:
     """The run's containers are removed (right after their results are recorded)."""
-    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}),
+    # The low-level list: the high-level one inspects each container and fails on one removed meanwhile.
+    wait_for(lambda: not docker_client.api.containers(all=True, filters={"label": f"dev.conveyor.run={run_id}"}),
              timeout=10, what="the containers' removal")
 
 
 def start_and_kill_its_worker(pool: Workers, store: RunStore, run_id: str, step: str, *, after: float = 0.5) -> str:
     """Wait until a worker runs the step, SIGKILL that worker; returns its name."""
     wait_for(lambda: (attempts(store, run_id, step) or [{}])[-1].get("state") == "running", what="the step's start")
+    wait_for(lambda: (attempts(store, run_id, step)[-1].get("log_bytes") or pool.containers(run_id)),
+             what="its container's start")
     time.sleep(after)
     name = attempts(store, run_id, step)[-1]["worker"]
     victim = pool.by_name[name]
@@ -82,6 +85,9 @@ class NamedWorkers(Workers):
     def __init__(self, settings: Settings, tmp_path: Path):
         super().__init__(settings, tmp_path)
         self.by_name: dict = {}
+
+    def containers(self, run_id: str) -> list:
+        return docker.from_env().api.containers(filters={"label": f"dev.conveyor.run={run_id}"})
 
     def named(self, *names: str, args: tuple[str, ...] = ()) -> None:
         for name in names:

@@ -71,7 +71,11 @@ def test_kill_9_a_worker_mid_step_its_container_is_adopted(tmp_path: Path, setti
         [victim] = pool.start(1)
         run_id = Engine(store, dispatcher).create_run("slow", {})
         wait_running(store, run_id, "nap")
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # its container started (a busy machine may take a while to start one)
+        while not docker_client.containers.list(filters={"label": f"dev.conveyor.run={run_id}"}):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
         victim.wait()
@@ -92,7 +96,7 @@ def test_kill_9_a_worker_mid_step_its_container_is_adopted(tmp_path: Path, setti
     adopted = datetime.fromisoformat(only["adopted_at"]).timestamp() - killed_at
     assert adopted < 2 + 2 * 2.5 + 3, f"adopted after {adopted:.1f}s"  # lease + two sweeps + worker start
     deadline = time.monotonic() + 10  # removed right after its result is recorded
-    while docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.run={run_id}"}):
+    while docker_client.api.containers(all=True, filters={"label": f"dev.conveyor.run={run_id}"}):
         assert time.monotonic() < deadline, "the adopted container was not removed"
         time.sleep(0.05)
 
