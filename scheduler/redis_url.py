@@ -76,7 +76,7 @@ def parse(url: str) -> SentinelUrl:
         raise ConveyorError(f"{SCHEME}: the database must be a number, not {path[1]!r}") from None
     query = parse_qs(parts.query)
     return SentinelUrl(tuple(sentinels), unquote(path[0]), db, password or None,
-                       (query.get("sentinel_password") or [None])[0])
+                       next(iter(query.get("sentinel_password") or []), None))
 
 
 def problem(url: str) -> str | None:
