@@ -586,6 +586,10 @@ class RunStore:
             ups = pipe.execute()
         return {name: json.loads(up or "[]") for name, up in zip(names, ups, strict=True)}
 
+    def attempt_ended_at(self, run_id: str, step: str, attempt: int) -> datetime | None:
+        raw = self.r.hget(self.keys.attempt(run_id, step, attempt), "ended_at")
+        return datetime.fromisoformat(raw) if raw else None
+
     def attempt_ended(self, run_id: str, step: str, attempt: int) -> bool:
         """Has this attempt ended (or been superseded)? A follow of its log stops then."""
         with self.r.pipeline(transaction=False) as pipe:
