@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,8 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler import templates
+from scheduler.errors import ParamError
 from scheduler.graph import downstream_map, topological_order
 from scheduler.model import HANDLERS, TRIGGER_PRIORITY, DagSpec, Priority, StepPlan, Trigger
+
+# name[:tag][@digest]: lower-case path components, a tag of word characters, dots and dashes.
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9]+(?:[._/:-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                             r"(?:@[a-z0-9]+:[a-fA-F0-9]{32,})?$")
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def plan_run(
             run_id=run_id,
             dag=spec.name,
             step=name,
-            image=step.image,
+            image=_image(spec.name, name, step.image, ctx),
             argv=argv,
             env={k: templates.render(v, step_ctx) for k, v in step.env.items()},
             working_dir=step.working_dir,
@@ -129,6 +135,18 @@ def plan_run(
         handlers={name: fires for _, (name, fires) in HANDLERS.items() if name in spec.handlers},
         slas=_slas(spec, now, logical_date),
     )
+
+
+def _image(dag: str, step: str, image: str, ctx: Mapping[str, Any]) -> str:
+    """The step's image with its ``{{ params.NAME }}`` templates rendered; a value that does not make an
+    image reference (``myorg/etl:`` from an empty tag, spaces) is the run's params' fault."""
+    if "{{" not in image:
+        return image
+    rendered = templates.render(image, ctx)
+    if not IMAGE_REFERENCE.match(rendered):
+        raise ParamError(f"{dag}: step '{step}': image {image!r} renders as {rendered!r}, which is not an image "
+                         "reference; check the params it uses")
+    return rendered
 
 
 def _slas(spec: DagSpec, created: datetime, logical_date: datetime) -> tuple[tuple[str, float], ...]:
