@@ -19,6 +19,7 @@ from scheduler.cli import (
     local,
     observe,
     pools,
+    render,
     reruns,
     runs,
     scheduling,
@@ -43,6 +44,7 @@ app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
 app.command(name="run")(local.run)
+app.command()(render.render)
 app.command()(workers.worker)
 app.command()(scheduling.scheduler)
 app.command()(scheduling.pause)
