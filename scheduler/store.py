@@ -473,6 +473,20 @@ class RunStore:
         """Every attempt that holds a lease now, as ``(run_id, step, attempt)``."""
         return {parse_member(m) for m in self.r.zrange(self.keys.running(), 0, -1)}
 
+    def running_attempt_records(self) -> list[dict[str, Any]]:
+        """Every attempt that holds a lease now: ``run_id``, ``step``, ``attempt``, ``lease_until`` (epoch
+        seconds, Redis's clock) and its attempt record's fields (``host``, ``pid``, ``worker``, ``started_at``)."""
+        entries = self.r.zrange(self.keys.running(), 0, -1, withscores=True)
+        with self.r.pipeline(transaction=False) as pipe:
+            for entry, _ in entries:
+                pipe.hgetall(self.keys.attempt(*parse_member(entry)))
+            records = pipe.execute()
+        found = []
+        for (entry, expiry), record in zip(entries, records, strict=True):
+            run_id, step, attempt = parse_member(entry)
+            found.append({**record, "run_id": run_id, "step": step, "attempt": attempt, "lease_until": expiry})
+        return found
+
     def postpone_queued(self, run_id: str, step: str, attempt: int, until: datetime) -> None:
         """Mark a queued attempt as due at ``until`` (deferred past an outage), so that the reconciler
         does not take the wait for a vanished job."""

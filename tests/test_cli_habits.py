@@ -3,8 +3,15 @@ multi-file submit, --version, completion, logs -f, workers, the summarised next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import docker
@@ -13,6 +20,7 @@ import pytest
 from scheduler.errors import ParamError
 from scheduler.plan import assume
 from scheduler.settings import Settings
+from tests.conftest import ROOT, Workers
 from tests.helpers import spec_from, write_dag
 from tests.test_cli import ctl
 
@@ -165,3 +173,118 @@ def test_submit_reports_every_file_and_shows_warnings(tmp_path: Path, settings: 
     assert [r["file"] for r in listed] == [str(good), str(bad)]
     assert listed[0]["created"] is False
     assert any(p["message"].startswith("unknown field") for p in listed[1]["problems"])
+
+
+# --- --version, completion ----------------------------------------------------------------------------
+
+
+def test_version_and_completion() -> None:
+    from importlib.metadata import version
+
+    done = ctl("--version")
+    assert (done.returncode, done.stdout) == (0, f"ctl (conveyor) {version('conveyor')}\n")
+    script = ctl("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+    assert script.returncode == 0 and "_CTL_COMPLETE=complete_bash" in script.stdout
+    assert "complete -o default -F _ctl_completion ctl" in script.stdout
+    # what the installed script asks: the completions of "ctl da"
+    words = ctl(env={"_CTL_COMPLETE": "complete_bash", "COMP_WORDS": "ctl da", "COMP_CWORD": "1"})
+    assert words.stdout.split() == ["dags"]
+    options = ctl(env={"_CTL_COMPLETE": "complete_bash", "COMP_WORDS": "ctl logs --fo", "COMP_CWORD": "2"})
+    assert options.stdout.split() == ["--follow"]
+    helped = ctl("--help")
+    assert "--install-completion" in helped.stdout and "workers" in helped.stdout and "render" in helped.stdout
+
+
+# --- logs -f, workers, NO_COLOR -------------------------------------------------------------------------
+
+TALKER = """\
+name: habits-talk
+params: {code: {type: int, default: 0}}
+steps:
+  talk:
+    image: conveyor/busybox:local
+    command: [sh, -c, 'echo one; sleep 2; echo two; exit {{ params.code }}']
+"""
+
+
+def _follow(run_id: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "logs", "-f", run_id, "talk"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **env}, cwd=ROOT)
+
+
+def _rest(process: subprocess.Popen) -> bytes:
+    """What the process writes from now on (through the same buffered reader as readline)."""
+    assert process.stdout is not None
+    with process.stdout:
+        rest = process.stdout.read()
+    process.wait(timeout=60)
+    return rest
+
+
+def test_logs_follow_prints_as_it_comes_and_ends_with_the_attempt(tmp_path: Path, settings: Settings,
+                                                                   workers: Workers) -> None:
+    env = _env(settings)
+    assert ctl("submit", str(write_dag(tmp_path, TALKER)), env=env).returncode == 0
+    run_id = ctl("trigger", "habits-talk", env=env).stdout.strip()
+    # started before any worker: it waits for the attempt, then follows it
+    process = _follow(run_id, env)
+    workers.start(1)
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert first == b"one\n"
+    assert process.poll() is None  # "two" is 2 s away: still following
+    assert (_rest(process), process.returncode) == (b"two\n", 0)
+    failing = ctl("trigger", "habits-talk", "-p", "code=3", env=env).stdout.strip()
+    process = _follow(failing, env)
+    assert (_rest(process), process.returncode) == (b"one\ntwo\n", 1)
+    assert ctl("logs", "-f", "no-such-run", "talk", env=env).returncode == 1
+
+
+def test_workers_lists_what_each_worker_runs(tmp_path: Path, settings: Settings, workers: Workers) -> None:
+    env = _env(settings)
+    assert ctl("submit", str(write_dag(tmp_path, TALKER.replace("sleep 2", "sleep 4"))), env=env).returncode == 0
+    [process] = workers.start(1, "--queues", "high,default")
+    run_id = ctl("trigger", "habits-talk", env=env).stdout.strip()
+    deadline = time.monotonic() + 30
+    while True:
+        rows = json.loads(ctl("workers", "-o", "json", env=env).stdout)
+        busy = [r for r in rows if r["current"]]
+        if busy:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+    [row] = rows
+    assert (row["host"], row["pid"], row["queues"]) == (socket.gethostname(), process.pid, ["high", "default"])
+    assert row["name"] == f"{socket.gethostname()}-{process.pid}" and row["state"] == "busy"
+    assert (row["current"]["run_id"], row["current"]["step"], row["current"]["attempt"]) == (run_id, "talk", 1)
+    assert row["last_heartbeat"] and row["current"]["started_at"]
+    table = ctl("workers", env=env)
+    assert f"{run_id} talk #1" in table.stdout and "last heartbeat" in table.stdout
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str]) -> bytes:
+    main, child = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", *args], stdout=child, stderr=child,
+                               env={**os.environ, "TERM": "xterm-256color", **env}, cwd=ROOT)
+    os.close(child)
+    out = b""
+    with contextlib.suppress(OSError):  # EIO once the child side is closed
+        while chunk := os.read(main, 65536):
+            out += chunk
+    os.close(main)
+    process.wait(timeout=60)
+    return out
+
+
+def test_no_color_and_non_tty_output_have_no_colours(tmp_path: Path, settings: Settings, workers: Workers) -> None:
+    env = _env(settings)
+    assert ctl("submit", str(write_dag(tmp_path, TALKER.replace("sleep 2; ", ""))), env=env).returncode == 0
+    workers.start(1)
+    assert ctl("trigger", "habits-talk", "--wait", env=env).returncode == 0
+    colour = re.compile(rb"\x1b\[[0-9;]*3[0-9](;[0-9;]*)?m")
+    coloured = _in_a_terminal(["runs"], {**env, "NO_COLOR": ""})
+    assert b"success" in coloured and colour.search(coloured)  # the check can fail: a terminal gets colours
+    plain = _in_a_terminal(["runs"], {**env, "NO_COLOR": "1"})
+    assert b"success" in plain and not colour.search(plain)
+    piped = ctl("runs", env={**env, "NO_COLOR": ""})
+    assert "success" in piped.stdout and "\x1b[" not in piped.stdout + piped.stderr

@@ -95,9 +95,11 @@ def next_(
     dag: str = typer.Argument(..., help="A submitted DAG's name, or a DAG file."),
     count: int = typer.Option(10, "-n", "--count", min=1, max=1000, help="How many fire times."),
     start: datetime | None = typer.Option(None, "--from", help="Start here instead of now (UTC unless an offset)."),
+    explain: bool = typer.Option(False, "--explain", help="List every dropped candidate time with its reason, "
+                                 "not only how many were dropped for each reason."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Show the next fire times and every candidate time that was dropped, and why."""
+    """Show the next fire times, and how many candidate times were dropped and why (--explain: each one)."""
     path = Path(dag)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         calendars, outages = {}, []
@@ -127,10 +129,14 @@ def next_(
         table.add_column(column)
     events = [(f.utc, f.logical_date.isoformat(), f.utc.isoformat(),
                f"deferred to {f.due.isoformat()} by outage {f.deferred_by}" if f.deferred_by else "") for f in fires]
-    events += [(d.utc, d.at.isoformat(), d.utc.isoformat(), f"dropped: {d.reason}") for d in dropped]
+    if explain:
+        events += [(d.utc, d.at.isoformat(), d.utc.isoformat(), f"dropped: {d.reason}") for d in dropped]
     for _, local, utc, note in sorted(events):
         table.add_row(local, utc, note)
     views.out.print(table)
+    if dropped:
+        hint = "" if explain else " (--explain lists them)"
+        views.out.print(f"{found.dropped_summary()}{hint}", markup=False, highlight=False)
 
 
 def _aware(value: datetime | None) -> datetime:
