@@ -57,7 +57,7 @@ def scheduler(
     logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
-    observe.start_metrics(store, current, metrics_port)
+    exporter = observe.start_metrics(store, current, metrics_port)
     folder = None
     if dags:
         from scheduler.dagsync import DagFolder
@@ -67,6 +67,10 @@ def scheduler(
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
                        history_days=history / DAY, lookahead=lookahead)
+    if exporter is not None:
+        from scheduler.metrics import watch_leadership
+
+        watch_leadership(exporter.registry, lambda: daemon.leading)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,

@@ -14,4 +14,5 @@ if redis.call('HGET', sk, 'state') ~= 'running' or redis.call('HGET', sk, 'attem
 end
 redis.call('HSET', attempt_key(rid, s, n), 'reason', 'lost',
   'error', 'the worker stopped renewing its lease (killed, frozen or cut off); the attempt was declared lost')
+event(rid, 'attempt', s, 'lost', n, now)  -- counted by conveyor_attempts_lost_total
 return end_attempt(rid, s, n, ARGV[5] == '1' and 'lost' or 'requeue', now, ARGV[4])
