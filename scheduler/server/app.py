@@ -54,7 +54,7 @@ def create_app(ops: Ops, tokens: Tokens) -> FastAPI:
     app.state.tokens = tokens
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def security_headers(request: Request, call_next):
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
