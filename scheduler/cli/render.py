@@ -58,10 +58,10 @@ def _step_lines(step: dict[str, Any]) -> list[str]:
     for mount in step["mounts"]:
         lines.append(f"  mount:   {mount['source']} -> {mount['target']} ({'ro' if mount['read_only'] else 'rw'})")
     limits = step["limits"]
-    shown = [f"cpus {limits['cpus']:g}" if limits["cpus"] else "",
+    parts = [f"cpus {limits['cpus']:g}" if limits["cpus"] else "",
              f"memory {_size(limits['memory'])}" if limits["memory"] else "",
              f"timeout {limits['timeout']:g}s" if limits["timeout"] else ""]
-    lines.append(f"  limits:  {', '.join(s for s in shown if s) or 'none (the worker defaults apply)'}")
+    lines.append(f"  limits:  {', '.join(p for p in parts if p) or 'none (the worker defaults apply)'}")
     return lines
 
 
