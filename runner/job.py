@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.outputs import OutputUnavailable, render_attempt
 from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
 
@@ -61,6 +63,14 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
             run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal}))
         return finished.state
     bind(dag=plan.dag)
+    try:
+        plan, rendered = _render_late(store, plan)
+    except OutputUnavailable as exc:
+        message = str(exc)
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
+        finished = _with_redis_retries(lambda: engine.finish(
+            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "output_unavailable", "error": message}))
+        return finished.state
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
 
     def store_output(chunk: bytes) -> None:
@@ -109,11 +119,22 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         "reason": outcome.reason,
         "error": outcome.error,
         "container_seconds": container_seconds,
+        **rendered,
+        **({"outputs": json.dumps(dict(outcome.outputs))} if outcome.outputs is not None else {}),
     }
     finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record, retry_delay=delay))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _render_late(store, plan: StepPlan) -> tuple[StepPlan, dict[str, str]]:
+    """The plan with upstream outputs rendered in (scheduler/outputs.py), and what to record on the
+    attempt for reproducibility: the argv and env it ran with, when they differ from the stored plan."""
+    if not plan.deferred:
+        return plan, {}
+    rendered = render_attempt(store, plan)
+    return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
 
 
 def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:

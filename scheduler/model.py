@@ -171,6 +171,7 @@ class StepSpec:
     pool: str | None = None
     pool_slots: int = 1
     sla: float | None = None  # seconds after the run's creation by which the step should have succeeded
+    outputs: tuple[str, ...] = ()  # files the step writes under $CONVEYOR_OUTPUTS, passed downstream
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,12 @@ class StepPlan:
     pool: str | None = None
     pool_slots: int = 1
     pinned_image: str | None = None  # a rerun runs the image id the step ran before, not a moved tag
+    outputs: tuple[str, ...] = ()  # declared outputs, collected from $CONVEYOR_OUTPUTS at success
+    # argv/env entries that read upstream outputs, kept as templates and rendered by the worker when the
+    # attempt starts (see scheduler/outputs.py): "argv.N" / "env.KEY" -> the raw template, and the values
+    # of the run's other names those templates use.
+    deferred: Mapping[str, str] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -241,6 +248,9 @@ class StepPlan:
         data["backoff"] = vars(self.backoff).copy()
         data["mounts"] = [vars(m).copy() for m in self.mounts]
         data["secrets"] = {k: dict(v) for k, v in self.secrets.items()}
+        data["outputs"] = list(self.outputs)
+        data["deferred"] = dict(self.deferred)
+        data["context"] = dict(self.context)
         return data
 
     @classmethod
@@ -249,4 +259,5 @@ class StepPlan:
         values["argv"] = tuple(values["argv"])
         values["backoff"] = Backoff(**values["backoff"])
         values["mounts"] = tuple(Mount(**m) for m in values.get("mounts", ()))
+        values["outputs"] = tuple(values.get("outputs", ()))
         return cls(**values)

@@ -190,11 +190,16 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     yield from _param_problems(source, params)
     known = templates.known_names(params)
     upstream: dict[str, list[str]] = {}
+    declared = _declared_outputs(steps)
+    graph = {name: [d for d in step.get("depends_on") or [] if isinstance(d, str) and d in steps and d != name]
+             if isinstance(step, dict) and isinstance(step.get("depends_on"), list) else []
+             for name, step in steps.items()}
     for name, step in steps.items():
         if not isinstance(step, dict):
             continue
         merged = {**defaults, **step}
         at = ("steps", name)
+        refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps))
         if "image" not in merged:
             yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'", key=True)
         if "command" not in merged:
@@ -212,13 +217,13 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         for index, part in enumerate(command if isinstance(command, list) else [command]):
             if isinstance(part, str):
                 yield from _template_problem(source, (*where, index) if isinstance(command, list) else where,
-                                             part, known)
+                                             part, known, refs)
         env = merged.get("env")
         if isinstance(env, dict):
             env_at = (*at, "env") if "env" in step else ("defaults", "env")
             for key, value in env.items():
                 if isinstance(value, str):
-                    yield from _template_problem(source, (*env_at, key), value, known)
+                    yield from _template_problem(source, (*env_at, key), value, known, refs)
         backoff = merged.get("retry_backoff")
         if isinstance(backoff, dict):
             backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
@@ -244,7 +249,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     for name, step in steps.items():
         if isinstance(step, dict) and isinstance(step.get("when"), str):
             try:
-                conditions.check(step["when"], params, _ancestors(upstream, name))
+                conditions.check(step["when"], params, _ancestors(upstream, name), declared)
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
@@ -280,8 +285,51 @@ def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
     return seen
 
 
-def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:
+def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each step's declared output names (the well-formed ones; the schema reports the rest)."""
+    return {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
+            if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
+            for name, step in steps.items()}
+
+
+class _OutputRefs:
+    """What a step may read as ``{{ steps.STEP.outputs.NAME }}``: the declared outputs of its ancestors."""
+
+    def __init__(self, step: str, ancestors: set[str], declared: Mapping[str, list[str]], steps: list[str]):
+        self.step, self.ancestors, self.declared, self.steps = step, ancestors, declared, steps
+
+    def names(self) -> list[str]:
+        return [templates.output_name(a, o) for a in sorted(self.ancestors) for o in self.declared.get(a, ())]
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` (an output reference) cannot be read here, or None when it can."""
+        ref = templates.step_ref(name)
+        if ref is None:
+            return None
+        step, output = ref
+        if step not in self.steps:
+            close = difflib.get_close_matches(step, self.steps, n=1, cutoff=0.6)
+            return f"'{name}': no step named '{step}'" + (f"; did you mean '{close[0]}'?" if close else "")
+        if step not in self.ancestors:
+            return (f"'{name}': step '{step}' is not upstream of '{self.step}'; a step reads only the outputs of "
+                    f"steps it depends on, directly or not (add '{step}' to its depends_on)")
+        outputs = self.declared.get(step, [])
+        if output not in outputs:
+            listed = f"; its outputs: {', '.join(outputs)}" if outputs else "; it declares no outputs"
+            return f"'{name}': step '{step}' declares no output '{output}'{listed}"
+        return None
+
+
+def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str],
+                      refs: _OutputRefs | None = None) -> Iterator[Problem]:
     try:
+        if refs is not None:
+            for name in templates.names_in(text):
+                problem = refs.problem(name)
+                if problem:
+                    yield source.problem(path, problem)
+                    return
+            known = [*known, *refs.names()]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
@@ -568,4 +616,5 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         pool=merged.get("pool"),
         pool_slots=int(merged.get("pool_slots", 1)),
         sla=seconds(raw.get("sla")),
+        outputs=tuple(raw.get("outputs", ())),
     )

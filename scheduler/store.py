@@ -291,7 +291,16 @@ class RunStore:
             last = step["attempts"][-1] if step["attempts"] else {}
             context[f"{step['name']}.state"] = step["state"]
             context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
+            for name, value in json.loads(step.get("outputs") or "{}").items():
+                context[f"steps.{step['name']}.outputs.{name}"] = value
         return context, record["dag"]
+
+    def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
+        """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hget(self.keys.step(run_id, step), "outputs")
+            return {step: json.loads(raw or "{}") for step, raw in zip(steps, pipe.execute(), strict=True)}
 
     def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the

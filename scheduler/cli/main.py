@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, dags, local, observe, pools, reruns, runs, scheduling, workers
+from scheduler.cli import backfill, calendars, dags, data, local, observe, pools, reruns, runs, scheduling, workers
 from scheduler.errors import ConveyorError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command(name="runs")(runs.runs)
 app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
+app.command()(data.outputs)
 app.command(name="run")(local.run)
 app.command()(workers.worker)
 app.command()(scheduling.scheduler)

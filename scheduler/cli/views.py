@@ -73,6 +73,9 @@ def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
     data["number"] = _int(raw.get("number"))
     data["exit_code"] = _int(raw.get("exit_code"))
     data["pid"] = _int(raw.get("pid"))
+    data["outputs"] = json.loads(raw["outputs"]) if raw.get("outputs") else None
+    if raw.get("argv"):  # rendered when the attempt started (it read upstream outputs)
+        data["argv"] = json.loads(raw["argv"])
     return data
 
 
