@@ -18,7 +18,7 @@ from runner.secrets import Masker, SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
-from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
 from scheduler.outputs import OutputUnavailable, render_attempt
 from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
@@ -55,7 +55,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
     plan = started.plan
-    refusal = _plan_refusal(started, run_id, step, ctx.settings.signing_key)
+    refusal = _plan_refusal(started, run_id, _signed_step(step), ctx.settings.signing_key)
     if refusal is not None or plan is None:
         # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
         log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
@@ -64,7 +64,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         return finished.state
     bind(dag=plan.dag)
     try:
-        plan, rendered = _render_late(store, plan)
+        plan, rendered = _render_late(store, plan, step)
     except OutputUnavailable as exc:
         message = str(exc)
         log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
@@ -128,12 +128,20 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
     return finished.state
 
 
-def _render_late(store, plan: StepPlan) -> tuple[StepPlan, dict[str, str]]:
-    """The plan with upstream outputs rendered in (scheduler/outputs.py), and what to record on the
-    attempt for reproducibility: the argv and env it ran with, when they differ from the stored plan."""
-    if not plan.deferred:
-        return plan, {}
-    rendered = render_attempt(store, plan)
+def _signed_step(step: str) -> str:
+    """The step whose plan signature an attempt checks: an instance STEP[i] runs (and checks) STEP's."""
+    instance = mapped_instance(step)
+    return instance[0] if instance else step
+
+
+def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, str]]:
+    """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
+    and what to record on the attempt for reproducibility: the argv and env it ran with, when they
+    differ from the stored plan."""
+    deferred = bool(plan.deferred)
+    rendered = render_attempt(store, plan, step)
+    if not deferred:
+        return rendered, {}
     return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
 
 

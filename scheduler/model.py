@@ -172,6 +172,9 @@ class StepSpec:
     pool_slots: int = 1
     sla: float | None = None  # seconds after the run's creation by which the step should have succeeded
     outputs: tuple[str, ...] = ()  # files the step writes under $CONVEYOR_OUTPUTS, passed downstream
+    for_each: Mapping[str, str] | None = None  # {"items": JSON} | {"step": S, "output": N} | {"param": P}
+    max_parallel: int | None = None
+    max_items: int = 1000
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,19 @@ class DagSpec:
     @property
     def schedule(self) -> Mapping[str, Any] | None:
         return self.document.get("schedule")
+
+
+def mapped_instance(step: str) -> tuple[str, int] | None:
+    """``"load[3]"`` → ``("load", 3)``: an instance of a mapped step (``for_each``); None for a plain step.
+    Step names cannot hold ``[``, so the two never meet."""
+    if not step.endswith("]") or "[" not in step:
+        return None
+    parent, _, index = step[:-1].rpartition("[")
+    return (parent, int(index)) if parent and index.isdigit() else None
+
+
+def instance_name(step: str, index: int) -> str:
+    return f"{step}[{index}]"
 
 
 # Handler steps by the DAG key that defines them, their step name (step names cannot start with
@@ -239,6 +255,10 @@ class StepPlan:
     # of the run's other names those templates use.
     deferred: Mapping[str, str] = field(default_factory=dict)
     context: Mapping[str, Any] = field(default_factory=dict)
+    # A mapped step (see StepSpec.for_each): it runs as instances STEP[0..n-1], expanded in Redis.
+    for_each: Mapping[str, str] | None = None
+    max_parallel: int | None = None
+    max_items: int = 1000
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -251,6 +271,7 @@ class StepPlan:
         data["outputs"] = list(self.outputs)
         data["deferred"] = dict(self.deferred)
         data["context"] = dict(self.context)
+        data["for_each"] = dict(self.for_each) if self.for_each is not None else None
         return data
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Upstream outputs in a step's command and env: rendered once, by the worker, when the attempt starts.
+"""Upstream outputs (and a mapped instance's item) in a step's command and env: rendered once, by the
+worker, when the attempt starts.
 
 The plan stored at run creation keeps every argv or env entry that reads ``{{ steps.STEP.outputs.NAME }}``
 as its template (``StepPlan.deferred``), with the values of the run's other names it uses
@@ -9,12 +10,13 @@ renders each template in one pass, so a value reaches the container verbatim, ne
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
 from scheduler import templates
-from scheduler.model import StepPlan
+from scheduler.model import StepPlan, mapped_instance
 
 
 class OutputUnavailable(Exception):
@@ -24,6 +26,8 @@ class OutputUnavailable(Exception):
 
 class OutputSource(Protocol):
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]: ...
+
+    def mapped_items(self, run_id: str, step: str) -> str | None: ...
 
 
 def referenced_steps(plan: StepPlan) -> list[str]:
@@ -43,17 +47,34 @@ def output_context(outputs: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
             for name, value in values.items()}
 
 
-def render(plan: StepPlan, outputs: Mapping[str, Mapping[str, str]]) -> StepPlan:
-    """The plan with its deferred argv and env entries rendered (one pass) from ``outputs``."""
+def item_context(items: str, index: int) -> dict[str, str]:
+    """``{{ item }}``, ``{{ item.KEY }}`` and ``{{ index }}`` of instance ``index`` of a list (its JSON text):
+    a string element as it is, anything else as JSON."""
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    item = json.loads(items)[index]
+    context = {"index": str(index), "item": text(item)}
+    if isinstance(item, dict):
+        context.update({f"item.{key}": text(value) for key, value in item.items()})
+    return context
+
+
+def render(plan: StepPlan, outputs: Mapping[str, Mapping[str, str]],
+           item: Mapping[str, str] | None = None) -> StepPlan:
+    """The plan with its deferred argv and env entries rendered (one pass) from ``outputs`` (and, for an
+    instance of a mapped step, its ``item`` context)."""
     if not plan.deferred:
         return plan
-    context = {**plan.context, **output_context(outputs)}
+    context = {**plan.context, **output_context(outputs), **(item or {})}
     argv, env = list(plan.argv), dict(plan.env)
     for key, text in plan.deferred.items():
         try:
             value = templates.render(text, context)
         except templates.TemplateError:
             missing = [n for n in templates.names_in(text) if n not in context]
+            if templates.is_item(missing[0]):
+                raise OutputUnavailable(f"'{{{{ {missing[0]} }}}}': this instance's item has no such key") from None
             step, name = templates.step_ref(missing[0]) or ("?", missing[0])
             raise OutputUnavailable(f"step '{step}' has no output '{name}' to read (it did not succeed in "
                                     "this run)") from None
@@ -65,9 +86,19 @@ def render(plan: StepPlan, outputs: Mapping[str, Mapping[str, str]]) -> StepPlan
     return replace(plan, argv=tuple(argv), env=env, deferred={}, context={})
 
 
-def render_attempt(source: OutputSource, plan: StepPlan) -> StepPlan:
-    """:func:`render` with the upstream outputs read from the store (a plan with nothing deferred is
-    returned as it is, without a read)."""
+def render_attempt(source: OutputSource, plan: StepPlan, step: str | None = None) -> StepPlan:
+    """:func:`render` with the upstream outputs read from the store; ``step`` is the step the attempt
+    belongs to, an instance ``STEP[i]`` of a mapped step (whose plan it runs) included. A plan with
+    nothing deferred is returned as it is, without a read."""
+    instance = mapped_instance(step or plan.step)
+    if instance is not None:
+        plan = replace(plan, step=step or plan.step)
     if not plan.deferred:
         return plan
-    return render(plan, source.step_outputs(plan.run_id, referenced_steps(plan)))
+    item = None
+    if instance is not None:
+        items = source.mapped_items(plan.run_id, instance[0])
+        if items is None:
+            raise OutputUnavailable(f"mapped step '{instance[0]}' has no list of items")
+        item = item_context(items, instance[1])
+    return render(plan, source.step_outputs(plan.run_id, referenced_steps(plan)), item)

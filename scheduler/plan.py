@@ -110,6 +110,9 @@ def plan_run(
             pool=step.pool,
             pool_slots=step.pool_slots,
             outputs=step.outputs,
+            for_each=step.for_each,
+            max_parallel=step.max_parallel,
+            max_items=step.max_items,
             deferred=deferred,
             context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
                      if not templates.is_late(n)},

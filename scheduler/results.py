@@ -156,7 +156,8 @@ def decode_run_cancel(reply: Sequence[Any]) -> RunCancel:
 def decode_step_cancel(reply: Sequence[Any]) -> StepCancel:
     """cancel_step.lua: {'done', state} | {'stopping'} | {'cancelled', ready}."""
     status = StepCancelStatus(reply[0])
-    return StepCancel(status, decode_ready(reply[1]) if status is StepCancelStatus.CANCELLED else ())
+    return StepCancel(status, decode_ready(reply[1]) if status is not StepCancelStatus.DONE and len(reply) > 1
+                      else ())
 
 
 def decode_sla_misses(reply: Sequence[Any] | None) -> list[SlaMiss]:

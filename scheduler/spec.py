@@ -30,6 +30,7 @@ from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
+DEFAULT_MAX_ITEMS = 1000  # instances of one mapped step (for_each), unless the step says max_items
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
     "number": "a number", "boolean": "true or false", "null": "empty",
@@ -199,7 +200,12 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             continue
         merged = {**defaults, **step}
         at = ("steps", name)
-        refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps))
+        refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps), "for_each" in step)
+        if "for_each" in step:
+            yield from _for_each_problems(source, at, step["for_each"], params, refs)
+        for key in ("max_parallel", "max_items"):
+            if key in step and "for_each" not in step:
+                yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
         if "image" not in merged:
             yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'", key=True)
         if "command" not in merged:
@@ -295,14 +301,19 @@ def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
 class _OutputRefs:
     """What a step may read as ``{{ steps.STEP.outputs.NAME }}``: the declared outputs of its ancestors."""
 
-    def __init__(self, step: str, ancestors: set[str], declared: Mapping[str, list[str]], steps: list[str]):
+    def __init__(self, step: str, ancestors: set[str], declared: Mapping[str, list[str]], steps: list[str],
+                 mapped: bool = False):
         self.step, self.ancestors, self.declared, self.steps = step, ancestors, declared, steps
+        self.mapped = mapped  # a for_each step: {{ item }}, {{ item.KEY }} and {{ index }} are known
 
     def names(self) -> list[str]:
         return [templates.output_name(a, o) for a in sorted(self.ancestors) for o in self.declared.get(a, ())]
 
     def problem(self, name: str) -> str | None:
-        """Why ``name`` (an output reference) cannot be read here, or None when it can."""
+        """Why ``name`` (an output reference, an item name) cannot be read here, or None when it can."""
+        if templates.is_item(name):
+            return None if self.mapped else (f"'{{{{ {name} }}}}' is only known in a step with for_each (each "
+                                             "instance's element and index)")
         ref = templates.step_ref(name)
         if ref is None:
             return None
@@ -320,6 +331,50 @@ class _OutputRefs:
         return None
 
 
+_FOR_EACH_FORMS = "a list, '{{ steps.STEP.outputs.NAME }}' (a JSON array) or '{{ params.NAME }}' (a JSON array)"
+
+
+def for_each_source(value: Any) -> dict[str, str] | None:
+    """What a valid ``for_each`` runs over, as the store keeps it: ``{"items": JSON}``, ``{"step": S,
+    "output": N}`` or ``{"param": P}``; None for anything else."""
+    if isinstance(value, list):
+        return {"items": json.dumps(value)}
+    name = templates.only_name(value) if isinstance(value, str) else None
+    if name is None:
+        return None
+    ref = templates.step_ref(name)
+    if ref:
+        return {"step": ref[0], "output": ref[1]}
+    if name.startswith("params."):
+        return {"param": name.removeprefix("params.")}
+    return None
+
+
+def _for_each_problems(source: Source, at: tuple[Any, ...], value: Any, params: Mapping[str, Any],
+                       refs: _OutputRefs) -> Iterator[Problem]:
+    where = (*at, "for_each")
+    if not isinstance(value, str | list):
+        return  # the schema says what it should be
+    found = for_each_source(value)
+    if found is None:
+        yield source.problem(where, f"for_each takes {_FOR_EACH_FORMS}, not {_type_word(value)}")
+    elif "step" in found:
+        problem = refs.problem(templates.output_name(found["step"], found["output"]))
+        if problem:
+            yield source.problem(where, problem)
+    elif "param" in found:
+        decl = params.get(found["param"])
+        if not isinstance(decl, dict):
+            yield source.problem(where, f"unknown param '{found['param']}' in for_each")
+        elif decl.get("type", "string") != "string":
+            kind = _TYPE_NAMES.get(decl.get("type"), "not a list")
+            yield source.problem(where, f"param '{found['param']}' is {kind}, not a list; for_each needs a "
+                                        "string param holding a JSON array")
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "date": "a date"}
+
+
 def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str],
                       refs: _OutputRefs | None = None) -> Iterator[Problem]:
     try:
@@ -329,7 +384,7 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
                 if problem:
                     yield source.problem(path, problem)
                     return
-            known = [*known, *refs.names()]
+            known = [*known, *refs.names(), *[n for n in templates.names_in(text) if templates.is_item(n)]]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
@@ -617,4 +672,7 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         pool_slots=int(merged.get("pool_slots", 1)),
         sla=seconds(raw.get("sla")),
         outputs=tuple(raw.get("outputs", ())),
+        for_each=for_each_source(raw["for_each"]) if "for_each" in raw else None,
+        max_parallel=raw.get("max_parallel"),
+        max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
     )

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cached_property
 from importlib import resources
@@ -24,7 +25,7 @@ import redis
 from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
-from scheduler.model import StepPlan
+from scheduler.model import StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
 from scheduler.results import (
     Created,
@@ -252,6 +253,7 @@ class RunStore:
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
+                **self._mapped_fields(step),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
                 "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
@@ -261,6 +263,14 @@ class RunStore:
             idempotency_key or "", iso(plan.data_interval_start),
             json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
         ]
+
+    @staticmethod
+    def _mapped_fields(plan: StepPlan) -> dict[str, str]:
+        """The step hash fields of a mapped step (for_each), which lib.lua's ``expand`` reads."""
+        if plan.for_each is None:
+            return {}
+        return {"for_each": json.dumps(dict(plan.for_each)), "max_parallel": str(plan.max_parallel or 0),
+                "max_items": str(plan.max_items), "output_names": json.dumps(list(plan.outputs))}
 
     def _signed_plan(self, run_id: str, step: str, plan: StepPlan) -> dict[str, str]:
         """The step hash's ``plan`` (canonical JSON) and ``plan_sig`` (empty without a key)."""
@@ -294,6 +304,10 @@ class RunStore:
             for name, value in json.loads(step.get("outputs") or "{}").items():
                 context[f"steps.{step['name']}.outputs.{name}"] = value
         return context, record["dag"]
+
+    def mapped_items(self, run_id: str, step: str) -> str | None:
+        """The JSON list a mapped step expanded over (its instances' items), or None."""
+        return self.r.hget(self.keys.step(run_id, step), "items")
 
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
         """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""
@@ -413,9 +427,34 @@ class RunStore:
             attempts = iter(pipe.execute())
         for step in steps:
             step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        if any(int(step.get("instances") or 0) for step in steps):
+            return self._with_instances(run_id, steps)
         return steps
 
+    def _with_instances(self, run_id: str, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The steps with each mapped step's instances ``STEP[i]`` (with their attempts) right after it."""
+        names = [instance_name(s["name"], i) for s in steps for i in range(int(s.get("instances") or 0))]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.step(run_id, name))
+            found = dict(zip(names, pipe.execute(), strict=True))
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, step in found.items():
+                for n in range(1, int(step.get("attempt") or 0) + 1):
+                    pipe.hgetall(self.keys.attempt(run_id, name, n))
+            attempts = iter(pipe.execute())
+        for step in found.values():
+            step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        result = []
+        for step in steps:
+            result.append(step)
+            result += [found[instance_name(step["name"], i)] for i in range(int(step.get("instances") or 0))]
+        return result
+
     def step_plan(self, run_id: str, step: str) -> StepPlan:
+        instance = mapped_instance(step)
+        if instance is not None and self.r.exists(self.keys.step(run_id, step)):
+            return replace(self.step_plan(run_id, instance[0]), step=step)  # an instance runs its step's plan
         raw = self.r.hget(self.keys.step(run_id, step), "plan")
         if raw is None:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")

@@ -50,6 +50,15 @@ def names_in(text: str) -> list[str]:
     return names
 
 
+def only_name(text: str) -> str | None:
+    """The name when ``text`` is one template and nothing else (``"{{ params.x }}"``), else None."""
+    try:
+        names = names_in(text)
+    except TemplateError:
+        return None
+    return names[0] if len(names) == 1 and not _TOKEN.sub("", text).strip() else None
+
+
 def check(text: str, known: Iterable[str]) -> None:
     """Raise TemplateError unless every name in ``text`` is known."""
     known = list(known)
@@ -71,9 +80,18 @@ def output_name(step: str, output: str) -> str:
     return f"steps.{step}.outputs.{output}"
 
 
+#: Names an instance of a mapped step (``for_each``) has: its element (``item.KEY`` of an object) and index.
+ITEM_NAMES = ("item", "index")
+
+
+def is_item(name: str) -> bool:
+    return name in ITEM_NAMES or name.startswith("item.")
+
+
 def is_late(name: str) -> bool:
-    """Names only known when the attempt starts (upstream outputs), rendered then by the worker."""
-    return step_ref(name) is not None
+    """Names only known when the attempt starts (upstream outputs, a mapped instance's item), rendered
+    then by the worker."""
+    return step_ref(name) is not None or is_item(name)
 
 
 def known_names(param_names: Iterable[str]) -> list[str]:

@@ -24,8 +24,8 @@ from scheduler.model import QUEUES
 from scheduler.service import submit_file
 from scheduler.settings import Settings
 from scheduler.store import RunStore
-from tests.kube_emulator import Emulator, Exec, FakeKubelet, Script
 from tests.helpers import write_dag
+from tests.kube_emulator import Emulator, Exec, FakeKubelet, Script
 
 NAMESPACE = "data"
 
@@ -83,3 +83,40 @@ def test_outputs_through_command_env_and_when_on_kubernetes(tmp_path, store: Run
     pods = {p["metadata"]["annotations"]["dev.conveyor.step"]: p for p in kube.pods_seen}
     assert [c["name"] for c in pods["produce"]["spec"]["initContainers"]] == ["outputs"]
     assert "initContainers" not in pods["use"]["spec"]
+
+
+def test_fan_out_on_kubernetes(tmp_path, store: RunStore, dispatcher: Dispatcher, settings: Settings,
+                               kube: FakeKubelet) -> None:
+    submit_file(store, write_dag(tmp_path, """
+        name: data-kube-fanout
+        defaults: {image: conveyor/busybox:local}
+        steps:
+          produce: {command: [list], outputs: [list]}
+          each:
+            command: [measure, "{{ item }}", "{{ index }}"]
+            for_each: "{{ steps.produce.outputs.list }}"
+            max_parallel: 2
+            outputs: [size]
+            depends_on: [produce]
+          total: {command: [echo, "{{ steps.each.outputs.size }}"], depends_on: [each]}
+          empty: {command: [echo, "{{ item }}"], for_each: []}
+    """))
+
+    def script(run: Exec) -> Script:
+        if run.argv[0] == "list":
+            return Script(files={"list": b'["x", "yy", "zzz"]\n'})
+        if run.argv[0] == "measure":
+            return Script(output=f"{run.argv[1]} {run.argv[2]}\n".encode(),
+                          files={"size": str(len(run.argv[1])).encode()})
+        return Script(output=(" ".join(run.argv[1:]) + "\n").encode())
+
+    kube.script = script
+    run_id = Engine(store, dispatcher).create_run("data-kube-fanout", {})
+    drain(settings)
+    assert store.run_record(run_id)["state"] == "success"
+    steps = {s["name"]: s for s in store.step_records(run_id)}
+    assert steps["empty"]["state"] == "skipped" and steps["each"]["instances"] == "3"
+    assert [store.read_log(run_id, f"each[{i}]", 1) for i in range(3)] == [b"x 0\n", b"yy 1\n", b"zzz 2\n"]
+    assert json.loads(store.read_log(run_id, "total", 1)) == ["1", "2", "3"]
+    pods = [p["metadata"]["annotations"]["dev.conveyor.step"] for p in kube.pods_seen]
+    assert sorted(pods) == ["each[0]", "each[1]", "each[2]", "produce", "total"]

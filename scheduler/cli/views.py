@@ -87,10 +87,22 @@ def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
             "name": step["name"],
             "state": step["state"],
             "attempts": [attempt_object(a) for a in step["attempts"]],
+            **_mapped_object(step),
         }
         for step in store.step_records(run_id)
     ]
     return data
+
+
+def _mapped_object(step: dict[str, str]) -> dict[str, Any]:
+    """A mapped step's fan-out (how many instances, its outputs gathered, why it did not expand) or an
+    instance's mapped step and index; nothing for a plain step."""
+    if step.get("parent"):
+        return {"mapped_step": step["parent"], "index": _int(step.get("index"))}
+    if "for_each" not in step:
+        return {}
+    return {"instances": _int(step.get("instances")), "error": _none(step.get("error")),
+            "outputs": json.loads(step["outputs"]) if step.get("outputs") else None}
 
 
 def print_json(data: Any) -> None:
@@ -110,10 +122,11 @@ def steps_table(status: dict[str, Any]) -> Table:
     for step in status["steps"]:
         last = step["attempts"][-1] if step["attempts"] else {}
         table.add_row(
-            step["name"], styled(step["state"]), str(len(step["attempts"]) or ""),
+            ("  " if step.get("mapped_step") else "") + step["name"], styled(step["state"]),
+            str(len(step["attempts"]) or (f"×{step['instances']}" if step.get("instances") else "")),
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
-            Text(last.get("error") or "", style="red"),
+            Text(last.get("error") or step.get("error") or "", style="red"),
         )
     return table
 

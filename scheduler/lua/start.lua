@@ -37,4 +37,7 @@ if redis.call('HGET', rk, 'state') == 'queued' then
   event(rid, 'run', '', 'running', '', now)
 end
 event(rid, 'step', s, 'running', n, now)
-return {'ok', redis.call('HGET', sk, 'plan'), redis.call('HGET', sk, 'plan_sig') or ''}
+local plan_key = sk
+local parent = redis.call('HGET', sk, 'parent')
+if parent then plan_key = step_key(rid, parent) end  -- an instance STEP[i] runs its mapped step's plan
+return {'ok', redis.call('HGET', plan_key, 'plan'), redis.call('HGET', plan_key, 'plan_sig') or ''}
