@@ -7,6 +7,7 @@ later); :class:`DockerRuntime` keeps it through the docker SDK.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -18,9 +19,12 @@ import docker.errors
 import requests.exceptions
 
 from runner import outputs
+from scheduler.errors import UnavailableError
 from scheduler.model import StepPlan
 
 LABEL_PREFIX = "dev.conveyor"
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+ENGINE_CHECK_SECONDS = 5.0
 LOG_FLUSH_BYTES = 64 * 1024
 LOG_FLUSH_SECONDS = 0.25
 STOP_POLL_SECONDS = 0.5
@@ -108,7 +112,10 @@ class DockerRuntime:
     """The docker SDK behind :class:`ContainerRuntime`."""
 
     def __init__(self, client: docker.DockerClient | None = None):
-        self.client = client or docker.from_env()
+        try:
+            self.client = client or docker.from_env()  # asks the engine its API version: fails when it is away
+        except docker.errors.DockerException as exc:
+            raise unreachable(exc) from None
         self._version: str | None = None
 
     def engine_version(self) -> str:
@@ -262,6 +269,45 @@ class DockerRuntime:
         if exit_code != 0:
             return Outcome(exit_code, "exit_code", f"exited with code {exit_code}", container_id=cid, **base)
         return Outcome(0, None, None, container_id=cid, **base)
+
+
+def check_engine(timeout: float = ENGINE_CHECK_SECONDS) -> None:
+    """Ping the engine that ``DOCKER_HOST`` names (the local socket by default) within ``timeout``
+    seconds; one that does not answer is an :class:`UnavailableError` of one line saying which."""
+    try:
+        client = docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        raise unreachable(exc) from None
+    try:
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise unreachable(exc) from None
+    finally:
+        client.close()
+
+
+def unreachable(exc: BaseException) -> UnavailableError:
+    """The error for an engine that did not answer, naming it and ``DOCKER_HOST``, without the SDK's chain."""
+    host = os.environ.get("DOCKER_HOST", "").strip()
+    where = f"{host} (DOCKER_HOST)" if host else f"{DEFAULT_ENGINE} (the default; DOCKER_HOST selects another)"
+    return UnavailableError(f"cannot reach the Docker engine at {where}: {_root_cause(exc)}. "
+                            "Is dockerd running, and is DOCKER_HOST right?")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost readable reason (``Connection refused``) instead of the SDK's nested reprs."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, requests.exceptions.Timeout):
+            return "no answer in time"
+        nested = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[-1] if nested else None)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.removeprefix("Error while fetching server API version: ")
 
 
 def _is_timeout(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ from runner.containers import ContainerRuntime, DockerRuntime
 from scheduler.dispatch import Dispatcher
 from scheduler.engine import Engine
 from scheduler.outages import OutageSet
-from scheduler.settings import Settings
+from scheduler.settings import Settings, runtime_kind
 from scheduler.store import RunStore
 
 
@@ -40,14 +40,12 @@ class WorkerContext:
 
     @cached_property
     def runtime(self) -> ContainerRuntime:
-        """``CONVEYOR_RUNTIME``: ``docker`` (the default) or ``kubernetes`` (one Pod per attempt)."""
-        kind = os.environ.get("CONVEYOR_RUNTIME", "docker").strip().lower() or "docker"
-        if kind == "kubernetes":
+        """``CONVEYOR_RUNTIME``: ``docker`` (the default) or ``kubernetes`` (one Pod per attempt). An
+        engine that does not answer is an UnavailableError naming it (see ``check_engine``)."""
+        if runtime_kind() == "kubernetes":
             from runner.kubernetes import KubernetesRuntime  # the kubernetes client only where it is used
 
             return KubernetesRuntime.from_env()
-        if kind != "docker":
-            raise ValueError(f"CONVEYOR_RUNTIME={kind!r} is not a runtime: use 'docker' or 'kubernetes'")
         return DockerRuntime()
 
     @cached_property

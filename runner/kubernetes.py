@@ -514,6 +514,7 @@ class _LogPump:
         except Exception:  # the Pod went away or the API dropped us: no log to follow
             return
         # The stream ends when the container does, or raises when the Pod goes away or we close it.
+        assert self.response is not None
         pump_in_batches(self.response.stream(LOG_FLUSH_BYTES, decode_content=True), self.on_output)
 
     def join(self, timeout: float = 10.0) -> None:

@@ -6,12 +6,14 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from scheduler.errors import ConveyorError
+
 MASK = b"***"
 MIN_MASKED = 4  # shorter values would mask ordinary text; they are still never stored
 
 
-class SecretError(Exception):
-    """A secret the step needs is not available on this worker."""
+class SecretError(ConveyorError):
+    """A secret the step needs is not available on this worker (the attempt ends with ``secret_missing``)."""
 
 
 def resolve(references: Mapping[str, Mapping[str, str]], environ: Mapping[str, str] | None = None) -> dict[str, str]:

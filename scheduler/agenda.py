@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.calendars import Calendar, CalendarError
-from scheduler.errors import ConveyorError, NotFoundError
-from scheduler.outages import Outage, OutageError
+from scheduler.calendars import Calendar
+from scheduler.errors import NotFoundError
+from scheduler.outages import Outage
 from scheduler.staging import unstage
 from scheduler.store import RunStore, now_iso
 
@@ -100,6 +100,24 @@ class Agenda:
         else:
             self.schedule_now(dag)
 
+    def is_deactivated(self, dag: str) -> bool:
+        return self.r.hget(self.keys.dag(dag), "deactivated") == "1"
+
+    def set_active(self, dag: str, active: bool) -> None:
+        """A DAG whose file left its synced folder is deactivated: no new scheduled runs (staged ones are
+        taken back), history and its pause flag kept. Its file coming back activates it again."""
+        if not self.r.exists(self.keys.dag(dag)):
+            raise NotFoundError(self.store.unknown_dag(dag))
+        if active:
+            self.r.hdel(self.keys.dag(dag), "deactivated", "deactivated_at")
+            if not self.is_paused(dag):
+                self.schedule_now(dag)
+            return
+        self.r.hset(self.keys.dag(dag), mapping={"deactivated": 1, "deactivated_at": now_iso()})
+        self.r.zrem(self.keys.agenda(), dag)
+        unstage(self.store, [dag])
+        self.wake()
+
     # --- calendars and outages -----------------------------------------------------------------
 
     def calendars(self) -> dict[str, Any]:
@@ -108,10 +126,7 @@ class Agenda:
     def put_calendars(self, specs: Mapping[str, Any]) -> list[str]:
         """Store named calendars (checked first: all or nothing) and re-evaluate every schedule."""
         for name, spec in specs.items():
-            try:
-                Calendar.from_spec(name, spec)
-            except CalendarError as exc:
-                raise ConveyorError(f"calendar '{name}': {exc}") from None
+            Calendar.from_spec(name, spec)  # a CalendarError names the calendar
         if specs:
             self.r.hset(self.keys.calendars(), mapping={k: json.dumps(v) for k, v in specs.items()})
         self._reschedule_all()
@@ -124,10 +139,7 @@ class Agenda:
         return [Outage.from_spec(name, spec) for name, spec in self.outages().items()]
 
     def put_outage(self, name: str, spec: Mapping[str, Any]) -> None:
-        try:
-            Outage.from_spec(name, spec)
-        except OutageError as exc:
-            raise ConveyorError(str(exc)) from None
+        Outage.from_spec(name, spec)  # an OutageError names the outage
         self.r.hset(self.keys.outages(), name, json.dumps(dict(spec)))
         self._reschedule_all()
 

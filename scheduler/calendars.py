@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import holidays
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
+from scheduler.errors import InputError
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MON_FRI = frozenset(range(5))
@@ -46,7 +48,7 @@ ALIASES = {
 }
 
 
-class CalendarError(ValueError):
+class CalendarError(InputError):
     """A calendar that cannot be built; the message is meant for people."""
 
 
@@ -263,9 +265,9 @@ class Calendar:
         if d.weekday() not in self.weekdays:
             return f"weekend ({WEEKDAY_NAMES[d.weekday()]})"
         for source in self.sources:
-            label = source_holidays(source, d.year).get(d)
-            if label is not None:
-                return f"holiday: {label} ({source})"
+            found = source_holidays(source, d.year).get(d)
+            if found is not None:
+                return f"holiday: {found} ({source})"
         return None
 
     def is_business_day(self, d: date) -> bool:

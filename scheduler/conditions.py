@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scheduler.errors import InputError
+
 STEP_FIELDS = ("exit_code", "state")
 _LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 _COMPARE = {
@@ -38,7 +40,7 @@ _OUTPUT_REF = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
 _PLACEHOLDER = "__conveyor_output_"
 
 
-class ConditionError(ValueError):
+class ConditionError(InputError):
     """A condition that cannot be parsed or names something unknown; the message is for people."""
 
 

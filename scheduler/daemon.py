@@ -154,7 +154,7 @@ class Scheduler:
         work: list[tuple[str, Compiled, list[Fire]]] = []
         for dag, record in zip(dags, records, strict=True):
             try:
-                if not record or record.get("paused") == "1":
+                if not record or record.get("paused") == "1" or record.get("deactivated") == "1":
                     self.agenda.set_next(dag, None)
                     continue
                 compiled = self._compile(dag, int(record["latest"]), *context)

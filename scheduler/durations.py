@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import overload
+
+from scheduler.errors import InputError
 
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DURATION_PATTERN = r"^(?:\d+(?:ms|s|m|h|d|w))+$"
 _PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _WHOLE = re.compile(DURATION_PATTERN)
+_PLAIN_NUMBER = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+#: How settings and options that mean a duration may be written, for messages and help texts.
+SETTING_FORMS = "a duration like 15s, 1m or 1h30m, or plain seconds like 10 or 2.5"
 
 
-class DurationError(ValueError):
+class DurationError(InputError):
     """Raised for text that is not a duration; the message is meant for people."""
 
 
@@ -35,11 +41,33 @@ def parse_duration(text: str | int | float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@overload
+def seconds(text: str | int | float | None, default: float) -> float: ...
+@overload
+def seconds(text: str | int | float | None, default: None = None) -> float | None: ...
 def seconds(text: str | int | float | None, default: float | None = None) -> float | None:
     """Seconds in a duration, or ``default`` when none is given."""
     if text is None:
         return default
     return parse_duration(text).total_seconds()
+
+
+def setting_seconds(text: str | float, *, plain_unit: float = 1.0, forms: str = SETTING_FORMS) -> float:
+    """Seconds from a setting a person typed (an environment variable, an option): a duration (``15s``,
+    ``1m``, ``1h30m``) or a plain number (``10``, ``2.5``) of ``plain_unit`` seconds (days for
+    ``--history-days``, whose ``forms`` then say so). Raises DurationError for anything else, negative
+    numbers included."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+        if value < 0 or value != value or value == float("inf"):
+            raise DurationError(f"{text!r} is not {forms}")
+        return value * plain_unit
+    written = str(text).strip()
+    if _PLAIN_NUMBER.match(written):
+        return float(written) * plain_unit
+    if not _WHOLE.match(written):
+        raise DurationError(f"{text!r} is not {forms}")
+    return parse_duration(written).total_seconds()
 
 
 def format_duration(value: timedelta | float) -> str:

@@ -21,9 +21,27 @@ class Problem:
 
 
 class ConveyorError(Exception):
-    """An expected failure: bad input, a missing run, an unreachable service. Exit code 1."""
+    """An expected failure: bad input, a missing run, an unreachable service. Exit code 1.
+
+    Every error a person can act on is one of these, so that ``ctl`` prints its message (one line,
+    no traceback) with its exit code, and a daemon logs it and goes on.
+    """
 
     exit_code = 1
+
+
+class InputError(ConveyorError, ValueError):
+    """Text a person wrote (a template, duration, condition, cron, calendar, outage, schedule) that
+    does not mean what it should. Also a ValueError, so that code parsing values the standard way
+    (``except ValueError``) keeps catching it."""
+
+
+class ConfigError(InputError):
+    """A bad setting: an environment variable (``CONVEYOR_*``, ``REDIS_URL``) or an option value that
+    cannot be used. Exit code 2, like any other usage error; the message names the setting, the value
+    and the forms it accepts."""
+
+    exit_code = 2
 
 
 class SpecError(ConveyorError):

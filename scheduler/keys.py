@@ -48,6 +48,12 @@ class Keys:
     def dag_intervals(self, name: str) -> str:  # hash: data interval start -> latest run_id (backfill)
         return f"{self.prefix}:dag:{name}:intervals"
 
+    def sync_files(self) -> str:  # hash: "ROOT|RELATIVE PATH" of a synced DAG file -> the DAG it defines
+        return f"{self.prefix}:sync:files"
+
+    def import_errors(self) -> str:  # hash: "ROOT|RELATIVE PATH" -> JSON of the file's problems (dagsync.py)
+        return f"{self.prefix}:sync:errors"
+
     # Scheduling ---------------------------------------------------------------------------------
     def agenda(self) -> str:  # zset: scheduled DAG name by its next due time (epoch seconds)
         return f"{self.prefix}:agenda"

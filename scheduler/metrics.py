@@ -232,6 +232,8 @@ class RedisCollector(Collector):
         for state in sorted(states):
             workers.add_metric([state], states[state])
         yield workers
+        yield GaugeMetricFamily("conveyor_dag_import_errors", "Synced DAG files that do not validate (ctl dags).",
+                                value=self.store.import_error_count())
         refused = CounterMetricFamily("conveyor_jobs_refused", "RQ jobs workers refused to run: not Conveyor's "
                                       "attempt job (see runner/admission.py).")
         refused.add_metric([], self.store.jobs_refused())

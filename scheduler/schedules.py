@@ -59,6 +59,7 @@ from scheduler.calendars import (
     zone,
 )
 from scheduler.durations import DurationError, parse_duration
+from scheduler.errors import InputError
 from scheduler.outages import Outage, OutageError, OutageSet
 
 MONTHS_PATTERN = r"^\d+mo$"
@@ -80,7 +81,7 @@ E = TypeVar("E", bound=Enum)
 _LOOKBACKS = (timedelta(minutes=2), *(timedelta(hours=8**k) for k in range(6)))  # 2 min, 1h .. ~3.7 years
 
 
-class ScheduleError(ValueError):
+class ScheduleError(InputError):
     """A schedule that cannot be built or used; the message is meant for people."""
 
 
@@ -464,7 +465,7 @@ def _from_spec(
         crons=tuple(crons),
         tz=tz,
         calendar=calendar,
-        business_day=business_day,  # type: ignore[arg-type]
+        business_day=business_day,
         roll=roll,
         catchup=catchup,
         max_catchup=max_catchup,

@@ -22,7 +22,7 @@ from scheduler.model import DagSpec, Trigger, mapped_instance
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
 from scheduler.reruns import select
-from scheduler.schedules import Batch, ScheduleError
+from scheduler.schedules import Batch
 from scheduler.spec import build_schedule, load_bytes, load_file
 from scheduler.store import RunStore
 
@@ -39,9 +39,22 @@ def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = Non
     """Validate and store a DAG file (a new version only when its content changed); a scheduled DAG
     is put on the scheduler's agenda and the scheduler is woken."""
     spec, raw = load_file(path, store_calendars(store))
-    version, created = store.submit_dag(spec.name, raw, spec.document, path=str(Path(path).resolve()),
-                                        git=git_state(path), now=now)
+    return _submitted(store, spec, raw, str(Path(path).resolve()), git_state(path), now)
+
+
+def submit_source(store: RunStore, raw: bytes, where: str, *, calendars: Mapping[str, Any] | None = None,
+                  now: datetime | None = None) -> Submitted:
+    """:func:`submit_file` for content already read (a synced folder's file, shown as ``where``)."""
+    spec = load_bytes(raw, where, store_calendars(store) if calendars is None else calendars)
+    return _submitted(store, spec, raw, where, git_state(where), now)
+
+
+def _submitted(store: RunStore, spec: DagSpec, raw: bytes, path: str, git: Mapping[str, Any] | None,
+               now: datetime | None) -> Submitted:
+    version, created = store.submit_dag(spec.name, raw, spec.document, path=path, git=git, now=now)
     agenda = Agenda(store)
+    if agenda.is_deactivated(spec.name):  # its file is back (or it was submitted by hand): active again
+        agenda.set_active(spec.name, True)
     if spec.schedule is not None and (created or not agenda.is_scheduled(spec.name)) \
             and not agenda.is_paused(spec.name):
         agenda.schedule_now(spec.name, now=now)
@@ -129,7 +142,7 @@ class Reprocess(StrEnum):
     all = "all"  # every interval
 
 
-@dataclass(frozen=True)
+@dataclass
 class BackfillItem:
     """One data interval of a backfill: create a run for it, or skip it (it has one already)."""
 
@@ -139,38 +152,60 @@ class BackfillItem:
     create: bool
     existing_run: str | None = None
     existing_state: str | None = None
+    run_id: str | None = None  # once created
+
+    @property
+    def action(self) -> str:
+        return "create" if self.create else "skip"
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
-                "action": "create" if self.create else "skip", "existing_run": self.existing_run,
-                "existing_state": self.existing_state}
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "action": self.action,
+                "existing_run": self.existing_run, "existing_state": self.existing_state}
+
+
+@dataclass
+class BackfillPlan:
+    dag: str
+    spec: DagSpec
+    record: Mapping[str, Any]
+    intervals: list[BackfillItem]
+
+    @property
+    def todo(self) -> list[BackfillItem]:
+        return [i for i in self.intervals if i.create]
+
+
+def parse_instant(text: str) -> date | datetime:
+    """``YYYY-MM-DD`` (local midnight in the DAG's timezone) or an ISO time; raises ValueError."""
+    if len(text) == 10:
+        return date.fromisoformat(text)
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is None else value.astimezone(UTC)
 
 
 def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date | datetime, *,
                   batch: str | None = None, schedule_aligned: bool = False, reprocess: Reprocess = Reprocess.none,
-                  backwards: bool = False) -> tuple[DagSpec, dict[str, Any], list[BackfillItem]]:
-    """The DAG's latest version and one item per data interval of ``[start, end)``: batches (the
-    DAG's ``batch``, else ``1d``) or, ``schedule_aligned``, the schedule's own fires."""
+                  backwards: bool = False) -> BackfillPlan:
+    """Every data interval of ``[start, end)`` of the DAG's latest version and whether it gets a run:
+    batches (the DAG's ``batch``, else ``1d``) or, ``schedule_aligned``, the schedule's own fires.
+    Creates nothing (:meth:`scheduler.engine.Engine.create_run_of` does, per item)."""
     calendars = store_calendars(store)
     spec, record = load_version(store, dag, calendars=calendars)
     schedule = build_schedule(spec.document, calendars, Agenda(store).global_outages())
     tz = schedule.tz if schedule else zone("UTC")
     if schedule_aligned and schedule is None:
         raise ConveyorError(f"DAG '{dag}' has no schedule; --schedule-aligned needs one")
-    try:
-        if schedule is not None and schedule_aligned:
-            fires = plan_schedule_aligned(schedule, start, end, backwards=backwards)
-            intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
-        else:
-            chosen = batch or spec.document.get("batch") or "1d"
-            Batch.parse(chosen)
-            intervals = [(s, e, e) for s, e in plan_batches(start, end, chosen, tz, backwards=backwards)]
-    except ScheduleError as exc:
-        raise ConveyorError(str(exc)) from None
+    if schedule is not None and schedule_aligned:
+        fires = plan_schedule_aligned(schedule, start, end, backwards=backwards)
+        intervals = [(f.data_interval_start, f.data_interval_end, f.logical_date) for f in fires]
+    else:  # a ScheduleError (a bad batch or range) is a ConveyorError: it reaches the user as is
+        chosen = batch or spec.document.get("batch") or "1d"
+        Batch.parse(chosen)
+        intervals = [(s, e, e) for s, e in plan_batches(start, end, chosen, tz, backwards=backwards)]
     if not intervals:
         raise ConveyorError(f"no interval in [{start}, {end})")
     known = store.interval_runs(dag)
-    states = store.run_states([rid for rid in known.values()]) if known else {}
+    states = store.run_states(list(known.values())) if known else {}
     items = []
     for s, e, logical in intervals:
         existing = known.get(s.isoformat())
@@ -178,6 +213,4 @@ def plan_backfill(store: RunStore, dag: str, start: date | datetime, end: date |
         create = (state is None or reprocess == Reprocess.all
                   or (reprocess == Reprocess.failed and state in {"failed", "cancelled"}))
         items.append(BackfillItem(s, e, logical, create, existing, state))
-    return spec, record, items
-
-
+    return BackfillPlan(dag, spec, record, items)

@@ -1,21 +1,42 @@
-"""Settings from the environment, and the Redis connections built from them."""
+"""Settings from the environment, and the Redis connections built from them.
+
+Every ``CONVEYOR_*`` variable and ``REDIS_URL`` is read and checked here, when a command starts, so
+that a bad value is one :class:`ConfigError` (exit 2) naming the variable, the value and the forms it
+accepts, never a traceback later. A variable set to the empty string counts as unset. Durations take
+``15s``, ``1m``, ``1h30m`` or plain seconds (``10``, ``2.5``), through the parser DAG files use.
+
+Options of ``ctl scheduler`` and ``ctl worker`` that read an environment variable (``--lease-ttl``
+and ``CONVEYOR_LEASE_TTL``, say) parse it with :func:`scheduler.durations.setting_seconds` too
+(``scheduler/cli/common.py``), so the same text means the same time whichever way it is given.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
+from scheduler.errors import ConfigError
 from scheduler.model import memory_bytes
 
 DEFAULT_LOG_CAP = 1024 * 1024
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_FORMS = ("redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH/TO/redis.sock[?db=N]")
+RUNTIMES = ("docker", "kubernetes")
+SIZE_FORMS = "a size like 512k, 1m or 1g, or plain bytes like 1048576"
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+Environ = Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where state lives. ``repr`` never shows the Redis password."""
+    """Where state lives and how workers behave. ``repr`` never shows the Redis password."""
 
     redis_url: str = field(repr=False)
     prefix: str = "conveyor"
@@ -29,18 +50,24 @@ class Settings:
     signing_key: bytes | None = field(default=None, repr=False)  # signs and verifies step plans (signing.py)
 
     @classmethod
-    def from_env(cls, redis_url: str | None = None) -> Settings:
+    def from_env(cls, redis_url: str | None = None, environ: Environ | None = None) -> Settings:
+        """Every setting from the environment (``redis_url`` wins over ``REDIS_URL``); raises ConfigError."""
+        env = os.environ if environ is None else environ
+        url = redis_url or env.get("REDIS_URL", "")
+        if url:
+            check_redis_url(url)
+        runtime_kind(env)  # checked at start, although the runtime is chosen where it is built
         return cls(
-            redis_url=redis_url or os.environ.get("REDIS_URL", ""),
-            prefix=os.environ.get("CONVEYOR_PREFIX", "conveyor"),
-            log_cap=int(os.environ.get("CONVEYOR_LOG_CAP", DEFAULT_LOG_CAP)),
-            attempt_lease=float(os.environ.get("CONVEYOR_ATTEMPT_LEASE", 15.0)),
-            lost_counts=os.environ.get("CONVEYOR_LOST_COUNTS", "1").lower() not in {"0", "false", "no"},
-            shutdown_grace=float(os.environ.get("CONVEYOR_SHUTDOWN_GRACE", 30.0)),
-            default_cpus=float(os.environ.get("CONVEYOR_DEFAULT_CPUS") or 0) or None,
-            default_memory=memory_bytes(os.environ.get("CONVEYOR_DEFAULT_MEMORY")),
-            allowed_mounts=tuple(p for p in os.environ.get("CONVEYOR_ALLOW_MOUNTS", "").split(os.pathsep) if p),
-            signing_key=signing_key_from_env(),
+            redis_url=url,
+            prefix=_get(env, "CONVEYOR_PREFIX") or "conveyor",
+            log_cap=env_size(env, "CONVEYOR_LOG_CAP", DEFAULT_LOG_CAP) or DEFAULT_LOG_CAP,
+            attempt_lease=env_seconds(env, "CONVEYOR_ATTEMPT_LEASE", 15.0, positive=True),
+            lost_counts=env_flag(env, "CONVEYOR_LOST_COUNTS", True),
+            shutdown_grace=env_seconds(env, "CONVEYOR_SHUTDOWN_GRACE", 30.0),
+            default_cpus=env_cpus(env, "CONVEYOR_DEFAULT_CPUS"),
+            default_memory=env_size(env, "CONVEYOR_DEFAULT_MEMORY", None),
+            allowed_mounts=env_paths(env, "CONVEYOR_ALLOW_MOUNTS"),
+            signing_key=signing_key_from_env(env),
         )
 
     @property
@@ -55,6 +82,7 @@ class Settings:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        check_redis_url(self.redis_url)
         return redis.Redis.from_url(
             self.redis_url,
             decode_responses=decode,
@@ -65,19 +93,158 @@ class Settings:
         )
 
 
-def signing_key_from_env() -> bytes | None:
-    """``CONVEYOR_SIGNING_KEY`` (the key itself) or ``CONVEYOR_SIGNING_KEY_FILE`` (a file holding it)."""
-    value = os.environ.get("CONVEYOR_SIGNING_KEY", "").strip()
-    path = os.environ.get("CONVEYOR_SIGNING_KEY_FILE", "").strip()
-    if not value and path:
-        from scheduler.errors import ConveyorError
+# --- one parser per kind of value ------------------------------------------------------------------
 
+
+def _get(env: Environ, name: str) -> str:
+    return env.get(name, "").strip()
+
+
+def _bad(name: str, raw: str, forms: str, why: str = "") -> ConfigError:
+    return ConfigError(f"{name}={raw!r} {why or 'is not valid'}: use {forms}")
+
+
+def env_seconds(env: Environ, name: str, default: float, *, positive: bool = False) -> float:
+    """A duration in seconds: ``15s``, ``1m``, ``1h30m`` or plain seconds (``10``, ``2.5``)."""
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = setting_seconds(raw)
+    except DurationError:
+        raise _bad(name, raw, SETTING_FORMS, "is not a duration") from None
+    if positive and value <= 0:
+        raise _bad(name, raw, SETTING_FORMS, "must be more than 0")
+    return value
+
+
+def env_flag(env: Environ, name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        return FLAG_VALUES[raw.lower()]
+    except KeyError:
+        raise _bad(name, raw, "1 or 0 (true/false, yes/no, on/off)", "is not a yes or no") from None
+
+
+def env_cpus(env: Environ, name: str) -> float | None:
+    """A CPU limit (``0.5``, ``2``); unset or 0 means none."""
+    raw = _get(env, name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise _bad(name, raw, "a number of CPUs like 0.5 or 2 (0: no limit)", "is not a number of CPUs")
+    return value or None
+
+
+def env_size(env: Environ, name: str, default: int | None) -> int | None:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    return parse_size(raw, name)
+
+
+def parse_size(raw: str, name: str) -> int:
+    """Bytes from ``512k``, ``1m``, ``1g`` or plain bytes; ``name`` is what the message calls the value."""
+    if not re.fullmatch(r"\d+[bkmg]?", raw.strip().lower()):
+        raise _bad(name, raw, SIZE_FORMS, "is not a size")
+    return memory_bytes(raw) or 0
+
+
+def env_paths(env: Environ, name: str) -> tuple[str, ...]:
+    """Absolute host paths separated by ``:``."""
+    raw = _get(env, name)
+    paths = tuple(p for p in raw.split(os.pathsep) if p)
+    relative = [p for p in paths if not p.startswith("/")]
+    if relative:
+        raise _bad(name, raw, "absolute paths separated by ':', like /data:/srv/shared",
+                   f"has a relative path ({relative[0]!r})")
+    return paths
+
+
+def signing_key_from_env(environ: Environ | None = None) -> bytes | None:
+    """``CONVEYOR_SIGNING_KEY`` (the key itself) or ``CONVEYOR_SIGNING_KEY_FILE`` (a file holding it)."""
+    env = os.environ if environ is None else environ
+    value = _get(env, "CONVEYOR_SIGNING_KEY")
+    path = _get(env, "CONVEYOR_SIGNING_KEY_FILE")
+    if not value and path:
         try:
             with open(path, encoding="utf-8") as handle:
                 value = handle.read().strip()
         except OSError as exc:
-            raise ConveyorError(f"CONVEYOR_SIGNING_KEY_FILE={path}: cannot read it ({exc.strerror})") from None
+            raise ConfigError(f"CONVEYOR_SIGNING_KEY_FILE={path!r}: cannot read it ({exc.strerror}): use the "
+                              "path of a readable file holding the key") from None
     return value.encode() if value else None
+
+
+def runtime_kind(environ: Environ | None = None) -> str:
+    """``CONVEYOR_RUNTIME``: ``docker`` (the default) or ``kubernetes``."""
+    env = os.environ if environ is None else environ
+    raw = _get(env, "CONVEYOR_RUNTIME")
+    kind = raw.lower() or "docker"
+    if kind not in RUNTIMES:
+        raise _bad("CONVEYOR_RUNTIME", raw, " or ".join(RUNTIMES), "is not a runtime")
+    return kind
+
+
+def debug_enabled(environ: Environ | None = None) -> bool:
+    """``CONVEYOR_DEBUG``: show tracebacks of unexpected errors. Read where an error is already being
+    handled, so any value but empty and 0/false/no/off turns it on (never an error of its own)."""
+    env = os.environ if environ is None else environ
+    return FLAG_VALUES.get(_get(env, "CONVEYOR_DEBUG").lower(), bool(_get(env, "CONVEYOR_DEBUG")))
+
+
+# --- Redis URLs ----------------------------------------------------------------------------------------
+
+
+def check_redis_url(url: str, name: str = "REDIS_URL") -> str:
+    """``url`` if redis-py can use it, else a ConfigError naming ``name`` and the accepted forms (the
+    password never shown)."""
+    problem = _redis_url_problem(url)
+    if problem:
+        raise ConfigError(f"{name}={_shown(url)!r} is not a Redis URL ({problem}): use {REDIS_FORMS}")
+    return url
+
+
+def _redis_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return str(exc)
+    scheme = parts.scheme.lower()
+    if scheme not in REDIS_SCHEMES or not url.lower().startswith(f"{scheme}://"):
+        return f"unknown scheme {parts.scheme!r}" if "://" in url else "no redis://, rediss:// or unix:// scheme"
+    if scheme == "unix":
+        if not parts.path:
+            return "no socket path"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError:
+            return "the port is not a number from 0 to 65535"
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            return f"the database {db!r} is not a number"
+    try:
+        redis.ConnectionPool.from_url(url).make_connection()  # builds the connection; connects to nothing
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        return f"unknown option {unknown.group(1)!r}" if unknown else str(exc)
+    except ValueError as exc:
+        return str(exc).rstrip(".")
+    return None
+
+
+def _shown(url: str) -> str:
+    try:
+        return redact(url)
+    except ValueError:
+        return "(not shown: it may hold a password)"
 
 
 def redact(url: str) -> str:

@@ -114,7 +114,7 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
         return
     if kind == "type":
         wanted = value if isinstance(value, list) else [value]
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        words = " or ".join(str(_TYPE_WORDS.get(w, w)) for w in wanted)
         if error.schema.get("pattern") == DURATION_PATTERN:
             words = "a duration like 30s, 5m, 2h, 1d, 1w"
         elif path and path[-1] == "memory":
@@ -198,7 +198,6 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     for name, step in steps.items():
         if not isinstance(step, dict):
             continue
-        merged = {**defaults, **step}
         at = ("steps", name)
         refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps), "for_each" in step)
         if "for_each" in step:
@@ -206,34 +205,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         for key in ("max_parallel", "max_items"):
             if key in step and "for_each" not in step:
                 yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
-        if "image" not in merged:
-            yield source.problem(at, f"step '{name}' has no image; set 'image' on the step or in 'defaults'", key=True)
-        if "command" not in merged:
-            yield source.problem(at, f"step '{name}' has no command; give it as a list, e.g. [\"echo\", \"hi\"]",
-                                 key=True)
-        command = merged.get("command")
-        where = (*at, "command") if "command" in step else ("defaults", "command")
-        if isinstance(command, str) and not merged.get("shell"):
-            yield source.problem(where, "command is a string; write it as a list (exec form), "
-                                        "e.g. [\"sh\", \"-c\", \"...\"], or set 'shell: true'")
-        if isinstance(command, list) and merged.get("shell"):
-            yield source.problem(where, "with 'shell: true' the command must be one string for sh -c")
-        if isinstance(command, list) and not command:
-            yield source.problem(where, "command is an empty list")
-        for index, part in enumerate(command if isinstance(command, list) else [command]):
-            if isinstance(part, str):
-                yield from _template_problem(source, (*where, index) if isinstance(command, list) else where,
-                                             part, known, refs)
-        env = merged.get("env")
-        if isinstance(env, dict):
-            env_at = (*at, "env") if "env" in step else ("defaults", "env")
-            for key, value in env.items():
-                if isinstance(value, str):
-                    yield from _template_problem(source, (*env_at, key), value, known, refs)
-        backoff = merged.get("retry_backoff")
-        if isinstance(backoff, dict):
-            backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
-            yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
+        yield from _step_problems(source, at, step, defaults, known, f"step '{name}'", refs)
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -259,25 +231,51 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
-        handler = data.get(key)
-        if isinstance(handler, dict):
-            merged = {**defaults, **handler}
-            if "image" not in merged:
-                yield source.problem((key,), f"handler '{key}' has no image; set 'image' on it or in 'defaults'")
-            command = merged.get("command")
-            if command is None:
-                yield source.problem((key,), f"handler '{key}' has no command")
-            elif isinstance(command, str) and not merged.get("shell"):
-                yield source.problem((key, "command"), "command is a string; write it as a list (exec form), "
-                                                       "or set 'shell: true'")
-            for index, part in enumerate(command if isinstance(command, list) else []):
-                if isinstance(part, str):
-                    yield from _template_problem(source, (key, "command", index), part, known)
+        if isinstance(data.get(key), dict):
+            yield from _step_problems(source, (key,), data[key], defaults, known, f"handler '{key}'")
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.
         shown = " -> ".join(reversed(cycle))
         yield source.problem(("steps", cycle[0], "depends_on"), f"dependency cycle: {shown}")
+
+
+def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], defaults: dict[str, Any],
+                   known: list[str], label: str, refs: _OutputRefs | None = None) -> Iterator[Problem]:
+    """What the schema cannot say about one step or handler (``label``: "step 'load'", "handler
+    'on_failure'"), its defaults applied: image and command present and of the right form, every
+    template in its command and env known, its backoff durations readable. Steps and handlers become
+    the same StepSpec and are rendered the same way, so they are checked by this one function."""
+    merged = {**defaults, **step}
+    kind = label.split()[0]
+    if "image" not in merged:
+        yield source.problem(at, f"{label} has no image; set 'image' on the {kind} or in 'defaults'", key=True)
+    if "command" not in merged:
+        yield source.problem(at, f"{label} has no command; give it as a list, e.g. [\"echo\", \"hi\"]", key=True)
+    command = merged.get("command")
+    where = (*at, "command") if "command" in step else ("defaults", "command")
+    if isinstance(command, str) and not merged.get("shell"):
+        yield source.problem(where, "command is a string; write it as a list (exec form), "
+                                    "e.g. [\"sh\", \"-c\", \"...\"], or set 'shell: true'")
+    if isinstance(command, list) and merged.get("shell"):
+        yield source.problem(where, "with 'shell: true' the command must be one string for sh -c")
+    if isinstance(command, list) and not command:
+        yield source.problem(where, "command is an empty list")
+    for index, part in enumerate(command if isinstance(command, list) else [command]):
+        if isinstance(part, str):
+            yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known,
+                                         refs)
+    # The env a step gets is the defaults' env overlaid with its own (see _step): check both parts.
+    own_env: dict[str, Any] = step["env"] if isinstance(step.get("env"), dict) else {}
+    default_env: dict[str, Any] = defaults["env"] if isinstance(defaults.get("env"), dict) else {}
+    for key, value in {**default_env, **own_env}.items():
+        if isinstance(value, str):
+            env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
+            yield from _template_problem(source, env_at, value, known, refs)
+    backoff = merged.get("retry_backoff")
+    if isinstance(backoff, dict):
+        backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
+        yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
 
 
 def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
@@ -367,7 +365,7 @@ def _for_each_problems(source: Source, at: tuple[Any, ...], value: Any, params: 
         if not isinstance(decl, dict):
             yield source.problem(where, f"unknown param '{found['param']}' in for_each")
         elif decl.get("type", "string") != "string":
-            kind = _TYPE_NAMES.get(decl.get("type"), "not a list")
+            kind = _TYPE_NAMES.get(str(decl.get("type")), "not a list")
             yield source.problem(where, f"param '{found['param']}' is {kind}, not a list; for_each needs a "
                                         "string param holding a JSON array")
 
@@ -502,7 +500,7 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
                 " (define it under 'calendars:' or submit it with `ctl calendar submit FILE`)")
             yield source.problem(("schedule", "calendar"), f"{exc}{hint}")
     defined = data.get("outages") if isinstance(data.get("outages"), dict) else {}
-    names = schedule.get("outages") if isinstance(schedule.get("outages"), list) else []
+    names: list[Any] = schedule["outages"] if isinstance(schedule.get("outages"), list) else []
     for index, name in enumerate(names):
         if isinstance(name, str) and name not in defined:
             found = True
@@ -586,14 +584,15 @@ def resolve_params(spec: DagSpec, given: Mapping[str, Any]) -> dict[str, Any]:
             try:
                 values[name] = coerce_value(decl.type, given[name])
             except ValueError as exc:
-                problems.append(f"param '{name}': {exc}")
+                problems.append(f"param '{name}' ({decl.type}): {exc}")
                 continue
             if decl.enum and values[name] not in [coerce_value(decl.type, o) for o in decl.enum]:
-                problems.append(f"param '{name}': {given[name]!r} is not one of: {', '.join(map(str, decl.enum))}")
+                allowed = ", ".join(map(str, decl.enum))
+                problems.append(f"param '{name}' ({decl.type}): {given[name]!r} is not one of: {allowed}")
         elif decl.default is not None:
             values[name] = coerce_value(decl.type, decl.default)
         elif decl.required:
-            problems.append(f"param '{name}' is required: give it with --param {name}=VALUE")
+            problems.append(f"param '{name}' ({decl.type}) is required: give it with --param {name}=VALUE")
         else:
             values[name] = None
     if problems:

@@ -25,7 +25,7 @@ import redis
 from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
-from scheduler.model import StepPlan, instance_name, mapped_instance
+from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
 from scheduler.results import (
     Created,
@@ -197,6 +197,55 @@ class RunStore:
         """The scheduler's last error for this DAG and when it happened, if it has one now."""
         error, at = self.r.hmget(self.keys.dag(name), "error", "error_at")
         return (error, at or "") if error else None
+
+    # --- DAG folder sync (scheduler/dagsync.py) ---------------------------------------------------
+
+    def synced_files(self) -> dict[str, str]:
+        """Every synced DAG file ("ROOT|RELATIVE PATH") -> the DAG it defined last time it was valid."""
+        return self.r.hgetall(self.keys.sync_files())
+
+    def set_synced_file(self, key: str, dag: str | None) -> None:
+        if dag is None:
+            self.r.hdel(self.keys.sync_files(), key)
+        else:
+            self.r.hset(self.keys.sync_files(), key, dag)
+
+    def import_errors(self) -> dict[str, dict[str, Any]]:
+        """Synced files that do not validate: "ROOT|RELATIVE PATH" -> {file, problems, at, dag}."""
+        return {k: json.loads(v) for k, v in self.r.hgetall(self.keys.import_errors()).items()}
+
+    def set_import_error(self, key: str, error: Mapping[str, Any] | None) -> None:
+        if error is None:
+            self.r.hdel(self.keys.import_errors(), key)
+        else:
+            self.r.hset(self.keys.import_errors(), key, json.dumps(dict(error)))
+
+    def import_error_count(self) -> int:
+        return int(self.r.hlen(self.keys.import_errors()))
+
+    def dag_state(self, name: str) -> dict[str, str]:
+        """The DAG hash: latest version, paused, deactivated, cursor, the scheduler's error."""
+        return self.r.hgetall(self.keys.dag(name))
+
+    def delete_dag(self, name: str, *, purge: bool = False, limit: int = 100_000) -> int:
+        """Remove a DAG's definition (every version) and schedule; with ``purge`` also every run of it
+        that has ended (active runs are left to finish). Returns how many runs were deleted."""
+        k = self.keys
+        deleted = 0
+        if purge:
+            for run_id in self.r.zrange(k.dag_runs(name), 0, limit - 1):
+                deleted += self.delete_run(run_id)
+        versions = int(self.r.hget(k.dag(name), "latest") or 0)
+        doomed = [k.dag(name), k.dag_shas(name), k.dag_fires(name), k.dag_staged(name), k.dag_intervals(name),
+                  *(k.dag_version(name, v) for v in range(1, versions + 1))]
+        if purge:
+            doomed += [k.dag_runs(name), k.dag_active(name), k.dag_waiting(name)]
+        with self.r.pipeline() as pipe:
+            pipe.unlink(*doomed)
+            pipe.srem(k.dags(), name)
+            pipe.zrem(k.agenda(), name)
+            pipe.execute()
+        return deleted
 
     def dag_names(self) -> list[str]:
         return sorted(self.r.smembers(self.keys.dags()))
@@ -501,6 +550,70 @@ class RunStore:
     def jobs_refused(self) -> int:
         return int(self.r.get(self.keys.jobs_refused()) or 0)
 
+    # --- reads for the HTTP server (scheduler/server/ops.py) ----------------------------------------
+
+    def sched_epoch(self) -> str:
+        """Bumped whenever calendars or global outages change (cache key for compiled schedules)."""
+        return self.r.get(self.keys.sched_epoch()) or "0"
+
+    def dag_summaries(self, names: list[str], last: int) -> list[tuple[dict[str, str], dict[str, Any] | None,
+                                                                       list[tuple[str, str | None, str | None,
+                                                                                  str | None]]]]:
+        """Per DAG: its hash, its latest version record, and its last ``last`` runs as (run_id, state,
+        created_at, staged_due), newest first. Two round trips for any number of DAGs."""
+        k = self.keys
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(k.dag(name))
+                pipe.zrevrange(k.dag_runs(name), 0, last - 1)
+            heads = pipe.execute()
+        meta, runs = heads[0::2], heads[1::2]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, m in zip(names, meta, strict=True):
+                pipe.get(k.dag_version(name, int(m.get("latest") or 0)))
+            for ids in runs:
+                for run_id in ids:
+                    pipe.hmget(k.run(run_id), "state", "created_at", "staged_due")
+            rows = pipe.execute()
+        records, states = rows[:len(names)], iter(rows[len(names):])
+        return [(m, json.loads(raw) if raw else None, [(run_id, *next(states)) for run_id in ids])
+                for m, raw, ids in zip(meta, records, runs, strict=True)]
+
+    def runs_page(self, dag: str | None, top: float | str, offset: int, count: int) -> list[tuple[str, float,
+                                                                                                  dict[str, str]]]:
+        """Runs by creation time, newest first, at or below ``top``: (run_id, score, record)."""
+        key = self.keys.dag_runs(dag) if dag else self.keys.runs()
+        chunk = self.r.zrevrangebyscore(key, top, "-inf", start=offset, num=count, withscores=True)
+        with self.r.pipeline(transaction=False) as pipe:
+            for run_id, _ in chunk:
+                pipe.hgetall(self.keys.run(run_id))
+            records = pipe.execute()
+        return [(run_id, score, record) for (run_id, score), record in zip(chunk, records, strict=True)]
+
+    def previous_run(self, dag: str, run_id: str) -> str | None:
+        """The run of ``dag`` created just before ``run_id``."""
+        key = self.keys.dag_runs(dag)
+        score = self.r.zscore(key, run_id)
+        if score is None:
+            return None
+        older = self.r.zrevrangebyscore(key, score, "-inf", start=0, num=5)
+        return next((r for r in older if r != run_id), None)
+
+    def step_upstreams(self, run_id: str, names: list[str]) -> dict[str, list[str]]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.step(run_id, name), "upstream")
+            ups = pipe.execute()
+        return {name: json.loads(up or "[]") for name, up in zip(names, ups, strict=True)}
+
+    def attempt_ended(self, run_id: str, step: str, attempt: int) -> bool:
+        """Has this attempt ended (or been superseded)? A follow of its log stops then."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.attempt(run_id, step, attempt), "ended_at")
+            pipe.hmget(self.keys.step(run_id, step), "state", "attempt")
+            ended, (state, current) = pipe.execute()
+        return bool(ended) or int(current or 0) > attempt or state in TERMINAL_STEP_STATES
+
     # --- history ----------------------------------------------------------------------------------
 
     def run_ids_since(self, since: float, dag: str | None = None) -> list[tuple[str, float]]:
@@ -570,6 +683,11 @@ class RunStore:
     def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
         return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL]))
 
-    def read_log(self, run_id: str, step: str, attempt: int) -> bytes:
-        raw = self.r.execute_command("GET", self.keys.log(run_id, step, attempt), NEVER_DECODE=True)
+    def read_log(self, run_id: str, step: str, attempt: int, offset: int = 0) -> bytes:
+        """The attempt's stored output as raw bytes (from byte ``offset`` on)."""
+        key = self.keys.log(run_id, step, attempt)
+        if offset:
+            raw = self.r.execute_command("GETRANGE", key, offset, -1, NEVER_DECODE=True)
+        else:
+            raw = self.r.execute_command("GET", key, NEVER_DECODE=True)
         return raw or b""

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scheduler.errors import InputError
+
 _TOKEN = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _STEP_REF = re.compile(r"^steps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.([A-Za-z_][A-Za-z0-9_]*)$")
@@ -31,7 +33,7 @@ BUILTINS = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template names something unknown or is malformed; the message is for people."""
 
 

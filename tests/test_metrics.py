@@ -60,7 +60,7 @@ def exporter(store: RunStore, settings: Settings):
 def run_pipe(store: RunStore, *, fail_b: bool) -> str:
     plan, _ = new_run(store, spec_from(DAG))
     rid = plan.run_id
-    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w", now=at(2))[0] == "ok"  # waited 2 s
+    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w", now=at(2)).status == "ok"  # waited 2 s
     store.finish_attempt(rid, "a", 1, "failed", {"exit_code": 1}, now=at(5))  # 3 s, retried
     store.start_attempt(rid, "a", 2, host="h", pid=1, worker="w", now=at(6))
     store.finish_attempt(rid, "a", 2, "success", {"exit_code": 0}, now=at(13))  # 7 s

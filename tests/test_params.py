@@ -120,22 +120,22 @@ def test_given_values_are_typed(spec: DagSpec) -> None:
 
 
 def test_a_required_param_must_be_given(spec: DagSpec) -> None:
-    assert problems(spec, {}) == ["report: param 'date' is required: give it with --param date=VALUE"]
+    assert problems(spec, {}) == ["report: param 'date' (date) is required: give it with --param date=VALUE"]
 
 
 def test_wrong_types_are_refused(spec: DagSpec) -> None:
     assert problems(spec, {"date": "20th of November", "rows": "many", "dry_run": "perhaps"}) == [
-        "report: param 'date': '20th of November' is not a date like 2026-11-20",
-        "report: param 'rows': 'many' is not a whole number",
-        "report: param 'dry_run': 'perhaps' is not true or false",
+        "report: param 'date' (date): '20th of November' is not a date like 2026-11-20",
+        "report: param 'rows' (int): 'many' is not a whole number",
+        "report: param 'dry_run' (bool): 'perhaps' is not true or false",
     ]
 
 
 def test_enum_values_are_checked_after_typing(spec: DagSpec) -> None:
     assert resolve_params(spec, {"date": "2026-11-20", "level": " 3 "})["level"] == 3
     assert problems(spec, {"date": "2026-11-20", "region": "asia", "level": "4"}) == [
-        "report: param 'region': 'asia' is not one of: eu, us",
-        "report: param 'level': '4' is not one of: 1, 2, 3",
+        "report: param 'region' (string): 'asia' is not one of: eu, us",
+        "report: param 'level' (int): '4' is not one of: 1, 2, 3",
     ]
 
 
@@ -149,8 +149,8 @@ def test_unknown_params_get_a_hint(spec: DagSpec) -> None:
 def test_every_problem_is_reported_at_once(spec: DagSpec) -> None:
     assert problems(spec, {"datte": "2026-11-20", "rows": "x"}) == [
         "report: unknown param 'datte'; did you mean 'date'?",
-        "report: param 'date' is required: give it with --param date=VALUE",
-        "report: param 'rows': 'x' is not a whole number",
+        "report: param 'date' (date) is required: give it with --param date=VALUE",
+        "report: param 'rows' (int): 'x' is not a whole number",
     ]
 
 

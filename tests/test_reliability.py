@@ -47,7 +47,7 @@ def test_a_lost_attempt_is_fenced_and_retried(store: RunStore) -> None:
     spec = spec_from(SLOW.replace("SECONDS", "1"))
     plan, _ready = new_run(store, spec)
     rid = plan.run_id
-    assert store.start_attempt(rid, "nap", 1, host="h", pid=1, worker="w", lease=0.2)[0] == "ok"
+    assert store.start_attempt(rid, "nap", 1, host="h", pid=1, worker="w", lease=0.2).status == "ok"
     assert store.renew(rid, "nap", 1, lease=0.2)
     assert store.lose(f"{rid}|nap|1").state == "alive"  # the lease is still held
     time.sleep(0.3)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scheduler.cli import common, views
 from scheduler.model import Priority, Trigger, run_ended
-from scheduler.service import Reprocess, plan_backfill
+from scheduler.service import Reprocess, parse_instant, plan_backfill
 from scheduler.store import RunStore
 
 POLL_SECONDS = 0.5
@@ -40,8 +40,9 @@ def backfill(
     current = common.settings()
     engine = common.engine(current)
     store = engine.store
-    spec, record, plan = plan_backfill(store, dag, _when(start, "--start"), _when(end, "--end"), batch=batch,
-                                       schedule_aligned=schedule_aligned, reprocess=reprocess, backwards=backwards)
+    planned = plan_backfill(store, dag, _when(start, "--start"), _when(end, "--end"), batch=batch,
+                            schedule_aligned=schedule_aligned, reprocess=reprocess, backwards=backwards)
+    spec, record, plan = planned.spec, planned.record, planned.intervals
     if dry_run:
         if output == common.Output.json:
             views.print_json([{k: v for k, v in p.to_json().items() if k in ("start", "end", "action")}
@@ -52,8 +53,7 @@ def backfill(
                 note = f" (run {p.existing_run}: {p.existing_state})" if p.existing_run else ""
                 views.out.print(f"{shown['action']:6} [{shown['start']}, {shown['end']}){note}")
         return
-    todo = [p for p in plan if p.create]
-    run_of: dict[int, str] = {}
+    todo = planned.todo
     created: list[str] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=views.err, transient=False, disable=not views.err.is_terminal) as progress:
@@ -65,7 +65,7 @@ def backfill(
                 item = pending.pop(0)
                 run_id = engine.create_run_of(spec, record, params, trigger=Trigger.BACKFILL, priority=priority,
                                               logical_date=item.logical_date, interval=(item.start, item.end))
-                run_of[id(item)] = run_id
+                item.run_id = run_id
                 created.append(run_id)
                 active.append(run_id)
             if no_wait:
@@ -77,9 +77,9 @@ def backfill(
     states = store.run_states(created) if created else {}
     result = {
         "dag": dag, "created": len(created), "skipped": len(plan) - len(todo),
-        "runs": [{"start": p.start.isoformat(), "end": p.end.isoformat(), "run_id": run_of.get(id(p)),
-                  "state": states.get(run_of[id(p)]) if id(p) in run_of else p.existing_state,
-                  "action": "create" if p.create else "skip"} for p in plan],
+        "runs": [{"start": p.start.isoformat(), "end": p.end.isoformat(), "run_id": p.run_id,
+                  "state": states.get(p.run_id) if p.run_id else p.existing_state, "action": p.action}
+                 for p in plan],
     }
     if output == common.Output.json:
         views.print_json(result)
@@ -99,9 +99,6 @@ def _active(store: RunStore, run_ids: list[str]) -> list[str]:
 
 def _when(text: str, option: str) -> date | datetime:
     try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        value = datetime.fromisoformat(text)
-        return value if value.tzinfo is None else value.astimezone(UTC)
+        return parse_instant(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD) or an ISO time", param_hint=option) from None

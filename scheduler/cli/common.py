@@ -1,4 +1,5 @@
-"""What every command needs: settings, a store, params from ``--param``, the output option."""
+"""What every command needs: settings, a store, params from ``--param``, the output option, and the
+duration type of options that read a ``CONVEYOR_*`` variable."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from enum import StrEnum
 import typer
 
 from scheduler.dispatch import Dispatcher
+from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
 from scheduler.engine import Engine
 from scheduler.settings import Settings
 from scheduler.store import RunStore
@@ -50,3 +52,27 @@ def parse_params(values: list[str] | None) -> dict[str, str]:
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
         params[key.strip()] = value
     return params
+
+
+class Seconds:
+    """The parser of an option meaning a duration (``--lease-ttl``, ``--lookahead``...), given on the
+    command line or in its environment variable: ``15s``, ``1m``, ``1h30m`` or a plain number, parsed as
+    settings are (:func:`scheduler.durations.setting_seconds`). The value is in seconds; a plain number
+    counts ``plain_unit`` seconds (86400 for an option in days). A bad value is a usage error (exit 2)
+    that click words with the option's name and its environment variable."""
+
+    __name__ = "duration"  # click names the option's type after it
+
+    def __init__(self, *, minimum: float = 0.0, plain_unit: float = 1.0, forms: str = SETTING_FORMS):
+        self.minimum = minimum
+        self.plain_unit = plain_unit
+        self.forms = forms
+
+    def __call__(self, value: str | float) -> float:
+        try:
+            seconds = setting_seconds(value, plain_unit=self.plain_unit, forms=self.forms)
+        except DurationError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if seconds < self.minimum:
+            raise typer.BadParameter(f"{value!r} is too short; the minimum is {self.minimum:g}s")
+        return seconds

@@ -1,17 +1,33 @@
 """``ctl``: the command line. Data goes to stdout, talk to stderr.
 
-Exit codes: 0 success, 1 invalid input or a failed run, 2 usage, 3 unexpected error, 130 Ctrl-C.
+Exit codes: 0 success, 1 invalid input or a failed run, 2 usage (a bad option or setting), 3 unexpected
+error, 130 Ctrl-C. Every expected failure is a ConveyorError carrying its exit code (ConfigError: 2).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
-from scheduler.cli import backfill, calendars, dags, data, local, observe, pools, reruns, runs, scheduling, workers
+from scheduler.cli import (
+    backfill,
+    calendars,
+    catalog,
+    dags,
+    data,
+    diff,
+    local,
+    observe,
+    pools,
+    reruns,
+    runs,
+    scheduling,
+    server,
+    workers,
+)
 from scheduler.errors import ConveyorError
+from scheduler.settings import debug_enabled
 
 app = typer.Typer(
     name="ctl",
@@ -38,9 +54,12 @@ app.command()(backfill.backfill)
 app.command()(reruns.rerun)
 app.command()(observe.stats)
 app.command()(observe.graph)
+app.command()(diff.diff)
+app.command()(server.server)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 app.add_typer(pools.pool_app, name="pool")
+app.add_typer(catalog.dags_app, name="dags")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             show()
         return int(getattr(exc, "exit_code", 2))
     except Exception as exc:
-        if os.environ.get("CONVEYOR_DEBUG"):
+        if debug_enabled():
             raise
         print(f"unexpected error: {type(exc).__name__}: {exc} (set CONVEYOR_DEBUG=1 for details)", file=sys.stderr)
         return 3

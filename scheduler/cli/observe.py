@@ -19,7 +19,7 @@ from scheduler import graphviz
 from scheduler import stats as history
 from scheduler.cli import common, views
 from scheduler.durations import DurationError, parse_duration
-from scheduler.errors import ConveyorError
+from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -27,6 +27,13 @@ from scheduler.store import RunStore
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
 
 
 class GraphFormat(StrEnum):
@@ -37,6 +44,8 @@ class GraphFormat(StrEnum):
 
 LogFormatOption = typer.Option(LogFormat.text, "--log-format", envvar="CONVEYOR_LOG_FORMAT",
                                help="text for people, json for log collectors (one object per line).")
+LogLevelOption = typer.Option(LogLevel.INFO, "--log-level", case_sensitive=False,
+                              help="DEBUG, INFO, WARNING or ERROR.")
 MetricsPortOption = typer.Option(None, "--metrics-port", envvar="CONVEYOR_METRICS_PORT", min=0, max=65535,
                                  help="Serve Prometheus metrics on this port (default and 0: off).")
 
@@ -168,7 +177,7 @@ def graph(
     path = Path(dag)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         calendars: dict[str, Any] = {}
-        with contextlib.suppress(ConveyorError):  # a file can be drawn without Redis
+        with contextlib.suppress(UnavailableError):  # a file can be drawn without Redis (not with a bad REDIS_URL)
             calendars = store_calendars(common.store())
         spec, _ = load_file(path, calendars)
     else:

@@ -10,6 +10,7 @@ from scheduler.cli import common, views, watch
 from scheduler.errors import NotFoundError
 from scheduler.model import Priority, Trigger
 from scheduler.results import StepCancelStatus
+from scheduler.runview import log_attempt
 
 
 def trigger(
@@ -94,13 +95,7 @@ def logs(
 ) -> None:
     """Print a step attempt's output (stdout and stderr, as the container wrote them)."""
     store = common.store()
-    steps = {s["name"]: s for s in store.step_records(run_id)}
-    if step not in steps:
-        raise NotFoundError(f"run '{run_id}' has no step '{step}'; steps: {', '.join(steps)}")
-    last = int(steps[step].get("attempt") or 0)
-    number = attempt or last
-    if number == 0 or number > last:
-        raise NotFoundError(f"step '{step}' of run '{run_id}' has no attempt {number or ''}".rstrip())
+    number = log_attempt(store, run_id, step, attempt)
     sys.stdout.buffer.write(store.read_log(run_id, step, number))
     sys.stdout.flush()
 

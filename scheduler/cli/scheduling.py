@@ -17,42 +17,56 @@ from scheduler.cli import common, observe, views
 from scheduler.clock import Clock, FakeClock
 from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
 from scheduler.engine import Engine
-from scheduler.errors import ConveyorError
+from scheduler.errors import UnavailableError
 from scheduler.leader import DEFAULT_TTL
-from scheduler.schedules import Dropped
-from scheduler.service import load_version, store_calendars, submit_file
-from scheduler.spec import build_schedule, load_file
+from scheduler.service import load_version, store_calendars
+from scheduler.spec import load_file
+from scheduler.upcoming import upcoming
+
+DAY = 86400.0
+HISTORY_FORMS = "a number of days like 30 or 0.5, or a duration like 12h or 2w"
 
 
 def scheduler(
     dags: Path | None = typer.Option(None, "--dags", envvar="CONVEYOR_DAGS",
-                                     help="Submit every *.yaml in this folder at start."),
-    lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL", min=1.0,
-                                    help="Leader lease in seconds; a standby takes over when it expires."),
+                                     help="Keep this folder's DAG files (recursively) in sync: changes within "
+                                          "--sync-interval, import errors recorded, removed files deactivate."),
+    sync_interval: float = typer.Option(2.0, "--sync-interval", envvar="CONVEYOR_SYNC_INTERVAL",
+                                        parser=common.Seconds(minimum=0.1), metavar="DURATION",
+                                        help="How often to look at the --dags folder (2s, or seconds)."),
+    lease_ttl: float = typer.Option(DEFAULT_TTL, "--lease-ttl", envvar="CONVEYOR_LEASE_TTL",
+                                    parser=common.Seconds(minimum=1.0), metavar="DURATION",
+                                    help="Leader lease (10s, 1m, or seconds); a standby takes over when it expires."),
     fake_clock: datetime | None = typer.Option(None, "--fake-clock", hidden=True,
                                                help="Testing: start the clock here (UTC unless an offset is given)."),
     clock_speed: float = typer.Option(1.0, "--clock-speed", hidden=True, help="Testing: fake clock speed."),
-    lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD", min=0,
-                                    help="Stage runs up to this many seconds before they are due, so that they reach "
-                                         "the queues at their due time even with thousands due at once (0: off)."),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    lookahead: float = typer.Option(DEFAULT_LOOKAHEAD, "--lookahead", envvar="CONVEYOR_LOOKAHEAD",
+                                    parser=common.Seconds(), metavar="DURATION",
+                                    help="Stage runs up to this long (60s, 2m, or seconds) before they are due, so "
+                                         "that they reach the queues at their due time even with thousands due at "
+                                         "once (0: off)."),
+    log_level: observe.LogLevel = observe.LogLevelOption,
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
-    history_days: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS", min=0,
-                                       help="Delete ended runs older than this many days (0: keep all)."),
+    history: float = typer.Option(30.0, "--history-days", envvar="CONVEYOR_HISTORY_DAYS",
+                                  parser=common.Seconds(plain_unit=DAY, forms=HISTORY_FORMS), metavar="DAYS",
+                                  help="Delete ended runs older than this many days, or a duration like 12h "
+                                       "(0: keep all)."),
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
-    logs.setup(log_level, log_format.value)
+    logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
     observe.start_metrics(store, current, metrics_port)
+    folder = None
     if dags:
-        for path in sorted(dags.glob("*.y*ml")):
-            done = submit_file(store, path)
-            logging.getLogger("conveyor.scheduler").info("%s: %s version %d", path, done.spec.name, done.version)
+        from scheduler.dagsync import DagFolder
+
+        folder = DagFolder(store, dags)
+        folder.sync()  # at once, so that the first pass sees the folder; bad files are import errors
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
-                       history_days=history_days, lookahead=lookahead)
+                       history_days=history / DAY, lookahead=lookahead)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
@@ -60,6 +74,8 @@ def scheduler(
     # The release thread must get the interpreter within a millisecond of a due time, even while the
     # main loop is busy planning (the default switch interval is 5 ms).
     sys.setswitchinterval(0.001)
+    if folder is not None:
+        folder.run_in_thread(daemon.stop, sync_interval)
     daemon.serve()
 
 
@@ -89,7 +105,7 @@ def next_(
             store = common.store()
             agenda = Agenda(store)
             calendars, outages = store_calendars(store), agenda.global_outages()
-        except ConveyorError:
+        except UnavailableError:
             pass  # a file can be checked without Redis; named calendars and global outages then do not apply
         spec, _ = load_file(path, calendars)
     else:
@@ -97,22 +113,10 @@ def next_(
         calendars = store_calendars(store)
         spec, _ = load_version(store, dag, calendars=calendars)
         outages = Agenda(store).global_outages()
-    schedule = build_schedule(spec.document, calendars, outages)
-    if schedule is None:
-        raise ConveyorError(f"DAG '{spec.name}' has no schedule")
     after = _aware(start) if start else datetime.now(UTC)
-    fires, dropped = [], []
-    for item in schedule.fires(after, n=count):
-        target = dropped if isinstance(item, Dropped) else fires
-        target.append(item)
-    data = {
-        "timezone": str(schedule.tz),
-        "fires": [{"at": f.logical_date.isoformat(), "utc": f.utc.isoformat(),
-                   **({"due": f.due.isoformat(), "deferred_by": f.deferred_by} if f.deferred_by else {}),
-                   "data_interval_start": f.data_interval_start.isoformat(),
-                   "data_interval_end": f.data_interval_end.isoformat()} for f in fires],
-        "dropped": [{"at": d.at.isoformat(), "utc": d.utc.isoformat(), "reason": d.reason} for d in dropped],
-    }
+    found = upcoming(spec, calendars, outages, after, count)
+    schedule, fires, dropped = found.schedule, found.fires, found.dropped
+    data = found.to_json()
     if output == common.Output.json:
         views.print_json(data)
         return

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.store import RunStore
+from scheduler.runview import (  # noqa: F401  (re-exported: commands read them from here)
+    ATTEMPT_FIELDS,
+    attempt_object,
+    run_object,
+    shown_state,
+    status_object,
+)
 
-ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_digest", "container_id", "host",
-                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error")
 STATE_STYLE = {
     "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan", "queued": "blue",
     "retrying": "yellow", "cancelled": "magenta", "skipped": "grey50", "pending": "grey50", "waiting": "blue",
@@ -27,82 +30,6 @@ STATE_STYLE = {
 # No emoji codes or highlighting: names and messages from users are printed verbatim.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
-
-
-def _none(value: str | None) -> str | None:
-    return value if value not in (None, "") else None
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value not in (None, "") else None
-
-
-def shown_state(record: dict[str, str]) -> str:
-    """A staged run (see scheduler/staging.py) is ``scheduled`` until its due time, then ``queued``."""
-    due = record.get("staged_due")
-    if record["state"] == "queued" and due and float(due) > time.time():
-        return "scheduled"
-    return record["state"]
-
-
-def run_object(record: dict[str, str]) -> dict[str, Any]:
-    """A run without its steps (``ctl runs --output json``)."""
-    provenance = json.loads(record.get("provenance") or "{}")
-    return {
-        "run_id": record["run_id"],
-        "dag": record["dag"],
-        "dag_version": int(record["dag_version"]),
-        "dag_sha256": provenance.get("dag_sha256"),
-        "git_commit": provenance.get("git_commit"),
-        "git_dirty": provenance.get("git_dirty"),
-        "state": shown_state(record),
-        "trigger": record.get("trigger"),
-        "priority": record.get("priority"),
-        "params": json.loads(record.get("params") or "{}"),
-        "logical_date": _none(record.get("logical_date")),
-        "data_interval_start": _none(record.get("data_interval_start")),
-        "data_interval_end": _none(record.get("data_interval_end")),
-        "created_at": _none(record.get("created_at")),
-        "started_at": _none(record.get("started_at")),
-        "ended_at": _none(record.get("ended_at")),
-    }
-
-
-def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = {key: _none(raw.get(key)) for key in ATTEMPT_FIELDS}
-    data["number"] = _int(raw.get("number"))
-    data["exit_code"] = _int(raw.get("exit_code"))
-    data["pid"] = _int(raw.get("pid"))
-    data["outputs"] = json.loads(raw["outputs"]) if raw.get("outputs") else None
-    if raw.get("argv"):  # rendered when the attempt started (it read upstream outputs)
-        data["argv"] = json.loads(raw["argv"])
-    return data
-
-
-def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
-    """``ctl status RUN_ID --output json``: the run and every step with its attempts."""
-    data = run_object(store.run_record(run_id))
-    data["steps"] = [
-        {
-            "name": step["name"],
-            "state": step["state"],
-            "attempts": [attempt_object(a) for a in step["attempts"]],
-            **_mapped_object(step),
-        }
-        for step in store.step_records(run_id)
-    ]
-    return data
-
-
-def _mapped_object(step: dict[str, str]) -> dict[str, Any]:
-    """A mapped step's fan-out (how many instances, its outputs gathered, why it did not expand) or an
-    instance's mapped step and index; nothing for a plain step."""
-    if step.get("parent"):
-        return {"mapped_step": step["parent"], "index": _int(step.get("index"))}
-    if "for_each" not in step:
-        return {}
-    return {"instances": _int(step.get("instances")), "error": _none(step.get("error")),
-            "outputs": json.loads(step["outputs"]) if step.get("outputs") else None}
 
 
 def print_json(data: Any) -> None:

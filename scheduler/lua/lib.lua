@@ -17,6 +17,8 @@ function K.dag_waiting(d) return P .. ':dag:' .. d .. ':waiting' end
 function K.dag_fires(d) return P .. ':dag:' .. d .. ':fires' end
 function K.dag_staged(d) return P .. ':dag:' .. d .. ':staged' end
 function K.dag_intervals(d) return P .. ':dag:' .. d .. ':intervals' end
+function K.sync_files() return P .. ':sync:files' end
+function K.import_errors() return P .. ':sync:errors' end
 function K.agenda() return P .. ':agenda' end
 function K.staged() return P .. ':staged' end
 function K.staged_list(queue, due) return P .. ':staged:' .. queue .. '|' .. due end

@@ -13,6 +13,7 @@
 local rid, now, dag, due = ARGV[2], ARGV[3], ARGV[4], ARGV[10]
 local dk = K.dag(dag)
 if redis.call('HGET', dk, 'paused') == '1' then return {'refused', 'paused'} end
+if redis.call('HGET', dk, 'deactivated') == '1' then return {'refused', 'deactivated'} end
 if redis.call('HGET', dk, 'latest') ~= ARGV[11] then return {'refused', 'changed'} end
 if (redis.call('GET', K.sched_epoch()) or '0') ~= ARGV[12] then return {'refused', 'rescheduled'} end
 local existing = insert_run(rid, now, dag, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])

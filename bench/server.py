@@ -1,0 +1,162 @@
+"""``ctl server`` under load: API latency against the same operations in-process, big pages, memory.
+
+    .venv/bin/python bench/server.py [--requests 400] [--clients 20] [--dags 1000] [--steps 1000]
+
+1. ``POST /api/v1/dags/{dag}/runs`` and ``GET /api/v1/runs/{id}`` from ``--clients`` concurrent clients
+   (keep-alive httpx clients in threads) against a ``ctl server`` process, and the same two operations
+   through the engine in this process (``create_run`` / ``status_object``) from as many threads, in the
+   same run. No workers: runs stay queued, so this measures the server and Redis only.
+2. The DAG list page with ``--dags`` DAGs, and the run page of a ``--steps``-step run (10 layers), each
+   fetched 5 times after one warm-up request (the server caches validated DAG versions).
+3. The server's RSS afterwards.
+Targets (issue #13): API p99 <= 25 ms for status, <= 50 ms for trigger; both pages <= 300 ms; RSS < 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from scheduler.dispatch import Dispatcher
+from scheduler.embedded import embedded_redis
+from scheduler.engine import Engine
+from scheduler.runview import status_object
+from scheduler.service import submit_file
+from scheduler.settings import Settings
+from scheduler.store import RunStore
+
+SMALL = "name: {name}\nsteps:\n  a: {{image: conveyor/busybox:local, command: ['true']}}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * q / 100))] * 1000
+
+
+def hammer(clients: int, total: int, make: Callable[[], Callable[[int], None]]) -> list[float]:
+    """``total`` calls spread over ``clients`` threads, each with its own callable; latencies in seconds."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def work(share: int) -> None:
+        call = make()
+        mine = []
+        for i in range(share):
+            began = time.perf_counter()
+            call(i)
+            mine.append(time.perf_counter() - began)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(total // clients,)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def report(name: str, values: list[float]) -> None:
+    print(f"  {name:34} p50 {pct(values, 50):7.2f} ms   p99 {pct(values, 99):7.2f} ms   (n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--dags", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000)
+    args = parser.parse_args()
+    with embedded_redis() as url, tempfile.TemporaryDirectory() as folder:
+        settings = Settings(url, prefix="bench")
+        store = RunStore.connect(settings)
+        dispatcher = Dispatcher(settings.connect(decode=False), settings.prefix)
+        path = Path(folder) / "small.yaml"
+        path.write_text(SMALL.format(name="small"))
+        submit_file(store, path)
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": url, "CONVEYOR_PREFIX": "bench"}
+        env.pop("CONVEYOR_TOKENS_FILE", None)
+        server = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "server", "--port", str(port),
+                                   "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            run_ids: list[str] = []
+
+            def api_trigger() -> Callable[[int], None]:
+                client = httpx.Client(base_url=base, timeout=30)
+                return lambda i: run_ids.append(client.post("/api/v1/dags/small/runs", json={}).json()["run_id"])
+
+            def api_status() -> Callable[[int], None]:
+                client = httpx.Client(base_url=base, timeout=30)
+                return lambda i: client.get(f"/api/v1/runs/{run_ids[i % len(run_ids)]}").raise_for_status()
+
+            def engine_trigger() -> Callable[[int], None]:
+                return lambda i: Engine(store, dispatcher).create_run("small", {})
+
+            def engine_status() -> Callable[[int], None]:
+                return lambda i: status_object(store, run_ids[i % len(run_ids)])
+
+            print(f"{args.clients} concurrent clients, {args.requests} requests each kind")
+            hammer(args.clients, args.clients * 2, api_status if run_ids else api_trigger)  # warm-up
+            report("API    POST /dags/{dag}/runs", hammer(args.clients, args.requests, api_trigger))
+            report("engine create_run (in-process)", hammer(args.clients, args.requests, engine_trigger))
+            report("API    GET /runs/{id}", hammer(args.clients, args.requests, api_status))
+            report("engine status_object (in-process)", hammer(args.clients, args.requests, engine_status))
+
+            for n in range(args.dags):
+                (Path(folder) / "many.yaml").write_text(SMALL.format(name=f"dag_{n:04d}"))
+                submit_file(store, Path(folder) / "many.yaml")
+            layer = max(1, args.steps // 10)
+            steps = {f"s{i:04d}": ({"image": "conveyor/busybox:local", "command": ["true"]}
+                                   | ({"depends_on": [f"s{i - layer:04d}"]} if i >= layer else {}))
+                     for i in range(args.steps)}
+            (Path(folder) / "wide.yaml").write_text(json.dumps({"name": "wide", "steps": steps}))
+            submit_file(store, Path(folder) / "wide.yaml")
+            wide = Engine(store, dispatcher).create_run("wide", {})
+            with httpx.Client(base_url=base, timeout=120) as client:
+                for label, url_path in ((f"DAG list page ({args.dags + 2} DAGs)", "/"),
+                                        (f"run page ({args.steps} steps)", f"/runs/{wide}")):
+                    client.get(url_path).raise_for_status()
+                    times = []
+                    for _ in range(5):
+                        began = time.perf_counter()
+                        client.get(url_path).raise_for_status()
+                        times.append(time.perf_counter() - began)
+                    print(f"  {label:34} median {statistics.median(times) * 1000:7.1f} ms   "
+                          f"max {max(times) * 1000:7.1f} ms")
+            rss = next(int(line.split()[1]) for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            print(f"  server RSS {rss / 1024:.1f} MB")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
