@@ -92,6 +92,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         return None
 
     began = time.perf_counter()
+    began_at = time.time()
     masker = Masker({}, store_output)
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
@@ -122,10 +123,23 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         **rendered,
         **({"outputs": json.dumps(dict(outcome.outputs))} if outcome.outputs is not None else {}),
     }
+    sensor = plan.sensor
+    if sensor is not None and _not_ready(plan, outcome):
+        finished = _with_redis_retries(lambda: engine.poke(
+            run_id, step, attempt, interval=sensor.interval, timeout=sensor.timeout, since=began_at,
+            record=record, retry_delay=plan.backoff.delay(attempt) if attempt <= plan.retries else 0.0))
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, finished.state)
+        return finished.state
     finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record, retry_delay=delay))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _not_ready(plan: StepPlan, outcome: Outcome) -> bool:
+    """A sensor's poke that says "not yet": its exit code is the sensor's not_ready_exit_code."""
+    return (plan.sensor is not None and outcome.reason == "exit_code"
+            and outcome.exit_code == plan.sensor.not_ready_exit_code)
 
 
 def _signed_step(step: str) -> str:

@@ -22,6 +22,7 @@ class StepState(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # a sensor between two pokes: its attempt waits in Redis, holding no worker
 
     @property
     def terminal(self) -> bool:
@@ -36,7 +37,7 @@ class StepState(StrEnum):
     @property
     def waiting(self) -> bool:
         """Not started yet: cancelling settles it at once (``STEP_WAITING`` in lib.lua)."""
-        return self in {StepState.PENDING, StepState.QUEUED, StepState.RETRYING}
+        return self in {StepState.PENDING, StepState.QUEUED, StepState.RETRYING, StepState.WAITING}
 
     @property
     def failed(self) -> bool:
@@ -175,6 +176,18 @@ class StepSpec:
     for_each: Mapping[str, str] | None = None  # {"items": JSON} | {"step": S, "output": N} | {"param": P}
     max_parallel: int | None = None
     max_items: int = 1000
+    sensor: Sensor | None = None
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A step whose container is run again every ``interval`` seconds while it exits ``not_ready_exit_code``
+    (no worker held in between), until it exits 0, anything else, or ``timeout`` seconds have passed
+    since the attempt's first poke."""
+
+    interval: float
+    timeout: float | None = None
+    not_ready_exit_code: int = 100
 
 
 @dataclass(frozen=True)
@@ -259,6 +272,7 @@ class StepPlan:
     for_each: Mapping[str, str] | None = None
     max_parallel: int | None = None
     max_items: int = 1000
+    sensor: Sensor | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -272,6 +286,7 @@ class StepPlan:
         data["deferred"] = dict(self.deferred)
         data["context"] = dict(self.context)
         data["for_each"] = dict(self.for_each) if self.for_each is not None else None
+        data["sensor"] = vars(self.sensor).copy() if self.sensor is not None else None
         return data
 
     @classmethod
@@ -281,4 +296,5 @@ class StepPlan:
         values["backoff"] = Backoff(**values["backoff"])
         values["mounts"] = tuple(Mount(**m) for m in values.get("mounts", ()))
         values["outputs"] = tuple(values.get("outputs", ()))
+        values["sensor"] = Sensor(**values["sensor"]) if values.get("sensor") else None
         return cls(**values)

@@ -113,6 +113,7 @@ def plan_run(
             for_each=step.for_each,
             max_parallel=step.max_parallel,
             max_items=step.max_items,
+            sensor=step.sensor,
             deferred=deferred,
             context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
                      if not templates.is_late(n)},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.errors import NotFoundError
@@ -63,6 +64,10 @@ def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
     data["outputs"] = json.loads(raw["outputs"]) if raw.get("outputs") else None
     if raw.get("argv"):  # rendered when the attempt started (it read upstream outputs)
         data["argv"] = json.loads(raw["argv"])
+    if raw.get("pokes"):  # a sensor: how many pokes said "not yet", and when the next one is due
+        data["pokes"] = int(raw["pokes"])
+        data["next_poke"] = (datetime.fromtimestamp(float(raw["next_poke"]), UTC).isoformat(timespec="milliseconds")
+                             if raw.get("next_poke") and raw.get("state") == "waiting" else None)
     return data
 
 

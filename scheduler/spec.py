@@ -24,7 +24,17 @@ from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zo
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
-from scheduler.model import HANDLERS, Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
+from scheduler.model import (
+    HANDLERS,
+    Backoff,
+    DagSpec,
+    Mount,
+    ParamSpec,
+    Priority,
+    Sensor,
+    StepSpec,
+    memory_bytes,
+)
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
@@ -674,4 +684,12 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         for_each=for_each_source(raw["for_each"]) if "for_each" in raw else None,
         max_parallel=raw.get("max_parallel"),
         max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
+        sensor=_sensor(raw.get("sensor")),
     )
+
+
+def _sensor(raw: dict[str, Any] | None) -> Sensor | None:
+    if raw is None:
+        return None
+    return Sensor(interval=seconds(raw["interval"]) or 0.0, timeout=seconds(raw.get("timeout")),
+                  not_ready_exit_code=int(raw.get("not_ready_exit_code", 100)))

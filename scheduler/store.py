@@ -37,6 +37,7 @@ from scheduler.results import (
     StepCancel,
     decode_created,
     decode_finished,
+    decode_poked,
     decode_ready,
     decode_run_cancel,
     decode_sla_misses,
@@ -90,6 +91,7 @@ class RunStore:
         self._create = self.script("create.lua")
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
+        self._poke = self.script("poke.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -341,6 +343,16 @@ class RunStore:
             fields += [key, "" if value is None else value]
         result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
         return decode_finished(result)
+
+    def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
+             record: Mapping[str, Any], retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
+        """A sensor's "not yet": the attempt waits ``interval`` seconds holding no worker (fenced), or fails
+        with ``sensor_timeout`` once ``timeout`` seconds have passed since ``since`` (its first poke)."""
+        fields: list[Any] = []
+        for key, value in record.items():
+            fields += [key, "" if value is None else value]
+        return decode_poked(self._poke(args=[self.prefix, run_id, step, attempt, now_iso(now), interval,
+                                             timeout or 0, since, retry_delay, *fields]))
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""

@@ -46,10 +46,11 @@ local run_key, step_key, attempt_key = K.run, K.step, K.attempt
 
 -- The state vocabulary, mirrored from scheduler/model.py (a test compares them).
 local STEP_STATES = {'pending', 'queued', 'running', 'retrying', 'success', 'failed', 'upstream_failed',
-  'skipped', 'cancelled'}
+  'skipped', 'cancelled', 'waiting'}
 local RUN_STATES = {'queued', 'running', 'success', 'failed', 'cancelled'}
 local STEP_DONE = {success = true, failed = true, upstream_failed = true, skipped = true, cancelled = true}
-local STEP_WAITING = {pending = true, queued = true, retrying = true}  -- not started: cancel settles these
+-- Not running now: cancel settles these ('waiting': a sensor between pokes).
+local STEP_WAITING = {pending = true, queued = true, retrying = true, waiting = true}
 local RUN_DONE = {success = true, failed = true, cancelled = true}
 local FAILED = {failed = true, upstream_failed = true}  -- failures for trigger rules
 
