@@ -45,7 +45,15 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from runner import outputs
-from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, AttemptKey, Leftover, Outcome, pump_in_batches
+from runner.containers import (
+    DETACH_REASONS,
+    LABEL_PREFIX,
+    LOG_FLUSH_BYTES,
+    AttemptKey,
+    Leftover,
+    Outcome,
+    pump_in_batches,
+)
 from scheduler.model import StepPlan
 
 CONTAINER = "step"
@@ -241,7 +249,7 @@ class KubernetesRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         manifest = pod_manifest(plan, labels, self.namespace, outputs_image=self.outputs_image,
                                 output_cap=outputs.output_cap())
         name = manifest["metadata"]["name"]
@@ -262,15 +270,18 @@ class KubernetesRuntime:
             return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
         except _Transport as exc:
             return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
+        outcome: Outcome | None = None
         try:
             if secrets:
                 self._own_secret(name, pod)
             outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
-            return self._collect_outputs(name, plan, outcome)
+            outcome = self._collect_outputs(name, plan, outcome)
         finally:
-            self.delete(name)
-            if secrets:
-                self.delete_secret(name)
+            if outcome is None or not (outcome.detached or keep):  # a detached Pod runs on under its adopter
+                self.delete(name)
+                if secrets:
+                    self.delete_secret(name)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
 
     def _collect_outputs(self, name: str, plan: StepPlan, outcome: Outcome) -> Outcome:
         """A successful attempt's declared outputs, from the reader sidecar's log (see
@@ -281,7 +292,7 @@ class KubernetesRuntime:
             log = self.core.read_namespaced_pod_log(name, self.namespace, container=OUTPUTS_CONTAINER,
                                                     _preload_content=False).data
         except (ApiException, *_Transport) as exc:
-            return replace(outcome, reason="kubernetes_error", error=f"cannot read the outputs: {exc}")
+            return replace(outcome, reason="outputs_unreadable", error=f"cannot read the outputs: {exc}")
         found = outputs.parse_dump(log.decode("utf-8", "replace"))
         if found is None:
             return replace(outcome, reason="output_missing",
@@ -338,9 +349,10 @@ class KubernetesRuntime:
         return found
 
     def reap(self, ids: Iterable[str]) -> None:
-        """Delete the given Pods (names from :meth:`orphans`) at once."""
+        """Delete the given Pods (names from :meth:`orphans`, or of ``run(keep=True)``) and their Secrets at once."""
         for name in ids:
             self.delete(name)
+            self.delete_secret(name)  # the owner reference does it too, in a cluster; not in every emulator
 
 
 class _Attempt:
@@ -374,6 +386,9 @@ class _Attempt:
         last_ok = began
         while True:
             reason = self._stop_reason()
+            if reason in DETACH_REASONS:
+                self.killed = True  # not killed, but its log is no longer ours to wait for
+                return replace(self.outcome(None, reason, f"left running for another worker: {reason}"), detached=True)
             if reason:
                 self.kill()
                 return self.outcome(None, reason, f"stopped: {reason}")

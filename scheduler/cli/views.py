@@ -48,9 +48,12 @@ def steps_table(status: dict[str, Any]) -> Table:
         table.add_column(column)
     for step in status["steps"]:
         last = step["attempts"][-1] if step["attempts"] else {}
+        attempt = str(len(step["attempts"]) or "")
+        if last.get("adopted_by"):
+            attempt += f" (adopted by {last['adopted_by']})"
         table.add_row(
             ("  " if step.get("mapped_step") else "") + step["name"], styled(step["state"]),
-            str(len(step["attempts"]) or (f"×{step['instances']}" if step.get("instances") else "")),
+            attempt or (f"×{step['instances']}" if step.get("instances") else ""),
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
             Text(last.get("error") or step.get("error") or "", style="red") if not last.get("next_poke") else

@@ -3,15 +3,17 @@
 -- parks it in the delayed set). Past the sensor's timeout it fails instead (reason sensor_timeout).
 -- Fenced like finish.lua.
 -- ARGV: 1 prefix, 2 run_id, 3 step, 4 attempt, 5 now (ISO), 6 interval seconds, 7 timeout seconds (0: none),
---       8 first poke (epoch seconds, kept from the attempt's first poke), 9 retry delay, 10.. record pairs
+--       8 first poke (epoch seconds, kept from the attempt's first poke), 9 retry delay,
+--       10 holder ('' = no holder fence), 11.. record pairs
 -- Returns: {'stale'} | {'waiting', {ready entry}, interval, pokes, freed} | like finish.lua (timed out)
 local rid, s, n, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local sk, ak = step_key(rid, s), attempt_key(rid, s, n)
 if redis.call('HGET', sk, 'state') ~= 'running' or redis.call('HGET', sk, 'attempt') ~= n then
   return {'stale'}
 end
+if not held_by(ak, ARGV[10]) then return {'stale'} end
 local record = {}
-for i = 10, #ARGV, 2 do table.insert(record, ARGV[i]); table.insert(record, ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do table.insert(record, ARGV[i]); table.insert(record, ARGV[i + 1]) end
 if #record > 0 then redis.call('HSET', ak, unpack(record)) end
 redis.call('HSETNX', ak, 'sensor_since', ARGV[8])
 local pokes = redis.call('HINCRBY', ak, 'pokes', 1)
