@@ -4,7 +4,7 @@ the matching ``ctl ... -o json`` prints; errors are ``{"detail": message}`` with
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -60,6 +60,11 @@ def list_dags(request: Request, _: Principal = Depends(api_reader)) -> list[dict
     return [{k: v for k, v in d.items() if k != "recent_runs"} for d in ops_of(request).dags(last=1)]
 
 
+@router.get("/catalog", summary="Every DAG as `ctl dags -o json` lists it, and orphan import errors")
+def catalog(request: Request, _: Principal = Depends(api_reader)) -> dict[str, Any]:
+    return ops_of(request).catalog()
+
+
 @router.get("/dags/{dag}", summary="One DAG with its params and steps")
 def get_dag(dag: str, request: Request, _: Principal = Depends(api_reader)) -> dict[str, Any]:
     return ops_of(request).dag(dag)
@@ -67,8 +72,12 @@ def get_dag(dag: str, request: Request, _: Principal = Depends(api_reader)) -> d
 
 @router.get("/dags/{dag}/next", summary="Next fire times and every dropped candidate with its reason (ctl next)")
 def next_fires(dag: str, request: Request, n: int = Query(10, ge=1, le=1000),
+               start: datetime | None = Query(None, alias="from", description="Start here instead of now "
+                                                                          "(UTC unless it has an offset)."),
                _: Principal = Depends(api_reader)) -> dict[str, Any]:
-    return ops_of(request).next_fires(dag, n).to_json()
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return ops_of(request).next_fires(dag, n, start).to_json()
 
 
 @router.post("/dags/{dag}/pause", summary="Stop creating scheduled runs")
@@ -115,8 +124,11 @@ def backfill(dag: str, body: BackfillBody, request: Request, _: Principal = Depe
 def list_runs(request: Request, dag: str | None = None, state: str | None = None,
               limit: int = Query(50, ge=1, le=500), cursor: str | None = None,
               _: Principal = Depends(api_reader)) -> dict[str, Any]:
-    runs, following = ops_of(request).runs(dag or None, state or None, limit, cursor or None)
-    return {"runs": runs, "next_cursor": following}
+    ops = ops_of(request)
+    runs, following = ops.runs(dag or None, state or None, limit, cursor or None)
+    problem = ops.dag_error(dag) if dag else None  # the scheduler cannot evaluate or plan it (ctl runs DAG)
+    return {"runs": runs, "next_cursor": following,
+            "dag_error": {"message": problem[0], "since": problem[1]} if problem else None}
 
 
 @router.get("/runs/{run_id}", summary="A run and its steps with attempts (ctl status RUN -o json)",
@@ -183,8 +195,6 @@ def since_epoch(value: str) -> float:
     except DurationError:
         pass
     try:
-        from datetime import UTC
-
         parsed = datetime.fromisoformat(value)
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:

@@ -148,6 +148,17 @@ class Ops:
             })
         return result
 
+    def catalog(self) -> dict[str, Any]:
+        """``ctl dags -o json``: :func:`scheduler.catalog.dag_rows`."""
+        from scheduler.catalog import dag_rows
+
+        rows, orphans = dag_rows(self.store)
+        return {"dags": rows, "import_errors": orphans}
+
+    def dag_error(self, name: str) -> tuple[str, str] | None:
+        """Why the scheduler cannot evaluate or plan this DAG now, and since when."""
+        return self.store.dag_error(name)
+
     def dag(self, name: str) -> dict[str, Any]:
         """One DAG: the :meth:`dags` entry plus its params, steps and dependencies."""
         if name not in self.store.dag_names():
