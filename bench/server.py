@@ -11,6 +11,9 @@
 2. The DAG list page with ``--dags`` DAGs, and the run page of a ``--steps``-step run (10 layers), each
    fetched 5 times after one warm-up request (the server caches validated DAG versions).
 3. The server's RSS afterwards.
+
+Latency on a shared 2-core machine depends on whatever else runs (see ``uptime``'s load average, printed
+first); the server's CPU time per request, printed beside the API figures, does not.
 Targets (issue #13): API p99 <= 25 ms for status, <= 50 ms for trigger; both pages <= 300 ms; RSS < 150 MB.
 """
 
@@ -88,10 +91,17 @@ def load(base: str, method: str, path: str, total: int, clients: int, body: str 
     return result["latencies"], result["bodies"]
 
 
-def report(name: str, values: list[float], baseline: list[float] | None = None) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: what a request costs the server, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name: str, values: list[float], baseline: list[float] | None = None, cpu: float | None = None) -> None:
     ratio = (f"   (x{pct(values, 50) / pct(baseline, 50):.1f} / x{pct(values, 99) / pct(baseline, 99):.1f} "
              "the engine's)") if baseline else ""
-    print(f"  {name:34} p50 {pct(values, 50):7.2f} ms   p99 {pct(values, 99):7.2f} ms   (n={len(values)}){ratio}")
+    cost = f"   server CPU {cpu * 1000 / len(values):.2f} ms/request" if cpu is not None else ""
+    print(f"  {name:34} p50 {pct(values, 50):7.2f} ms   p99 {pct(values, 99):7.2f} ms   (n={len(values)}){ratio}{cost}")
 
 
 def main() -> None:
@@ -130,16 +140,21 @@ def main() -> None:
             def engine_status() -> Callable[[int], None]:
                 return lambda i: status_object(store, run_ids[i % len(run_ids)])
 
-            print(f"{args.clients} concurrent clients, {args.requests} requests each kind")
+            print(f"{args.clients} concurrent clients, {args.requests} requests each kind; load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
             load(base, "POST", "/api/v1/dags/small/runs", args.clients * 2, args.clients, "{}")  # warm-up
+            began = cpu_seconds(server.pid)
             api_trigger, bodies = load(base, "POST", "/api/v1/dags/small/runs", args.requests, args.clients, "{}")
+            trigger_cpu = cpu_seconds(server.pid) - began
             run_ids += [b["run_id"] for b in bodies]
             in_process = hammer(args.clients, args.requests, engine_trigger)
-            report("API    POST /dags/{dag}/runs", api_trigger, in_process)
+            report("API    POST /dags/{dag}/runs", api_trigger, in_process, trigger_cpu)
             report("engine create_run (in-process)", in_process)
+            began = cpu_seconds(server.pid)
             api_status, _ = load(base, "GET", "/api/v1/runs/{id}", args.requests, args.clients, ids=run_ids)
+            status_cpu = cpu_seconds(server.pid) - began
             in_process = hammer(args.clients, args.requests, engine_status)
-            report("API    GET /runs/{id}", api_status, in_process)
+            report("API    GET /runs/{id}", api_status, in_process, status_cpu)
             report("engine status_object (in-process)", in_process)
 
             for n in range(args.dags):
