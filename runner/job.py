@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 
 import redis
 
+from runner.attempt_log import AttemptLog
 from runner.containers import Outcome, labels_for
 from runner.context import current
-from runner.secrets import Masker, SecretError
+from runner.lease import LeaseKeeper
+from runner.secrets import SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
@@ -23,6 +25,7 @@ from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
+ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container ran
 
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
@@ -48,7 +51,9 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
     lease = ctx.settings.attempt_lease
-    started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name, lease=lease)
+    key = (run_id, step, attempt)
+    started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.holder, lease=lease,
+                           engine_id=_engine_id(ctx))
     if started.status is not StartStatus.OK:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
@@ -62,38 +67,45 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         return finished.state
     bind(dag=plan.dag)
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
+    ctx.following.add(key)
+    try:
+        return _follow(ctx, key, plan, lease)
+    finally:
+        ctx.following.discard(key)
 
-    def store_output(chunk: bytes) -> None:
-        store.append_log(run_id, step, attempt, chunk)
 
-    renewed = time.monotonic()
-
-    def should_stop() -> str | None:
-        """Polled while the container runs: cancel, a lost lease, or the worker's shutdown grace ending."""
-        nonlocal renewed
-        if time.monotonic() - renewed >= lease / 3:
-            if not store.renew(run_id, step, attempt, lease):
-                return "lost"
-            renewed = time.monotonic()
-        if store.is_cancelled(run_id, step):
-            return "cancelled"
-        if ctx.shutdown_grace_over():
-            return "worker_shutdown"
-        return None
-
+def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str:
+    run_id, step, attempt = key
+    should_stop = LeaseKeeper(ctx, key, lease)
     began = time.perf_counter()
-    masker = Masker({}, store_output)
+    output = AttemptLog(ctx.store, key, ctx.holder)
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
-        masker = Masker(secret_values, store_output)
-        outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, prefix, store.store_id), masker, should_stop)
+        output.mask_with(secret_values)
+        outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
+                                  output, should_stop, keep=True)
+        if outcome.reason in ENGINE_LOST and outcome.container_id:
+            from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
+
+            outcome = after_engine_loss(ctx, key, plan, outcome, output, should_stop)
     except StepRefused as exc:
         outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
         log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
-    masker.close()
-    container_seconds = round(time.perf_counter() - began, 4)
+    output.close()
+    if outcome.detached:  # another worker follows the container now and records its end
+        log.info("%s %s attempt %s: %s; its container runs on", run_id, step, attempt, outcome.reason)
+        return str(outcome.reason)
+    state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4))
+    if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted)
+        ctx.runtime.reap([outcome.container_id])
+    return state
+
+
+def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float) -> str:
+    """Finish the attempt with its outcome (fenced by this worker holding it) and enqueue what became ready."""
+    run_id, step, attempt = key
     result = {"cancelled": AttemptOutcome.CANCELLED, "worker_shutdown": AttemptOutcome.REQUEUE}.get(
         outcome.reason or "", AttemptOutcome.FAILED)
     if outcome.ok:
@@ -110,7 +122,8 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         "error": outcome.error,
         "container_seconds": container_seconds,
     }
-    finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record, retry_delay=delay))
+    finished = _with_redis_retries(lambda: ctx.engine.finish(run_id, step, attempt, result, record,
+                                                             retry_delay=delay, holder=ctx.holder))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
@@ -172,6 +185,16 @@ def _with_redis_retries(call, patience: float = REDIS_PATIENCE):
             log.warning("Redis unreachable while recording a result (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _engine_id(ctx) -> str:
+    """Which engine runs this worker's containers (so that an adopter on the same one may judge one gone)."""
+    try:
+        from runner.adoption import adoption_for
+
+        return adoption_for(ctx.runtime).engine_id()
+    except Exception:
+        return ""
 
 
 def _engine_version(ctx) -> str | None:

@@ -36,6 +36,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kubernetes.client
@@ -43,7 +44,15 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, AttemptKey, Leftover, Outcome, pump_in_batches
+from runner.containers import (
+    DETACH_REASONS,
+    LABEL_PREFIX,
+    LOG_FLUSH_BYTES,
+    AttemptKey,
+    Leftover,
+    Outcome,
+    pump_in_batches,
+)
 from scheduler.model import StepPlan
 
 CONTAINER = "step"
@@ -204,7 +213,7 @@ class KubernetesRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         manifest = pod_manifest(plan, labels, self.namespace)
         name = manifest["metadata"]["name"]
         secrets = secret_values(plan)
@@ -224,14 +233,17 @@ class KubernetesRuntime:
             return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
         except _Transport as exc:
             return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
+        outcome: Outcome | None = None
         try:
             if secrets:
                 self._own_secret(name, pod)
-            return _Attempt(self, plan, name, on_output, should_stop).follow()
+            outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
         finally:
-            self.delete(name)
-            if secrets:
-                self.delete_secret(name)
+            if outcome is None or not (outcome.detached or keep):  # a detached Pod runs on under its adopter
+                self.delete(name)
+                if secrets:
+                    self.delete_secret(name)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
 
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         try:
@@ -279,9 +291,10 @@ class KubernetesRuntime:
         return found
 
     def reap(self, ids: Iterable[str]) -> None:
-        """Delete the given Pods (names from :meth:`orphans`) at once."""
+        """Delete the given Pods (names from :meth:`orphans`, or of ``run(keep=True)``) and their Secrets at once."""
         for name in ids:
             self.delete(name)
+            self.delete_secret(name)  # the owner reference does it too, in a cluster; not in every emulator
 
 
 class _Attempt:
@@ -315,6 +328,9 @@ class _Attempt:
         last_ok = began
         while True:
             reason = self._stop_reason()
+            if reason in DETACH_REASONS:
+                self.killed = True  # not killed, but its log is no longer ours to wait for
+                return replace(self.outcome(None, reason, f"left running for another worker: {reason}"), detached=True)
             if reason:
                 self.kill()
                 return self.outcome(None, reason, f"stopped: {reason}")
@@ -455,6 +471,7 @@ class _LogPump:
         except Exception:  # the Pod went away or the API dropped us: no log to follow
             return
         # The stream ends when the container does, or raises when the Pod goes away or we close it.
+        assert self.response is not None
         pump_in_batches(self.response.stream(LOG_FLUSH_BYTES, decode_content=True), self.on_output)
 
     def join(self, timeout: float = 10.0) -> None:

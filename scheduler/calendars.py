@@ -265,9 +265,9 @@ class Calendar:
         if d.weekday() not in self.weekdays:
             return f"weekend ({WEEKDAY_NAMES[d.weekday()]})"
         for source in self.sources:
-            label = source_holidays(source, d.year).get(d)
-            if label is not None:
-                return f"holiday: {label} ({source})"
+            found = source_holidays(source, d.year).get(d)
+            if found is not None:
+                return f"holiday: {found} ({source})"
         return None
 
     def is_business_day(self, d: date) -> bool:

@@ -74,6 +74,12 @@ class Dispatcher:
             if len(entries) < limit:
                 return moved
 
+    def worker_names(self) -> list[str]:
+        """The RQ workers registered now (one SIGKILLed lately may still be listed until its key expires)."""
+        from rq import Worker
+
+        return [worker.name for worker in Worker.all(connection=self.connection)]
+
     def next_delayed(self) -> float | None:
         """Seconds until the next delayed attempt is due (by Redis's clock), or None."""
         first = self.connection.zrange(self.delayed_key, 0, 0, withscores=True)

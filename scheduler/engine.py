@@ -19,7 +19,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.errors import ParamError
 from scheduler.model import DagSpec, Priority, StepState, Trigger
 from scheduler.plan import RunPlan, plan_run
-from scheduler.results import Created, Finished, Ready, RunCancel, SlaMiss, Started, StepCancel
+from scheduler.results import Adopted, Created, Finished, Ready, RunCancel, SlaMiss, Started, StepCancel
 from scheduler.settings import Settings
 from scheduler.spec import resolve_params
 from scheduler.store import RunStore
@@ -122,13 +122,14 @@ class Engine:
     # --- attempts (workers) -----------------------------------------------------------------------
 
     def start(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-              lease: float) -> Started:
-        return self.store.start_attempt(run_id, step, attempt, host=host, pid=pid, worker=worker, lease=lease)
+              lease: float, engine_id: str = "") -> Started:
+        return self.store.start_attempt(run_id, step, attempt, host=host, pid=pid, worker=worker, lease=lease,
+                                        engine_id=engine_id)
 
     def finish(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any], *,
-               retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
+               retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
         finished = self.store.finish_attempt(run_id, step, attempt, outcome, record, retry_delay=retry_delay,
-                                             now=now)
+                                             now=now, holder=holder)
         self._enqueue(finished.ready)
         return finished
 
@@ -147,8 +148,17 @@ class Engine:
 
     # --- sweeps (reaper, scheduler) ---------------------------------------------------------------
 
-    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True) -> Finished:
-        finished = self.store.lose(entry, retry_delay=retry_delay, counts=counts)
+    def adopt(self, entry: str, *, adopter: str, lease: float, container_id: str = "") -> Adopted:
+        """Take over a running attempt whose worker died, its container still there (``adopt.lua``): the
+        same attempt goes on under ``adopter``; nothing is enqueued, nothing runs again."""
+        return self.store.adopt(entry, adopter=adopter, lease=lease, container_id=container_id)
+
+    def hand_over(self, run_id: str, step: str, attempt: int, holder: str) -> bool:
+        """A stopping worker lets go of its running attempt for another worker to adopt (``hand_over.lua``)."""
+        return self.store.hand_over(run_id, step, attempt, holder)
+
+    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True, grace: float = 0.0) -> Finished:
+        finished = self.store.lose(entry, retry_delay=retry_delay, counts=counts, grace=grace)
         self._enqueue(finished.ready)
         return finished
 

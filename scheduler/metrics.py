@@ -82,6 +82,9 @@ class StreamMetrics:
                               ["dag"], buckets=WAIT_BUCKETS, registry=registry)
         self.sla_misses = Counter("conveyor_sla_misses", "Step SLAs and run deadlines missed "
                                   "(step '' is the run's deadline).", ["dag", "step"], registry=registry)
+        self.adopted = Counter("conveyor_attempts_adopted", "Attempts whose container another worker adopted "
+                               "(its worker died or handed it over) instead of running the step again.", ["dag"],
+                               registry=registry)
         self.events = Counter("conveyor_metrics_events", "Events read from the stream by this exporter.",
                               registry=registry)
         self._queued: Bounded = Bounded(cap)
@@ -97,6 +100,9 @@ class StreamMetrics:
         step, attempt = fields.get("step", ""), _int(fields.get("attempt"))
         if state == "sla_miss":
             self.sla_misses.labels(self.dag_of(run_id), step).inc()
+            return
+        if state == "adopted":
+            self.adopted.labels(self.dag_of(run_id)).inc()
             return
         when = _time(at)
         if state == "queued":

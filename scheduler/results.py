@@ -63,6 +63,26 @@ class Finished:
         return not isinstance(self.state, Fence)
 
 
+class Lease(StrEnum):
+    """What a worker's heartbeat learns (renew.lua)."""
+
+    HELD = "held"  # still ours: go on
+    LOST = "lost"  # declared lost: stop the container
+    TAKEN = "taken"  # another worker adopted it (or it was handed over): let the container run, stop following
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """adopt.lua: ``status`` is OK when this worker now holds the attempt (the plan to follow it with, how
+    many bytes of the container's output the store already has, and when the attempt really started),
+    else the fence that refused it (another worker renewed or adopted it first, or it moved on)."""
+
+    status: StartStatus | Fence
+    plan: StepPlan | None = None
+    log_bytes: int = 0
+    started_at: str = ""
+
+
 @dataclass(frozen=True)
 class RunCancel:
     """``already_ended``: the run had ended before (``state`` says how); otherwise ``state`` is
@@ -136,6 +156,20 @@ def decode_started(reply: Sequence[Any]) -> Started:
             plan = None  # not a plan Conveyor wrote: the runner refuses it (see runner/job.py)
         return Started(status, plan, reply[1] or "", signature)
     return Started(status)
+
+
+def decode_lease(reply: int) -> Lease:
+    """renew.lua: 1 | 0 | -1."""
+    return {1: Lease.HELD, 0: Lease.LOST}.get(int(reply), Lease.TAKEN)
+
+
+def decode_adopted(reply: Sequence[Any]) -> Adopted:
+    """adopt.lua: {'ok', plan_json, log_bytes, started_at} | {'alive'} | {'stale'}."""
+    import json
+
+    if reply[0] != "ok":
+        return Adopted(Fence(reply[0]))
+    return Adopted(StartStatus.OK, StepPlan.from_json(json.loads(reply[1])), int(reply[2] or 0), reply[3] or "")
 
 
 def decode_created(run_id: str, reply: Sequence[Any]) -> Created:

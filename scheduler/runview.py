@@ -13,7 +13,9 @@ from scheduler.errors import NotFoundError
 from scheduler.store import RunStore
 
 ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_digest", "container_id", "host",
-                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error")
+                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error",
+                  # a dead or stopping worker's container followed to its end by another (runner/adoption.py)
+                  "adopted_by", "adopted_at", "handed_over_by", "handed_over_at")
 
 
 def _none(value: str | None) -> str | None:

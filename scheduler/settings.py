@@ -82,6 +82,10 @@ class Settings:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        from scheduler import redis_url  # Sentinel URLs: a separate module (scheduler/redis_url.py)
+
+        if redis_url.is_sentinel(self.redis_url):
+            return redis_url.connect(self.redis_url, decode=decode)
         check_redis_url(self.redis_url)
         return redis.Redis.from_url(
             self.redis_url,
@@ -212,6 +216,10 @@ def check_redis_url(url: str, name: str = "REDIS_URL") -> str:
 
 
 def _redis_url_problem(url: str) -> str | None:
+    from scheduler import redis_url  # redis+sentinel:// (scheduler/redis_url.py)
+
+    if redis_url.is_sentinel(url):
+        return redis_url.problem(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -249,6 +257,10 @@ def _shown(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
+    from scheduler import redis_url
+
+    if redis_url.is_sentinel(url):
+        return redis_url.redact(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url

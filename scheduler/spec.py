@@ -113,7 +113,7 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
         return
     if kind == "type":
         wanted = value if isinstance(value, list) else [value]
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        words = " or ".join(str(_TYPE_WORDS.get(w, w)) for w in wanted)
         if error.schema.get("pattern") == DURATION_PATTERN:
             words = "a duration like 30s, 5m, 2h, 1d, 1w"
         elif path and path[-1] == "memory":
@@ -254,8 +254,8 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         if isinstance(part, str):
             yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known)
     # The env a step gets is the defaults' env overlaid with its own (see _step): check both parts.
-    own_env = step.get("env") if isinstance(step.get("env"), dict) else {}
-    default_env = defaults.get("env") if isinstance(defaults.get("env"), dict) else {}
+    own_env: dict[str, Any] = step["env"] if isinstance(step.get("env"), dict) else {}
+    default_env: dict[str, Any] = defaults["env"] if isinstance(defaults.get("env"), dict) else {}
     for key, value in {**default_env, **own_env}.items():
         if isinstance(value, str):
             env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
@@ -396,7 +396,7 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
                 " (define it under 'calendars:' or submit it with `ctl calendar submit FILE`)")
             yield source.problem(("schedule", "calendar"), f"{exc}{hint}")
     defined = data.get("outages") if isinstance(data.get("outages"), dict) else {}
-    names = schedule.get("outages") if isinstance(schedule.get("outages"), list) else []
+    names: list[Any] = schedule["outages"] if isinstance(schedule.get("outages"), list) else []
     for index, name in enumerate(names):
         if isinstance(name, str) and name not in defined:
             found = True

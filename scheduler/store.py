@@ -27,15 +27,19 @@ from scheduler.keys import Keys
 from scheduler.model import TERMINAL_STEP_STATES, StepPlan
 from scheduler.plan import RunPlan
 from scheduler.results import (
+    Adopted,
     Created,
     Finished,
+    Lease,
     Ready,
     RunCancel,
     SlaMiss,
     Started,
     StepCancel,
+    decode_adopted,
     decode_created,
     decode_finished,
+    decode_lease,
     decode_ready,
     decode_run_cancel,
     decode_sla_misses,
@@ -99,6 +103,8 @@ class RunStore:
         self._sla = self.script("sla.lua")
         self._append_log = self.script("append_log.lua")
         self._delete_run = self.script("delete_run.lua")
+        self._adopt = self.script("adopt.lua")
+        self._hand_over = self.script("hand_over.lua")
 
     def script(self, name: str) -> Any:
         """A Lua script of ``scheduler/lua`` (see :func:`lua_script`) on this store's connection."""
@@ -318,18 +324,21 @@ class RunStore:
         return {"plan": text, "plan_sig": sig}
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-                      lease: float = DEFAULT_LEASE, now: datetime | None = None) -> Started:
-        """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once)."""
+                      lease: float = DEFAULT_LEASE, now: datetime | None = None, engine_id: str = "") -> Started:
+        """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once).
+        ``engine_id`` names the container engine that will run it (see :meth:`adopt`)."""
         return decode_started(self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid,
-                                                worker, lease]))
+                                                worker, lease, engine_id]))
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
-                       *, retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
-        """End an attempt (fenced by its number) and return what became ready because of it."""
+                       *, retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
+        """End an attempt (fenced by its number and, given ``holder``, by who holds it) and return what
+        became ready because of it."""
         fields: list[Any] = []
         for key, value in record.items():
             fields += [key, "" if value is None else value]
-        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
+        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, holder,
+                                    *fields])
         return decode_finished(result)
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
@@ -368,17 +377,36 @@ class RunStore:
 
     def renew(self, run_id: str, step: str, attempt: int, lease: float = DEFAULT_LEASE) -> bool:
         """Heartbeat: False once the attempt was declared lost (the caller must stop its container)."""
-        return bool(self._renew(args=[self.prefix, member(run_id, step, attempt), lease]))
+        return self.renew_lease(run_id, step, attempt, lease) is Lease.HELD
+
+    def renew_lease(self, run_id: str, step: str, attempt: int, lease: float = DEFAULT_LEASE,
+                    holder: str = "") -> Lease:
+        """Heartbeat fenced by the holder: ``TAKEN`` once another worker adopted the attempt."""
+        return decode_lease(self._renew(args=[self.prefix, member(run_id, step, attempt), lease, holder]))
+
+    def adopt(self, entry: str, *, adopter: str, lease: float = DEFAULT_LEASE, container_id: str = "",
+              now: datetime | None = None) -> Adopted:
+        """Lease the attempt ``entry`` (``run|step|n``, its lease expired) to ``adopter``, which follows its
+        container to the end (fenced: one adopter wins; see ``adopt.lua``)."""
+        return decode_adopted(self._adopt(args=[self.prefix, entry, now_iso(now), adopter, lease, container_id]))
+
+    def hand_over(self, run_id: str, step: str, attempt: int, holder: str, *, now: datetime | None = None) -> bool:
+        """Release the lease at once, the container still running, for another worker to adopt."""
+        return bool(self._hand_over(args=[self.prefix, member(run_id, step, attempt), now_iso(now), holder]))
+
+    def attempt_fields(self, run_id: str, step: str, attempt: int, *fields: str) -> list[str | None]:
+        return self.r.hmget(self.keys.attempt(run_id, step, attempt), list(fields))
 
     def expired(self, limit: int = 100) -> list[str]:
         """Running attempts whose lease expired by Redis's clock (candidates for :meth:`lose`)."""
         now = self.r.time()
         return list(self.r.zrangebyscore(self.keys.running(), "-inf", now[0] + now[1] / 1e6, start=0, num=limit))
 
-    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True,
+    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True, grace: float = 0.0,
              now: datetime | None = None) -> Finished:
-        """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins)."""
-        return decode_finished(self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts)]))
+        """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins;
+        ``grace`` more seconds after the expiry leave workers that can see its container the time to adopt it)."""
+        return decode_finished(self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts), grace]))
 
     def overdue_queued(self, older_than: float, limit: int = 500) -> list[tuple[str, str, int]]:
         """Queued attempts due more than ``older_than`` seconds ago (their RQ job may have vanished)."""
@@ -642,8 +670,12 @@ class RunStore:
 
     # --- logs -----------------------------------------------------------------------------------
 
-    def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
-        return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL]))
+    def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes, *, holder: str = "",
+                   raw: int | None = None) -> int:
+        """Append output; ``raw`` is how many bytes of the container's output the chunk stands for (masking
+        changes lengths). Returns the bytes kept, or -1 when ``holder`` no longer holds the attempt."""
+        return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL, holder,
+                                          len(chunk) if raw is None else raw]))
 
     def read_log(self, run_id: str, step: str, attempt: int, offset: int = 0) -> bytes:
         """The attempt's stored output as raw bytes (from byte ``offset`` on)."""

@@ -98,14 +98,19 @@ class Stack:
         return values.get(name, "")
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # The shell's environment wins over the env file in Compose: the suite's own CONVEYOR_* and REDIS_*
+        # variables (its test signing key) must not reach the stack.
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "REDIS_"))}
         return run([self.binary, "-p", self.project, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file),
-                    *args], timeout=timeout, check=check, what="docker compose")
+                    *args], timeout=timeout, check=check, env=clean, what="docker compose")
 
     def ctl(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run([*ctl_command(), *args], timeout=timeout, check=check, env=self.env(), what="ctl")
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "REDIS_URL": self.redis_url, "CONVEYOR_PREFIX": self.prefix}
+        # ctl on the host creates runs: it signs them with the stack's key, as an operator would.
+        return {**os.environ, "REDIS_URL": self.redis_url, "CONVEYOR_PREFIX": self.prefix,
+                "CONVEYOR_SIGNING_KEY": self.env_value("CONVEYOR_SIGNING_KEY")}
 
     def containers(self, service: str | None = None) -> dict[str, dict]:
         """Running containers of this project (or one service), by full id, as docker inspect sees them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -45,7 +46,7 @@ def submit(
 ) -> None:
     """Register DAG files in Redis. Unchanged content is a no-op; changed content is a new version."""
     store = common.store()
-    results = []
+    results: list[dict[str, Any]] = []
     for file in files:
         done = submit_file(store, file)
         results.append({"dag": done.spec.name, "version": done.version, "created": done.created,

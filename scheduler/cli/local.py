@@ -109,7 +109,7 @@ def worker_processes(settings: Settings, count: int):
         yield processes
     finally:
         for process in processes:
-            if process.is_alive():
+            if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join(timeout=15)

@@ -48,8 +48,11 @@ def steps_table(status: dict[str, Any]) -> Table:
         table.add_column(column)
     for step in status["steps"]:
         last = step["attempts"][-1] if step["attempts"] else {}
+        attempt = str(len(step["attempts"]) or "")
+        if last.get("adopted_by"):
+            attempt += f" (adopted by {last['adopted_by']})"
         table.add_row(
-            step["name"], styled(step["state"]), str(len(step["attempts"]) or ""),
+            step["name"], styled(step["state"]), attempt,
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
             Text(last.get("error") or "", style="red"),

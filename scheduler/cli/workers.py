@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -34,12 +35,14 @@ def worker(
     if unknown or not chosen:
         raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}",
                                  param_hint="--queues")
-    current = replace(
-        common.settings(),
-        **({"allowed_mounts": tuple(str(p) for p in allow_mount)} if allow_mount else {}),
-        **({"default_cpus": default_cpus} if default_cpus else {}),
-        **({"default_memory": parse_size(default_memory, "--default-memory")} if default_memory else {}),
-    )
+    changes: dict[str, Any] = {}
+    if allow_mount:
+        changes["allowed_mounts"] = tuple(str(p) for p in allow_mount)
+    if default_cpus:
+        changes["default_cpus"] = default_cpus
+    if default_memory:
+        changes["default_memory"] = parse_size(default_memory, "--default-memory")
+    current = replace(common.settings(), **changes)
     if runtime_kind() == "docker":
         check_engine()  # one clear line, before anything starts, when no engine answers at DOCKER_HOST
     logs.setup(log_level.value, log_format.value)

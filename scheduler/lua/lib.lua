@@ -69,6 +69,19 @@ end
 -- Members of the running (lease) and queued indexes: one per attempt.
 local function member(rid, s, n) return rid .. '|' .. s .. '|' .. n end
 
+-- Who holds an attempt's lease: its adopter once adopted (see adopt.lua), else the worker that
+-- started it. '' after a hand-over, until another worker adopts it.
+local function holder_of(ak)
+  local h = redis.call('HGET', ak, 'holder')
+  if h then return h end
+  return redis.call('HGET', ak, 'worker') or ''
+end
+
+-- May ``who`` act for the attempt (renew, log, finish)? An empty ``who`` asks for no fence (old callers).
+local function held_by(ak, who)
+  return who == nil or who == '' or holder_of(ak) == who
+end
+
 local function event(rid, kind, step, state, attempt, now)
   redis.call('XADD', K.events(), 'MAXLEN', '~', 10000, '*',
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)

@@ -211,12 +211,12 @@ class Ops:
         after_id = None
         if cursor:
             try:
-                score, after_id = cursor.split(":", 1)
-                top = float(score)
+                mark, after_id = cursor.split(":", 1)
+                top = float(mark)
             except ValueError:
                 raise BadInput(f"invalid cursor {cursor!r}: pass the next_cursor of the previous page") from None
         found: list[dict[str, Any]] = []
-        last: tuple[float, str] | None = None
+        last: tuple[float | str, str] | None = None
         offset, batch = 0, max(limit * 2, 50)
         while len(found) < limit:
             chunk = self.store.runs_page(dag, top, offset, batch)
