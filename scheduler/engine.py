@@ -10,7 +10,7 @@ HTTP server all change state through it, and only through it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -79,15 +79,17 @@ class Engine:
         now: datetime | None = None,
         idempotency_key: str | None = None,
         due_at: datetime | None = None,
+        only: Collection[str] = (),
     ) -> str:
-        """:meth:`create_run` for a DAG version already loaded (the daemon keeps them compiled)."""
+        """:meth:`create_run` for a DAG version already loaded (the daemon keeps them compiled). ``only``:
+        run just these steps, their upstream treated as succeeded (:func:`scheduler.plan.assume`)."""
         params = resolve_params(spec, given_params)
         size = len(json.dumps(params))
         if size > MAX_PARAMS_BYTES:  # one bad run must not fill Redis: every step plan carries the params
             raise ParamError(f"{spec.name}: the params take {size:,} bytes; the limit is {MAX_PARAMS_BYTES:,}")
         plan = plan_run(
             spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
-            priority=priority, logical_date=logical_date, interval=interval,
+            priority=priority, logical_date=logical_date, interval=interval, only=only,
             provenance={"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
                         "git_dirty": record.get("git_dirty"), "dag_path": record.get("path"),
                         **({"due_at": due_at.isoformat()} if due_at else {})},

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler import templates
+from scheduler.errors import ParamError
 from scheduler.graph import downstream_map, topological_order
 from scheduler.model import HANDLERS, TRIGGER_PRIORITY, DagSpec, Priority, StepPlan, Trigger
+
+# name[:tag][@digest]: lower-case path components, a tag of word characters, dots and dashes.
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9]+(?:[._/:-][a-z0-9]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                             r"(?:@[a-z0-9]+:[a-fA-F0-9]{32,})?$")
+
+
+FAILURE_RULES = ("all_failed", "one_failed")
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,9 @@ class RunPlan:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     handlers: Mapping[str, str] = field(default_factory=dict)  # handler step -> the run state that fires it
     slas: tuple[tuple[str, float], ...] = ()  # (step, or "" for the run's deadline; due epoch seconds)
+    # Steps that do not run (``ctl run --only``), each with the state it is created in: "success" for the
+    # upstream of the chosen steps (treated as succeeded), "skipped" for the others.
+    assumed: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_run_id(dag: str, now: datetime) -> str:
@@ -72,8 +85,10 @@ def plan_run(
     interval: tuple[datetime | None, datetime | None] = (None, None),
     run_id: str | None = None,
     provenance: Mapping[str, Any] | None = None,
+    only: Collection[str] = (),
 ) -> RunPlan:
-    """Render every step of a run. ``priority`` given here (at trigger time) wins over the DAG's and steps'."""
+    """Render every step of a run. ``priority`` given here (at trigger time) wins over the DAG's and steps'.
+    ``only``: run just these steps, everything upstream of them treated as succeeded (see :func:`assume`)."""
     run_id = run_id or new_run_id(spec.name, now)
     logical_date = logical_date or now
     ctx = context(spec, run_id, params, trigger, logical_date, interval)
@@ -90,7 +105,7 @@ def plan_run(
             run_id=run_id,
             dag=spec.name,
             step=name,
-            image=step.image,
+            image=_image(spec.name, name, step.image, ctx),
             argv=argv,
             env={k: templates.render(v, step_ctx) for k, v in step.env.items()},
             working_dir=step.working_dir,
@@ -128,7 +143,53 @@ def plan_run(
         provenance=dict(provenance or {}),
         handlers={name: fires for _, (name, fires) in HANDLERS.items() if name in spec.handlers},
         slas=_slas(spec, now, logical_date),
+        assumed=assume(spec, only) if only else {},
     )
+
+
+def assume(spec: DagSpec, only: Collection[str]) -> dict[str, str]:
+    """The steps a run of just ``only`` does not run, and the state each is created in.
+
+    Everything upstream of a chosen step is created ``success``: the chosen steps' trigger rules see
+    succeeded upstream steps (``all_success`` runs, ``all_failed`` would not), and a step downstream
+    of both a chosen and an assumed step waits only for the chosen one. Every other step is created
+    ``skipped``: it does not run, whatever the chosen steps do. A chosen step that could only run when
+    an upstream step fails, with all its upstream assumed, would never run: that is refused.
+    """
+    chosen = list(dict.fromkeys(only))
+    unknown = [name for name in chosen if name not in spec.steps]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(spec.steps), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; steps: {', '.join(spec.steps)}"
+        raise ParamError(f"{spec.name}: no step '{unknown[0]}' to run with --only{hint}")
+    upstream = {name: step.depends_on for name, step in spec.steps.items()}
+    ancestors: set[str] = set()
+    todo = [up for name in chosen for up in upstream[name]]
+    while todo:
+        name = todo.pop()
+        if name not in ancestors:
+            ancestors.add(name)
+            todo += upstream[name]
+    ancestors -= set(chosen)
+    for name in chosen:
+        rule = spec.steps[name].trigger_rule
+        if upstream[name] and set(upstream[name]) <= ancestors and rule in FAILURE_RULES:
+            raise ParamError(f"{spec.name}: step '{name}' runs only when an upstream step fails (trigger_rule "
+                             f"{rule}); with --only its upstream steps count as succeeded, so it would never "
+                             "run: choose an upstream step too")
+    return {name: "success" if name in ancestors else "skipped" for name in spec.steps if name not in chosen}
+
+
+def _image(dag: str, step: str, image: str, ctx: Mapping[str, Any]) -> str:
+    """The step's image with its ``{{ params.NAME }}`` templates rendered; a value that does not make an
+    image reference (``myorg/etl:`` from an empty tag, spaces) is the run's params' fault."""
+    if "{{" not in image:
+        return image
+    rendered = templates.render(image, ctx)
+    if not IMAGE_REFERENCE.match(rendered):
+        raise ParamError(f"{dag}: step '{step}': image {image!r} renders as {rendered!r}, which is not an image "
+                         "reference; check the params it uses")
+    return rendered
 
 
 def _slas(spec: DagSpec, created: datetime, logical_date: datetime) -> tuple[tuple[str, float], ...]:

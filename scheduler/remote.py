@@ -14,6 +14,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -24,6 +25,7 @@ from scheduler.settings import ServerEndpoint
 TIMEOUT_SECONDS = 30.0
 PAGE = 500  # the API's largest page of runs
 POLL_SECONDS = 0.5  # --wait/--watch through the server: a status request every half second
+FOLLOW_TIMEOUT = 3600.0  # logs -f: a step may print nothing for long; the server ends the stream
 
 
 class Remote:
@@ -33,6 +35,7 @@ class Remote:
         self.url = endpoint.url
         self._token = endpoint.token
         self.timeout = timeout
+        self.poll_seconds = POLL_SECONDS
 
     def __repr__(self) -> str:
         return f"Remote({self.url!r})"
@@ -69,6 +72,25 @@ class Remote:
         """The attempt's stored output, raw bytes (the last attempt by default)."""
         query = {"attempt": attempt} if attempt else None
         return self._call("GET", f"/runs/{_seg(run_id)}/steps/{_seg(step)}/logs", query=query)[1]
+
+    def log_attempt(self, run_id: str, step: str, attempt: int | None) -> int:
+        """The attempt ``ctl logs`` shows (the one asked for, else the last); NotFoundError when there is none."""
+        query = {"attempt": attempt} if attempt else None
+        _, headers, _ = self._exchange("GET", f"/runs/{_seg(run_id)}/steps/{_seg(step)}/logs", query=query)
+        return int(headers["X-Conveyor-Attempt"])
+
+    def follow_log(self, run_id: str, step: str, attempt: int) -> Iterator[bytes]:
+        """The attempt's output so far, then each new chunk, until the attempt ends (the server decides)."""
+        path = f"/runs/{_seg(run_id)}/steps/{_seg(step)}/logs"
+        with self._open("GET", path, query={"attempt": attempt, "follow": "true"}, timeout=FOLLOW_TIMEOUT) as response:
+            while True:
+                try:
+                    chunk = response.read1(65536)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._unreachable(exc) from None
+                if not chunk:
+                    return
+                yield chunk
 
     def rerun(self, run_id: str, *, step: str | None, downstream: bool, everything: bool,
               latest: bool) -> dict[str, Any]:
@@ -108,6 +130,23 @@ class Remote:
 
     def _call(self, method: str, path: str, *, query: dict[str, Any] | None = None,
               body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)) -> tuple[int, bytes]:
+        status, _, payload = self._exchange(method, path, query=query, body=body, ok=ok)
+        return status, payload
+
+    def _exchange(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                  body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201)
+                  ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request, read whole: status, headers, body."""
+        with self._open(method, path, query=query, body=body, ok=ok) as response:
+            try:
+                return response.status, response.headers, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from None
+
+    def _open(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+              body: dict[str, Any] | None = None, ok: tuple[int, ...] = (200, 201),
+              timeout: float | None = None) -> Any:
+        """The response, open (for a stream); any other status than ``ok`` raised as its ConveyorError."""
         url = f"{self.url}/api/v1{path}" + (f"?{urlencode(query)}" if query else "")
         data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
         request = urllib.request.Request(url, data=data, method=method)
@@ -117,16 +156,17 @@ class Remote:
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, response.read()
+            return urllib.request.urlopen(request, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
-            payload = exc.read()
             if exc.code in ok:
-                return exc.code, payload
-            raise self._refusal(exc.code, payload) from None
+                return exc
+            raise self._refusal(exc.code, exc.read()) from None
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
-            reason = getattr(exc, "reason", None) or exc
-            raise UnavailableError(f"cannot reach ctl server at {self.url}: {reason} (check CONVEYOR_SERVER)") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> UnavailableError:
+        reason = getattr(exc, "reason", None) or exc
+        return UnavailableError(f"cannot reach ctl server at {self.url}: {reason} (check CONVEYOR_SERVER)")
 
     def _refusal(self, status: int, payload: bytes) -> ConveyorError:
         detail = _detail(payload) or f"HTTP {status}"

@@ -90,3 +90,12 @@ def log_attempt(store: RunStore, run_id: str, step: str, attempt: int | None = N
     if number == 0 or number > last:
         raise NotFoundError(f"step '{step}' of run '{run_id}' has no attempt {number or ''}".rstrip())
     return number
+
+
+def attempt_state(store: RunStore, run_id: str, step: str, attempt: int) -> str | None:
+    """How an attempt ended (``success``, ``failed``, ``lost``...), or its state while it runs."""
+    steps = {s["name"]: s for s in store.step_records(run_id)}
+    for record in steps.get(step, {}).get("attempts", []):
+        if _int(record.get("number")) == attempt:
+            return _none(record.get("state"))
+    return None

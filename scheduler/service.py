@@ -17,7 +17,7 @@ from scheduler.agenda import Agenda
 from scheduler.backfill import plan_batches, plan_schedule_aligned
 from scheduler.calendars import zone
 from scheduler.engine import Rerun
-from scheduler.errors import ConveyorError, NotFoundError
+from scheduler.errors import ConveyorError, NotFoundError, Problem
 from scheduler.model import DagSpec, Trigger
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
@@ -35,10 +35,12 @@ class Submitted:
     sha256: str
 
 
-def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = None) -> Submitted:
+def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = None,
+                warnings: list[Problem] | None = None) -> Submitted:
     """Validate and store a DAG file (a new version only when its content changed); a scheduled DAG
-    is put on the scheduler's agenda and the scheduler is woken."""
-    spec, raw = load_file(path, store_calendars(store))
+    is put on the scheduler's agenda and the scheduler is woken. The file's warnings are appended to
+    ``warnings`` (for the caller to show: they are never stored)."""
+    spec, raw = load_file(path, store_calendars(store), warnings=warnings)
     return _submitted(store, spec, raw, str(Path(path).resolve()), git_state(path), now)
 
 

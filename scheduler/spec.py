@@ -19,8 +19,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from scheduler import conditions, templates
-from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
+from scheduler import advice, conditions, templates
+from scheduler.calendars import Calendar, CalendarError, canonical_source, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
@@ -48,21 +48,30 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema())
 
 
-def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None) -> tuple[DagSpec, bytes]:
+def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
+              warnings: list[Problem] | None = None, offline: bool = False) -> tuple[DagSpec, bytes]:
     """Read and validate a DAG file; returns the spec and the exact bytes it came from.
 
-    ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``).
+    ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``);
+    ``warnings`` and ``offline`` as :func:`load_bytes`.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return load_bytes(raw, str(path), calendars), raw
+    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
 
 
-def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None) -> DagSpec:
-    """Validate a DAG document; raise :class:`SpecError` with every problem found."""
+def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
+               warnings: list[Problem] | None = None, offline: bool = False) -> DagSpec:
+    """Validate a DAG document; raise :class:`SpecError` with every problem found.
+
+    Warnings (valid text that probably means something else, see :mod:`scheduler.advice`) are
+    appended to ``warnings`` when a list is given, whether or not the file has errors; they never
+    make the file invalid. ``offline``: the named calendars are unknown (no Redis to ask), so a
+    calendar name that is not built in is a warning instead of an error.
+    """
     try:
         source = parse(raw, file)
     except YamlProblems as exc:
@@ -74,7 +83,10 @@ def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None 
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
-    problems += [p for p in _schedule_problems(source, calendars or {}) if p.path.split(".")[0] not in noisy]
+    problems += [p for p in _schedule_problems(source, calendars or {}, offline) if p.path.split(".")[0] not in noisy]
+    if warnings is not None:
+        warnings += sorted({p for p in problems if p.is_warning})
+    problems = [p for p in problems if not p.is_warning]
     if problems:
         raise SpecError(sorted(set(problems)))
     return _build(source.data)
@@ -93,6 +105,11 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
     kind = error.validator
     value = error.validator_value
     instance = error.instance
+    if "cron" in path[-2:] and isinstance(instance, str | list):
+        found = list(_cron_problems(source, path, instance))
+        if found:
+            yield from found
+            return
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = list(error.schema.get("properties", {}))
         for extra in sorted(set(instance) - set(allowed)):
@@ -139,6 +156,18 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
     }
     message = messages.get(kind, lambda: error.message)()
     yield source.problem(path, message)
+
+
+def _cron_problems(source: Source, path: tuple[Any, ...], value: str | list[Any]) -> Iterator[Problem]:
+    """A cron the schema refused, in croniter's words with an example (not "not valid under any of the
+    given schemas"); a list, item by item."""
+    for index, cron in enumerate(value) if isinstance(value, list) else [(None, value)]:
+        if not isinstance(cron, str):
+            continue
+        try:
+            check_cron(cron)
+        except CalendarError as exc:
+            yield source.problem(path if index is None else (*path, index), str(exc))
 
 
 def _name_message(path: tuple[Any, ...], name: Any) -> str:
@@ -241,6 +270,9 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         yield source.problem(at, f"{label} has no image; set 'image' on the {kind} or in 'defaults'", key=True)
     if "command" not in merged:
         yield source.problem(at, f"{label} has no command; give it as a list, e.g. [\"echo\", \"hi\"]", key=True)
+    if isinstance(merged.get("image"), str):
+        yield from _image_problems(source, (*at, "image") if "image" in step else ("defaults", "image"),
+                                   merged["image"], known)
     command = merged.get("command")
     where = (*at, "command") if "command" in step else ("defaults", "command")
     if isinstance(command, str) and not merged.get("shell"):
@@ -264,6 +296,26 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
     if isinstance(backoff, dict):
         backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
         yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
+
+
+def _image_problems(source: Source, path: tuple[Any, ...], image: str, known: list[str]) -> Iterator[Problem]:
+    """Templates in an image may name params only: the image is part of what a run is (``ctl diff``,
+    pinned reruns), chosen when the run is created, not a per-step or per-attempt value."""
+    params = [name for name in known if name.startswith("params.")]
+    try:
+        used = templates.names_in(image)
+    except templates.TemplateError as exc:
+        yield source.problem(path, str(exc))
+        return
+    for name in used:
+        if name in templates.BUILTINS:
+            yield source.problem(path, f"'{{{{ {name} }}}}' cannot be used in an image: image templates may name "
+                                       "params only, e.g. \"myorg/etl:{{ params.tag }}\"")
+            return
+    if params:
+        yield from _template_problem(source, path, image, params)
+    elif used:
+        yield source.problem(path, f"unknown template variable '{used[0]}'; this DAG declares no params")
 
 
 def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
@@ -347,8 +399,9 @@ def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | N
     return schedule
 
 
-def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator[Problem]:
-    """Crons, timezones, calendars and outages, each placed at its own key; then the whole schedule."""
+def _schedule_problems(source: Source, calendars: Mapping[str, Any], offline: bool = False) -> Iterator[Problem]:
+    """Crons, timezones, calendars and outages, each placed at its own key; then the whole schedule.
+    Warnings (:mod:`scheduler.advice`) come out as problems of severity "warning"."""
     data = source.data
     schedule = data.get("schedule")
     found = False
@@ -364,6 +417,12 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
         except CalendarError as exc:
             found = True
             yield source.problem(("calendars", name), str(exc))
+        holidays = calendar.get("holidays") if isinstance(calendar, dict) else None
+        for index, code in enumerate(holidays if isinstance(holidays, list) else [holidays]):
+            hint = advice.uk_calendar(code) if isinstance(code, str) else None
+            if hint:
+                at = ("calendars", name, "holidays", *((index,) if isinstance(holidays, list) else ()))
+                yield _warning(source, at, hint)
     if not isinstance(schedule, dict):
         if "batch" in data and isinstance(data["batch"], str):
             try:
@@ -373,12 +432,16 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
         return
     crons = schedule.get("cron")
     for index, cron in enumerate(crons if isinstance(crons, list) else [crons]):
+        at = ("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron")
         try:
             check_cron(cron)
         except CalendarError as exc:
             found = True
-            yield source.problem(("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron"),
-                                 str(exc))
+            yield source.problem(at, str(exc))
+            continue
+        hint = advice.quartz_cron(cron)
+        if hint:
+            yield _warning(source, at, hint)
     if isinstance(schedule.get("timezone"), str):
         try:
             zone(schedule["timezone"])
@@ -388,8 +451,17 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
     if isinstance(schedule.get("calendar"), str | dict):
         inline = data.get("calendars") if isinstance(data.get("calendars"), dict) else {}
         named = {**calendars, **inline}
+        chosen = schedule["calendar"]
+        hint = advice.uk_calendar(chosen) if isinstance(chosen, str) else None
+        if hint and chosen not in named:
+            yield _warning(source, ("schedule", "calendar"), hint)
         try:
-            resolve(schedule["calendar"], _built(named))
+            if offline and isinstance(chosen, str) and chosen not in named and not _builtin(chosen):
+                found = True  # not built in: a named calendar, which only Redis knows
+                yield _warning(source, ("schedule", "calendar"),
+                               f"named calendar {chosen!r}: cannot check offline (set REDIS_URL)")
+            else:
+                resolve(chosen, _built(named))
         except CalendarError as exc:
             found = True
             hint = "" if isinstance(schedule["calendar"], dict) else (
@@ -408,6 +480,20 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
             build_schedule(data, calendars)
         except ScheduleError as exc:
             yield source.problem(("schedule",), str(exc).removeprefix("schedule: "))
+
+
+def _warning(source: Source, path: tuple[Any, ...], message: str) -> Problem:
+    return replace(source.problem(path, message), severity="warning")
+
+
+def _builtin(name: str) -> bool:
+    """Whether ``name`` is (or misspells a part of) a built-in source: ``GB-XX`` is a bad subdivision of
+    GB, reported as such, not a named calendar."""
+    try:
+        canonical_source(name)
+    except CalendarError as exc:
+        return "subdivision" in str(exc)
+    return True
 
 
 def _built(named: Mapping[str, Any]) -> dict[str, Calendar]:

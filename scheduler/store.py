@@ -283,14 +283,16 @@ class RunStore:
         return [decode_created(plan.run_id, result) for (plan, _), result in zip(plans, results, strict=True)]
 
     def create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
-        roots = [s for s in plan.order if not plan.upstream[s]]
+        assumed = plan.assumed  # steps not run (ctl run --only): created in their final state
+        roots = [s for s in plan.order if s not in assumed and all(u in assumed for u in plan.upstream[s])]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {
             "run_id": plan.run_id, "dag": plan.dag, "dag_version": plan.dag_version, "state": "queued",
             "params": json.dumps(plan.params), "trigger": plan.trigger.value, "priority": plan.priority.value,
             "created_at": now_iso(plan.created_at), "logical_date": iso(plan.logical_date),
             "data_interval_start": iso(plan.data_interval_start), "data_interval_end": iso(plan.data_interval_end),
-            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots), "unfinished": len(plan.order),
+            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots),
+            "unfinished": len(plan.order) - len(assumed),
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
@@ -298,9 +300,10 @@ class RunStore:
         steps = []
         for name in [*plan.order, *plan.handlers]:
             step = plan.steps[name]
+            counted = sum(1 for u in plan.upstream.get(name, ()) if assumed.get(u) == "success")
             steps.append([name, {
-                "name": name, "state": "pending", "attempt": "0", "rule": step.trigger_rule,
-                "retries": str(step.retries), "up_done": "0", "up_success": "0", "up_failed": "0",
+                "name": name, "state": assumed.get(name, "pending"), "attempt": "0", "rule": step.trigger_rule,
+                "retries": str(step.retries), "up_done": str(counted), "up_success": str(counted), "up_failed": "0",
                 "upstream": json.dumps(list(plan.upstream.get(name, ()))),
                 "downstream": json.dumps(list(plan.downstream.get(name, ()))),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
@@ -499,6 +502,20 @@ class RunStore:
         """Every attempt that holds a lease now, as ``(run_id, step, attempt)``."""
         return {parse_member(m) for m in self.r.zrange(self.keys.running(), 0, -1)}
 
+    def running_attempt_records(self) -> list[dict[str, Any]]:
+        """Every attempt that holds a lease now: ``run_id``, ``step``, ``attempt``, ``lease_until`` (epoch
+        seconds, Redis's clock) and its attempt record's fields (``host``, ``pid``, ``worker``, ``started_at``)."""
+        entries = self.r.zrange(self.keys.running(), 0, -1, withscores=True)
+        with self.r.pipeline(transaction=False) as pipe:
+            for entry, _ in entries:
+                pipe.hgetall(self.keys.attempt(*parse_member(entry)))
+            records = pipe.execute()
+        found = []
+        for (entry, expiry), record in zip(entries, records, strict=True):
+            run_id, step, attempt = parse_member(entry)
+            found.append({**record, "run_id": run_id, "step": step, "attempt": attempt, "lease_until": expiry})
+        return found
+
     def postpone_queued(self, run_id: str, step: str, attempt: int, until: datetime) -> None:
         """Mark a queued attempt as due at ``until`` (deferred past an outage), so that the reconciler
         does not take the wait for a vanished job."""
@@ -595,6 +612,10 @@ class RunStore:
                 pipe.hget(self.keys.step(run_id, name), "upstream")
             ups = pipe.execute()
         return {name: json.loads(up or "[]") for name, up in zip(names, ups, strict=True)}
+
+    def attempt_ended_at(self, run_id: str, step: str, attempt: int) -> datetime | None:
+        raw = self.r.hget(self.keys.attempt(run_id, step, attempt), "ended_at")
+        return datetime.fromisoformat(raw) if raw else None
 
     def attempt_ended(self, run_id: str, step: str, attempt: int) -> bool:
         """Has this attempt ended (or been superseded)? A follow of its log stops then."""

@@ -684,7 +684,7 @@ def test_helm_test_pod_runs_the_cli_without_the_signing_key(variant):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"  # admitted by the Redis policy
     (c,) = pod["spec"]["containers"]
-    assert c["args"] == ["runs"]  # `ctl dags` once it lands on main
+    assert c["args"] == ["dags"]
     env = env_of(c)
     assert "CONVEYOR_SIGNING_KEY" not in env
     worker = env_of(main_container(one(variant, "Deployment", "-worker"), "worker"))

@@ -134,6 +134,13 @@ def test_runs_through_the_server_print_what_redis_gives(local: Ctl, remote: Ctl,
                  ("logs", run_id, "nope")):
         assert_same(local, remote, *args)
     assert remote("logs", run_id, "check").stdout == "too many rows\n"
+    # logs -f: an ended attempt is printed and its outcome is the exit code; a step not started yet is
+    # waited for, followed while it runs, and ends the command when it does.
+    assert assert_same(local, remote, "logs", "-f", run_id, "check").returncode == 1
+    assert assert_same(local, remote, "logs", "-f", run_id, "extract").returncode == 0
+    fresh = remote("trigger", "remote_report", "-p", "date=2026-11-23").stdout.strip()
+    followed = assert_same(local, remote, "logs", "-f", fresh, "load")
+    assert (followed.returncode, followed.stdout) == (0, "loaded\n")
 
     # rerun through the server and against Redis: the same answer and notes for two like runs.
     second, third = (local.json("trigger", "remote_report", "-p", f"date=2026-11-2{day}", "-p", "rows=12",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import typer
 
 from scheduler.cli import common, views, watch
 from scheduler.errors import NotFoundError
-from scheduler.model import Priority, Trigger
+from scheduler.model import TERMINAL_STEP_STATES, Priority, Trigger
 from scheduler.remote import Remote
 from scheduler.results import StepCancelStatus
-from scheduler.runview import log_attempt
+from scheduler.runview import attempt_state, log_attempt
 from scheduler.store import RunStore
 
 
@@ -105,17 +106,73 @@ def logs(
     run_id: str = typer.Argument(..., help="The run's id."),
     step: str = typer.Argument(..., help="The step's name."),
     attempt: int | None = typer.Option(None, "--attempt", "-a", min=1, help="Which attempt (default: the last)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what the attempt writes until it "
+                                "ends; then exit 0 only if it succeeded."),
 ) -> None:
     """Print a step attempt's output (stdout and stderr, as the container wrote them)."""
     remote = common.remote()
     if remote:
-        data = remote.log(run_id, step, attempt)
-    else:
-        store = common.store()
+        _remote_logs(remote, run_id, step, attempt, follow)
+        return
+    store = common.store()
+    if not follow:
         number = log_attempt(store, run_id, step, attempt)
-        data = store.read_log(run_id, step, number)
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+        sys.stdout.buffer.write(store.read_log(run_id, step, number))
+        sys.stdout.flush()
+        return
+    number = _first_attempt(store, run_id, step, attempt)
+    offset = 0
+    while True:
+        ended = store.attempt_ended(run_id, step, number)  # before reading: the last bytes come before the end
+        chunk = store.read_log(run_id, step, number, offset)
+        if chunk:
+            offset += len(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        if ended:
+            break
+        time.sleep(FOLLOW_POLL)
+    if attempt_state(store, run_id, step, number) != "success":
+        raise typer.Exit(1)
+
+
+FOLLOW_POLL = 0.2
+
+
+def _remote_logs(remote: Remote, run_id: str, step: str, attempt: int | None, follow: bool) -> None:
+    """``ctl logs [-f]`` through the server: the same bytes, the same wait and exit code."""
+    if not follow:
+        sys.stdout.buffer.write(remote.log(run_id, step, attempt))
+        sys.stdout.flush()
+        return
+    while True:  # as _first_attempt: wait for the step's first attempt unless there will be none
+        try:
+            number = remote.log_attempt(run_id, step, attempt)
+            break
+        except NotFoundError:
+            steps = {s["name"]: s for s in remote.status(run_id)["steps"]}
+            if step not in steps or attempt is not None or steps[step]["state"] in TERMINAL_STEP_STATES:
+                raise
+        time.sleep(remote.poll_seconds)
+    for chunk in remote.follow_log(run_id, step, number):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+    steps = {s["name"]: s for s in remote.status(run_id)["steps"]}
+    if next((a["state"] for a in steps[step]["attempts"] if a["number"] == number), None) != "success":
+        raise typer.Exit(1)
+
+
+def _first_attempt(store: RunStore, run_id: str, step: str, attempt: int | None) -> int:
+    """The attempt ``logs -f`` follows: the one asked for, else the step's last, waiting for the first
+    one when the step has not been queued yet."""
+    while True:
+        try:
+            return log_attempt(store, run_id, step, attempt)
+        except NotFoundError:
+            steps = {s["name"]: s for s in store.step_records(run_id)}
+            if step not in steps or attempt is not None or steps[step]["state"] in TERMINAL_STEP_STATES:
+                raise
+        time.sleep(FOLLOW_POLL)
 
 
 def cancel(

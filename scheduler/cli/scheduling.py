@@ -21,7 +21,7 @@ from scheduler.errors import UnavailableError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.service import load_version, store_calendars
 from scheduler.spec import load_file
-from scheduler.upcoming import upcoming
+from scheduler.upcoming import dropped_summary, upcoming
 
 DAY = 86400.0
 HISTORY_FORMS = "a number of days like 30 or 0.5, or a duration like 12h or 2w"
@@ -57,7 +57,7 @@ def scheduler(
     logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
-    observe.start_metrics(store, current, metrics_port)
+    exporter = observe.start_metrics(store, current, metrics_port)
     folder = None
     if dags:
         from scheduler.dagsync import DagFolder
@@ -67,6 +67,10 @@ def scheduler(
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
                        history_days=history / DAY, lookahead=lookahead)
+    if exporter is not None:
+        from scheduler.metrics import watch_leadership
+
+        watch_leadership(exporter.registry, lambda: daemon.leading)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
@@ -103,9 +107,11 @@ def next_(
     dag: str = typer.Argument(..., help="A submitted DAG's name, or a DAG file."),
     count: int = typer.Option(10, "-n", "--count", min=1, max=1000, help="How many fire times."),
     start: datetime | None = typer.Option(None, "--from", help="Start here instead of now (UTC unless an offset)."),
+    explain: bool = typer.Option(False, "--explain", help="List every dropped candidate time with its reason, "
+                                 "not only how many were dropped for each reason."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Show the next fire times and every candidate time that was dropped, and why."""
+    """Show the next fire times, and how many candidate times were dropped and why (--explain: each one)."""
     path = Path(dag)
     after = _aware(start) if start else None
     remote = common.remote()
@@ -141,11 +147,16 @@ def next_(
     events = [(datetime.fromisoformat(f["utc"]), f["at"], f["utc"],
                f"deferred to {f['due']} by outage {f['deferred_by']}" if f.get("deferred_by") else "")
               for f in data["fires"]]
-    events += [(datetime.fromisoformat(d["utc"]), d["at"], d["utc"], f"dropped: {d['reason']}")
-               for d in data["dropped"]]
+    if explain:
+        events += [(datetime.fromisoformat(d["utc"]), d["at"], d["utc"], f"dropped: {d['reason']}")
+                   for d in data["dropped"]]
     for _, local, utc, note in sorted(events):
         table.add_row(local, utc, note)
     views.out.print(table)
+    if data["dropped"]:
+        hint = "" if explain else " (--explain lists them)"
+        summary = dropped_summary(len(data["dropped"]), data["dropped_by_reason"].items())
+        views.out.print(f"{summary}{hint}", markup=False, highlight=False)
 
 
 def _aware(value: datetime | None) -> datetime:
