@@ -135,6 +135,15 @@ class Engine:
         self._enqueue(finished.ready)
         return finished
 
+    def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
+             record: Mapping[str, Any], retry_delay: float = 0.0, holder: str = "") -> Finished:
+        """A sensor is not ready yet: its attempt waits in Redis and is delivered again after ``interval``
+        (or fails with ``sensor_timeout``); no worker is held in between."""
+        finished = self.store.poke(run_id, step, attempt, interval=interval, timeout=timeout, since=since,
+                                   record=record, retry_delay=retry_delay, holder=holder)
+        self._enqueue(finished.ready)
+        return finished
+
     def skip(self, run_id: str, step: str, attempt: int) -> Finished:
         """Skip a queued step whose ``when:`` is false; its downstream follow their trigger rules."""
         finished = self.store.skip_step(run_id, step, attempt)
@@ -172,7 +181,7 @@ class Engine:
     def requeue(self, run_id: str, step: str, attempt: int) -> int:
         """Enqueue a queued attempt again (its RQ job vanished); a no-op if it moved on meanwhile."""
         state, current = self.store.step_fields(run_id, step, "state", "attempt")
-        if state not in {StepState.QUEUED, StepState.RETRYING} or current != str(attempt):
+        if state not in {StepState.QUEUED, StepState.RETRYING, StepState.WAITING} or current != str(attempt):
             return 0
         queue, timeout = self.store.queue_of(run_id, step)
         return self.dispatcher.enqueue([Ready(run_id, step, attempt, queue, timeout)])

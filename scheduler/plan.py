@@ -97,9 +97,10 @@ def plan_run(
     steps = {}
     for name, step in [*spec.steps.items(), *spec.handlers.items()]:
         step_ctx = {**ctx, "step": name}
-        argv = tuple(templates.render(part, step_ctx) for part in step.command)
-        if step.shell:
-            argv = ("sh", "-c", *argv)
+        command = (("sh", "-c") if step.shell else ()) + tuple(step.command)
+        deferred = late_templates(command, step.env)
+        argv = tuple(part if f"argv.{i}" in deferred else templates.render(part, step_ctx)
+                     for i, part in enumerate(command))
         queue = priority or step.priority or run_priority
         steps[name] = StepPlan(
             run_id=run_id,
@@ -107,7 +108,7 @@ def plan_run(
             step=name,
             image=_image(spec.name, name, step.image, ctx),
             argv=argv,
-            env={k: templates.render(v, step_ctx) for k, v in step.env.items()},
+            env={k: v if f"env.{k}" in deferred else templates.render(v, step_ctx) for k, v in step.env.items()},
             working_dir=step.working_dir,
             timeout=step.timeout,
             cpus=step.cpus,
@@ -123,6 +124,14 @@ def plan_run(
             when=step.when,
             pool=step.pool,
             pool_slots=step.pool_slots,
+            outputs=step.outputs,
+            for_each=step.for_each,
+            max_parallel=step.max_parallel,
+            max_items=step.max_items,
+            sensor=step.sensor,
+            deferred=deferred,
+            context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
+                     if not templates.is_late(n)},
         )
     return RunPlan(
         run_id=run_id,
@@ -190,6 +199,17 @@ def _image(dag: str, step: str, image: str, ctx: Mapping[str, Any]) -> str:
         raise ParamError(f"{dag}: step '{step}': image {image!r} renders as {rendered!r}, which is not an image "
                          "reference; check the params it uses")
     return rendered
+
+
+def late_templates(argv: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:
+    """The argv and env entries that name something only known when the attempt starts (upstream
+    outputs), by ``argv.N`` / ``env.KEY``: the plan keeps them as templates for the worker to render."""
+    def late(text: str) -> bool:
+        return any(templates.is_late(n) for n in templates.names_in(text))
+
+    found = {f"argv.{i}": part for i, part in enumerate(argv) if late(part)}
+    found.update({f"env.{k}": v for k, v in env.items() if late(v)})
+    return found
 
 
 def _slas(spec: DagSpec, created: datetime, logical_date: datetime) -> tuple[tuple[str, float], ...]:

@@ -24,12 +24,23 @@ from scheduler.calendars import Calendar, CalendarError, canonical_source, check
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.graph import find_cycle
-from scheduler.model import HANDLERS, Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
+from scheduler.model import (
+    HANDLERS,
+    Backoff,
+    DagSpec,
+    Mount,
+    ParamSpec,
+    Priority,
+    Sensor,
+    StepSpec,
+    memory_bytes,
+)
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
+DEFAULT_MAX_ITEMS = 1000  # instances of one mapped step (for_each), unless the step says max_items
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
     "number": "a number", "boolean": "true or false", "null": "empty",
@@ -219,11 +230,21 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     yield from _param_problems(source, params)
     known = templates.known_names(params)
     upstream: dict[str, list[str]] = {}
+    declared = _declared_outputs(steps)
+    graph = {name: [d for d in step.get("depends_on") or [] if isinstance(d, str) and d in steps and d != name]
+             if isinstance(step, dict) and isinstance(step.get("depends_on"), list) else []
+             for name, step in steps.items()}
     for name, step in steps.items():
         if not isinstance(step, dict):
             continue
         at = ("steps", name)
-        yield from _step_problems(source, at, step, defaults, known, f"step '{name}'")
+        refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps), "for_each" in step)
+        if "for_each" in step:
+            yield from _for_each_problems(source, at, step["for_each"], params, refs)
+        for key in ("max_parallel", "max_items"):
+            if key in step and "for_each" not in step:
+                yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
+        yield from _step_problems(source, at, step, defaults, known, f"step '{name}'", refs)
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -245,7 +266,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     for name, step in steps.items():
         if isinstance(step, dict) and isinstance(step.get("when"), str):
             try:
-                conditions.check(step["when"], params, _ancestors(upstream, name))
+                conditions.check(step["when"], params, _ancestors(upstream, name), declared)
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
@@ -259,7 +280,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
 
 
 def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], defaults: dict[str, Any],
-                   known: list[str], label: str) -> Iterator[Problem]:
+                   known: list[str], label: str, refs: _OutputRefs | None = None) -> Iterator[Problem]:
     """What the schema cannot say about one step or handler (``label``: "step 'load'", "handler
     'on_failure'"), its defaults applied: image and command present and of the right form, every
     template in its command and env known, its backoff durations readable. Steps and handlers become
@@ -284,14 +305,15 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         yield source.problem(where, "command is an empty list")
     for index, part in enumerate(command if isinstance(command, list) else [command]):
         if isinstance(part, str):
-            yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known)
+            yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known,
+                                         refs)
     # The env a step gets is the defaults' env overlaid with its own (see _step): check both parts.
     own_env: dict[str, Any] = step["env"] if isinstance(step.get("env"), dict) else {}
     default_env: dict[str, Any] = defaults["env"] if isinstance(defaults.get("env"), dict) else {}
     for key, value in {**default_env, **own_env}.items():
         if isinstance(value, str):
             env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
-            yield from _template_problem(source, env_at, value, known)
+            yield from _template_problem(source, env_at, value, known, refs)
     backoff = merged.get("retry_backoff")
     if isinstance(backoff, dict):
         backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
@@ -329,8 +351,100 @@ def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
     return seen
 
 
-def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:
+def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each step's declared output names (the well-formed ones; the schema reports the rest)."""
+    return {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
+            if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
+            for name, step in steps.items()}
+
+
+class _OutputRefs:
+    """What a step may read as ``{{ steps.STEP.outputs.NAME }}``: the declared outputs of its ancestors."""
+
+    def __init__(self, step: str, ancestors: set[str], declared: Mapping[str, list[str]], steps: list[str],
+                 mapped: bool = False):
+        self.step, self.ancestors, self.declared, self.steps = step, ancestors, declared, steps
+        self.mapped = mapped  # a for_each step: {{ item }}, {{ item.KEY }} and {{ index }} are known
+
+    def names(self) -> list[str]:
+        return [templates.output_name(a, o) for a in sorted(self.ancestors) for o in self.declared.get(a, ())]
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` (an output reference, an item name) cannot be read here, or None when it can."""
+        if templates.is_item(name):
+            return None if self.mapped else (f"'{{{{ {name} }}}}' is only known in a step with for_each (each "
+                                             "instance's element and index)")
+        ref = templates.step_ref(name)
+        if ref is None:
+            return None
+        step, output = ref
+        if step not in self.steps:
+            close = difflib.get_close_matches(step, self.steps, n=1, cutoff=0.6)
+            return f"'{name}': no step named '{step}'" + (f"; did you mean '{close[0]}'?" if close else "")
+        if step not in self.ancestors:
+            return (f"'{name}': step '{step}' is not upstream of '{self.step}'; a step reads only the outputs of "
+                    f"steps it depends on, directly or not (add '{step}' to its depends_on)")
+        outputs = self.declared.get(step, [])
+        if output not in outputs:
+            listed = f"; its outputs: {', '.join(outputs)}" if outputs else "; it declares no outputs"
+            return f"'{name}': step '{step}' declares no output '{output}'{listed}"
+        return None
+
+
+_FOR_EACH_FORMS = "a list, '{{ steps.STEP.outputs.NAME }}' (a JSON array) or '{{ params.NAME }}' (a JSON array)"
+
+
+def for_each_source(value: Any) -> dict[str, str] | None:
+    """What a valid ``for_each`` runs over, as the store keeps it: ``{"items": JSON}``, ``{"step": S,
+    "output": N}`` or ``{"param": P}``; None for anything else."""
+    if isinstance(value, list):
+        return {"items": json.dumps(value)}
+    name = templates.only_name(value) if isinstance(value, str) else None
+    if name is None:
+        return None
+    ref = templates.step_ref(name)
+    if ref:
+        return {"step": ref[0], "output": ref[1]}
+    if name.startswith("params."):
+        return {"param": name.removeprefix("params.")}
+    return None
+
+
+def _for_each_problems(source: Source, at: tuple[Any, ...], value: Any, params: Mapping[str, Any],
+                       refs: _OutputRefs) -> Iterator[Problem]:
+    where = (*at, "for_each")
+    if not isinstance(value, str | list):
+        return  # the schema says what it should be
+    found = for_each_source(value)
+    if found is None:
+        yield source.problem(where, f"for_each takes {_FOR_EACH_FORMS}, not {_type_word(value)}")
+    elif "step" in found:
+        problem = refs.problem(templates.output_name(found["step"], found["output"]))
+        if problem:
+            yield source.problem(where, problem)
+    elif "param" in found:
+        decl = params.get(found["param"])
+        if not isinstance(decl, dict):
+            yield source.problem(where, f"unknown param '{found['param']}' in for_each")
+        elif decl.get("type", "string") != "string":
+            kind = _TYPE_NAMES.get(str(decl.get("type")), "not a list")
+            yield source.problem(where, f"param '{found['param']}' is {kind}, not a list; for_each needs a "
+                                        "string param holding a JSON array")
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "date": "a date"}
+
+
+def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str],
+                      refs: _OutputRefs | None = None) -> Iterator[Problem]:
     try:
+        if refs is not None:
+            for name in templates.names_in(text):
+                problem = refs.problem(name)
+                if problem:
+                    yield source.problem(path, problem)
+                    return
+            known = [*known, *refs.names(), *[n for n in templates.names_in(text) if templates.is_item(n)]]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
@@ -652,4 +766,16 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         pool=merged.get("pool"),
         pool_slots=int(merged.get("pool_slots", 1)),
         sla=seconds(raw.get("sla")),
+        outputs=tuple(raw.get("outputs", ())),
+        for_each=for_each_source(raw["for_each"]) if "for_each" in raw else None,
+        max_parallel=raw.get("max_parallel"),
+        max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
+        sensor=_sensor(raw.get("sensor")),
     )
+
+
+def _sensor(raw: dict[str, Any] | None) -> Sensor | None:
+    if raw is None:
+        return None
+    return Sensor(interval=seconds(raw["interval"]) or 0.0, timeout=seconds(raw.get("timeout")),
+                  not_ready_exit_code=int(raw.get("not_ready_exit_code", 100)))

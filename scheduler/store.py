@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cached_property
 from importlib import resources
@@ -24,7 +25,7 @@ import redis
 from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
-from scheduler.model import TERMINAL_STEP_STATES, StepPlan
+from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
 from scheduler.results import (
     Adopted,
@@ -40,6 +41,7 @@ from scheduler.results import (
     decode_created,
     decode_finished,
     decode_lease,
+    decode_poked,
     decode_ready,
     decode_run_cancel,
     decode_sla_misses,
@@ -93,6 +95,7 @@ class RunStore:
         self._create = self.script("create.lua")
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
+        self._poke = self.script("poke.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -310,6 +313,7 @@ class RunStore:
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
+                **self._mapped_fields(step),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
                 "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
@@ -319,6 +323,14 @@ class RunStore:
             idempotency_key or "", iso(plan.data_interval_start),
             json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
         ]
+
+    @staticmethod
+    def _mapped_fields(plan: StepPlan) -> dict[str, str]:
+        """The step hash fields of a mapped step (for_each), which lib.lua's ``expand`` reads."""
+        if plan.for_each is None:
+            return {}
+        return {"for_each": json.dumps(dict(plan.for_each)), "max_parallel": str(plan.max_parallel or 0),
+                "max_items": str(plan.max_items), "output_names": json.dumps(list(plan.outputs))}
 
     def _signed_plan(self, run_id: str, step: str, plan: StepPlan) -> dict[str, str]:
         """The step hash's ``plan`` (canonical JSON) and ``plan_sig`` (empty without a key)."""
@@ -344,6 +356,18 @@ class RunStore:
                                     *fields])
         return decode_finished(result)
 
+    def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
+             record: Mapping[str, Any], retry_delay: float = 0.0, now: datetime | None = None,
+             holder: str = "") -> Finished:
+        """A sensor's "not yet": the attempt waits ``interval`` seconds holding no worker (fenced, by the
+        holder too, like :meth:`finish_attempt`), or fails with ``sensor_timeout`` once ``timeout`` seconds
+        have passed since ``since`` (its first poke)."""
+        fields: list[Any] = []
+        for key, value in record.items():
+            fields += [key, "" if value is None else value]
+        return decode_poked(self._poke(args=[self.prefix, run_id, step, attempt, now_iso(now), interval,
+                                             timeout or 0, since, retry_delay, holder, *fields]))
+
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
         record = self.run_record(run_id)
@@ -352,7 +376,20 @@ class RunStore:
             last = step["attempts"][-1] if step["attempts"] else {}
             context[f"{step['name']}.state"] = step["state"]
             context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
+            for name, value in json.loads(step.get("outputs") or "{}").items():
+                context[f"steps.{step['name']}.outputs.{name}"] = value
         return context, record["dag"]
+
+    def mapped_items(self, run_id: str, step: str) -> str | None:
+        """The JSON list a mapped step expanded over (its instances' items), or None."""
+        return self.r.hget(self.keys.step(run_id, step), "items")
+
+    def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
+        """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hget(self.keys.step(run_id, step), "outputs")
+            return {step: json.loads(raw or "{}") for step, raw in zip(steps, pipe.execute(), strict=True)}
 
     def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
@@ -485,9 +522,34 @@ class RunStore:
             attempts = iter(pipe.execute())
         for step in steps:
             step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        if any(int(step.get("instances") or 0) for step in steps):
+            return self._with_instances(run_id, steps)
         return steps
 
+    def _with_instances(self, run_id: str, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The steps with each mapped step's instances ``STEP[i]`` (with their attempts) right after it."""
+        names = [instance_name(s["name"], i) for s in steps for i in range(int(s.get("instances") or 0))]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.step(run_id, name))
+            found = dict(zip(names, pipe.execute(), strict=True))
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, step in found.items():
+                for n in range(1, int(step.get("attempt") or 0) + 1):
+                    pipe.hgetall(self.keys.attempt(run_id, name, n))
+            attempts = iter(pipe.execute())
+        for step in found.values():
+            step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        result = []
+        for step in steps:
+            result.append(step)
+            result += [found[instance_name(step["name"], i)] for i in range(int(step.get("instances") or 0))]
+        return result
+
     def step_plan(self, run_id: str, step: str) -> StepPlan:
+        instance = mapped_instance(step)
+        if instance is not None and self.r.exists(self.keys.step(run_id, step)):
+            return replace(self.step_plan(run_id, instance[0]), step=step)  # an instance runs its step's plan
         raw = self.r.hget(self.keys.step(run_id, step), "plan")
         if raw is None:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")

@@ -15,6 +15,7 @@ from scheduler.cli import (
     calendars,
     catalog,
     dags,
+    data,
     diff,
     local,
     observe,
@@ -63,6 +64,7 @@ app.command(name="runs")(runs.runs)
 app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
+app.command()(data.outputs)
 app.command(name="run")(local.run)
 app.command()(render.render)
 app.command()(workers.worker)

@@ -52,10 +52,12 @@ def steps_table(status: dict[str, Any]) -> Table:
         if last.get("adopted_by"):
             attempt += f" (adopted by {last['adopted_by']})"
         table.add_row(
-            step["name"], styled(step["state"]), attempt,
+            ("  " if step.get("mapped_step") else "") + step["name"], styled(step["state"]),
+            attempt or (f"×{step['instances']}" if step.get("instances") else ""),
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
-            Text(last.get("error") or "", style="red"),
+            Text(last.get("error") or step.get("error") or "", style="red") if not last.get("next_poke") else
+            Text(f"sensor: {last['pokes']} poke(s) not ready; next at {last['next_poke'][11:19]}"),
         )
     return table
 
