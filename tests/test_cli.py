@@ -98,7 +98,8 @@ def test_ctl_run_local_leaves_nothing_behind(tmp_path: Path, image: str, docker_
 
 
 def test_ctrl_c_cancels_ctl_run_and_cleans_up(tmp_path: Path, image: str, docker_client: docker.DockerClient) -> None:
-    path = write_dag(tmp_path, "name: ctrlc-slow\nsteps:\n  nap: {image: conveyor/busybox:local, command: [sleep, '60']}\n")
+    path = write_dag(tmp_path, "name: ctrlc-slow\nsteps:\n"
+                               "  nap: {image: conveyor/busybox:local, command: [sleep, '60']}\n")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     process = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "run", str(path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
