@@ -21,7 +21,7 @@ from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
-from scheduler.outputs import OutputUnavailable, render_attempt
+from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
 from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
 
@@ -169,7 +169,7 @@ def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, 
     """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
     and what to record on the attempt for reproducibility: the argv and env it ran with, when they
     differ from the stored plan."""
-    deferred = bool(plan.deferred)
+    deferred = bool(plan.deferred) or plan.step in HANDLER_STEPS  # a handler's env holds the run's state
     rendered = render_attempt(store, plan, step)
     if not deferred:
         return rendered, {}

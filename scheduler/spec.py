@@ -271,7 +271,8 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
         if isinstance(data.get(key), dict):
-            yield from _step_problems(source, (key,), data[key], defaults, known, f"handler '{key}'")
+            yield from _step_problems(source, (key,), data[key], defaults, [*known, *templates.HANDLER_NAMES],
+                                      f"handler '{key}'")
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.

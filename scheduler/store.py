@@ -384,6 +384,22 @@ class RunStore:
         """The JSON list a mapped step expanded over (its instances' items), or None."""
         return self.r.hget(self.keys.step(run_id, step), "items")
 
+    def handler_facts(self, run_id: str) -> tuple[str, list[dict[str, Any]]]:
+        """What a handler step is told: the state its run ended in and each failed step (mapped instances
+        included) with its last attempt's number, exit code, reason and error, in run order."""
+        final = self.r.hget(self.keys.run(run_id), "final") or ""
+        failed = []
+        for step in self.step_records(run_id):
+            if step.get("state") != "failed" or int(step.get("instances") or 0):
+                continue  # a mapped step failed through its instances, listed one by one
+            last = step["attempts"][-1] if step["attempts"] else {}
+            code = last.get("exit_code")
+            failed.append({"step": step["name"], "attempt": int(step.get("attempt") or 0),
+                           "exit_code": int(code) if code not in (None, "", "None") else None,
+                           "reason": last.get("reason") or None, "error": last.get("error") or step.get("error")
+                           or None})
+        return final, failed
+
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
         """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""
         with self.r.pipeline(transaction=False) as pipe:
