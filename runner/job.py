@@ -52,6 +52,12 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
+    [wait_for] = store.step_fields(run_id, step, "wait_for")
+    if wait_for:
+        waited = engine.wait(run_id, step, attempt)
+        if waited is not None:
+            log.info("%s %s attempt %s: %s (wait_for)", run_id, step, attempt, waited.state)
+            return waited.state
     lease = ctx.settings.attempt_lease
     key = (run_id, step, attempt)
     started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.holder, lease=lease,

@@ -144,6 +144,15 @@ class Engine:
         self._enqueue(finished.ready)
         return finished
 
+    def wait(self, run_id: str, step: str, attempt: int) -> Finished | None:
+        """A step with ``wait_for`` about to start: None when what it waits for holds (start it); else its
+        attempt waits in Redis, holding no worker, and is delivered again to check (or it failed with
+        ``wait_timeout``)."""
+        waited = self.store.wait_check(run_id, step, attempt)
+        if waited is not None:
+            self._enqueue(waited.ready)
+        return waited
+
     def skip(self, run_id: str, step: str, attempt: int) -> Finished:
         """Skip a queued step whose ``when:`` is false; its downstream follow their trigger rules."""
         finished = self.store.skip_step(run_id, step, attempt)

@@ -129,6 +129,8 @@ def plan_run(
             max_parallel=step.max_parallel,
             max_items=step.max_items,
             sensor=step.sensor,
+            wait_for=step.wait_for,
+            produces=step.produces,
             deferred=deferred,
             context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
                      if not templates.is_late(n)},

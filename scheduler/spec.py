@@ -245,6 +245,10 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             if key in step and "for_each" not in step:
                 yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
         yield from _step_problems(source, at, step, defaults, known, f"step '{name}'", refs)
+        if isinstance(step.get("wait_for"), list):
+            for index, wait in enumerate(step["wait_for"]):
+                if isinstance(wait, dict):
+                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"))
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -772,7 +776,19 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         max_parallel=raw.get("max_parallel"),
         max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
         sensor=_sensor(raw.get("sensor")),
+        wait_for=tuple(_wait(w) for w in raw.get("wait_for", ())),
+        produces=tuple(raw.get("produces", ())),
     )
+
+
+WAIT_TIMEOUT, WAIT_INTERVAL = 6 * 3600.0, 30.0
+
+
+def _wait(raw: dict[str, Any]) -> dict[str, Any]:
+    """One ``wait_for`` entry with its defaults: the whole run, of the same logical date, in success."""
+    return {"dag": raw["dag"], "step": raw.get("step", ""), "logical_date": raw.get("logical_date", "same"),
+            "state": raw.get("state", "success"), "timeout": seconds(raw.get("timeout"), WAIT_TIMEOUT),
+            "interval": seconds(raw.get("interval"), WAIT_INTERVAL)}
 
 
 def _sensor(raw: dict[str, Any] | None) -> Sensor | None:

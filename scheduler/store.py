@@ -47,6 +47,7 @@ from scheduler.results import (
     decode_sla_misses,
     decode_started,
     decode_step_cancel,
+    decode_waited,
 )
 from scheduler.settings import Settings
 
@@ -96,6 +97,7 @@ class RunStore:
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
         self._poke = self.script("poke.lua")
+        self._wait = self.script("wait.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -299,6 +301,7 @@ class RunStore:
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
+            "fire_date": plan.logical_date.astimezone(UTC).isoformat(),  # how other DAGs' wait_for find it
         }
         steps = []
         for name in [*plan.order, *plan.handlers]:
@@ -314,6 +317,8 @@ class RunStore:
                 **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
                 **self._mapped_fields(step),
+                **({"wait_for": json.dumps([dict(w) for w in step.wait_for])} if step.wait_for else {}),
+                **({"produces": json.dumps(list(step.produces))} if step.produces else {}),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
                 "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
@@ -367,6 +372,11 @@ class RunStore:
             fields += [key, "" if value is None else value]
         return decode_poked(self._poke(args=[self.prefix, run_id, step, attempt, now_iso(now), interval,
                                              timeout or 0, since, retry_delay, holder, *fields]))
+
+    def wait_check(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished | None:
+        """Check a step's ``wait_for`` before its attempt starts: None when everything it waits for holds;
+        else the attempt waits in Redis (its re-delivery in ``ready``), or failed with wait_timeout."""
+        return decode_waited(self._wait(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
