@@ -106,9 +106,11 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     SCHEDULE = "schedule"
     BACKFILL = "backfill"
+    DATASET = "dataset"  # every dataset of the DAG's schedule: {on: [...]} had a new event
 
 
-TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
+TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW,
+                    Trigger.DATASET: Priority.DEFAULT}
 
 
 def memory_bytes(value: str | int | None) -> int | None:

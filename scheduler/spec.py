@@ -508,8 +508,8 @@ def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | N
                    global_outages: Sequence[Outage] = ()) -> Schedule | None:
     """The DAG's schedule (None without one), as the daemon and ``ctl next`` both use it: its inline
     calendars over the named ones given, its own outages plus the global ones (which apply to every DAG)."""
-    if not isinstance(document.get("schedule"), dict):
-        return None
+    if not isinstance(document.get("schedule"), dict) or "cron" not in document["schedule"]:
+        return None  # none, or only dataset triggers (schedule: {on: [...]}, scheduler/datasets.py)
     schedule = Schedule.from_spec(document["schedule"],
                                   calendars={**(calendars or {}), **document.get("calendars", {})},
                                   outages=document.get("outages", {}), batch=document.get("batch"))
@@ -549,6 +549,8 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any], offline: bo
             except ScheduleError as exc:
                 yield source.problem(("batch",), str(exc))
         return
+    if "cron" not in schedule:
+        return  # dataset triggers only (schedule: {on: [...]})
     crons = schedule.get("cron")
     for index, cron in enumerate(crons if isinstance(crons, list) else [crons]):
         at = ("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron")

@@ -98,6 +98,8 @@ class RunStore:
         self._finish = self.script("finish.lua")
         self._poke = self.script("poke.lua")
         self._wait = self.script("wait.lua")
+        self._dataset_emit = self.script("dataset_emit.lua")
+        self._dataset_seen = self.script("dataset_seen.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -377,6 +379,28 @@ class RunStore:
         """Check a step's ``wait_for`` before its attempt starts: None when everything it waits for holds;
         else the attempt waits in Redis (its re-delivery in ``ready``), or failed with wait_timeout."""
         return decode_waited(self._wait(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
+
+    # --- datasets (scheduler/datasets.py) ------------------------------------------------------------
+
+    def emit_dataset(self, name: str, payload: Any = None, *, source: str = "",
+                     now: datetime | None = None) -> dict[str, Any]:
+        text = self._dataset_emit(args=[self.prefix, name, now_iso(now),
+                                        "" if payload is None else json.dumps(payload), source])
+        return json.loads(text)
+
+    def mark_datasets_seen(self, dag: str, seen: Mapping[str, int]) -> int:
+        return int(self._dataset_seen(args=[self.prefix, dag, json.dumps(dict(seen))]))
+
+    def dataset_last_events(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Each dataset's last event (all datasets with ``names`` None; a dataset never emitted is absent)."""
+        if names is None:
+            raw = self.r.hgetall(self.keys.datasets())
+        else:
+            raw = dict(zip(names, self.r.hmget(self.keys.datasets(), names), strict=True)) if names else {}
+        return {name: json.loads(text) for name, text in raw.items() if text}
+
+    def datasets_seen(self, dag: str) -> dict[str, int]:
+        return {name: int(seq) for name, seq in self.r.hgetall(self.keys.dataset_seen(dag)).items()}
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""

@@ -30,6 +30,7 @@ BUILTINS = (
     "ts",
     "data_interval_start",
     "data_interval_end",
+    "datasets",  # JSON: the dataset events that triggered the run ([] unless its trigger is 'dataset')
 )
 
 
