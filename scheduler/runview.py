@@ -75,7 +75,8 @@ def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
 
 def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
     """``ctl status RUN_ID --output json``: the run and every step with its attempts."""
-    data = run_object(store.run_record(run_id))
+    record = store.run_record(run_id)
+    data = run_object(record)
     data["steps"] = [
         {
             "name": step["name"],
@@ -84,7 +85,7 @@ def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
             **_mapped_object(step),
             **_waiting_object(step),
         }
-        for step in store.step_records(run_id)
+        for step in store.step_records(run_id, record)
     ]
     return data
 

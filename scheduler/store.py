@@ -556,9 +556,10 @@ class RunStore:
         key = self.keys.dag_runs(dag) if dag else self.keys.runs()
         return list(self.r.zrevrange(key, 0, limit - 1))
 
-    def step_records(self, run_id: str) -> list[dict[str, Any]]:
-        """Every step of a run in order, each with its attempts, in as few round trips as possible."""
-        record = self.run_record(run_id)
+    def step_records(self, run_id: str, record: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every step of a run in order, each with its attempts, in as few round trips as possible (one
+        fewer when the caller has the run's record already)."""
+        record = record or self.run_record(run_id)
         names = json.loads(record["steps"]) + list(json.loads(record.get("handlers") or "{}"))
         with self.r.pipeline(transaction=False) as pipe:
             for name in names:
@@ -664,6 +665,15 @@ class RunStore:
     def sched_epoch(self) -> str:
         """Bumped whenever calendars or global outages change (cache key for compiled schedules)."""
         return self.r.get(self.keys.sched_epoch()) or "0"
+
+    def dag_head(self, name: str) -> tuple[int | None, str]:
+        """The DAG's latest version (None: no such DAG) and the calendar epoch, in one round trip: what a
+        cache of compiled versions needs to know whether its entry is still the one to use."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.dag(name), "latest")
+            pipe.get(self.keys.sched_epoch())
+            latest, epoch = pipe.execute()
+        return (int(latest) if latest is not None else None), epoch or "0"
 
     def dag_summaries(self, names: list[str], last: int) -> list[tuple[dict[str, str], dict[str, Any] | None,
                                                                        list[tuple[str, str | None, str | None,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,10 +43,15 @@ class Upcoming:
 
     def dropped_summary(self) -> str:
         """``327 dropped: 210 not the last business day of the month, 104 weekend, 13 holiday``."""
-        if not self.dropped:
-            return "none dropped"
-        parts = ", ".join(f"{count} {kind}" for kind, count in self.dropped_by_reason())
-        return f"{len(self.dropped)} dropped: {parts}"
+        return dropped_summary(len(self.dropped), self.dropped_by_reason())
+
+
+def dropped_summary(total: int, by_reason: Iterable[tuple[str, int]]) -> str:
+    """:meth:`Upcoming.dropped_summary` from its parts (``ctl next`` through the server has only the JSON)."""
+    if not total:
+        return "none dropped"
+    parts = ", ".join(f"{count} {kind}" for kind, count in by_reason)
+    return f"{total} dropped: {parts}"
 
 
 def reason_kind(reason: str) -> str:

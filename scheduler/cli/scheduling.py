@@ -21,7 +21,7 @@ from scheduler.errors import UnavailableError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.service import load_version, store_calendars
 from scheduler.spec import load_file
-from scheduler.upcoming import upcoming
+from scheduler.upcoming import dropped_summary, upcoming
 
 DAY = 86400.0
 HISTORY_FORMS = "a number of days like 30 or 0.5, or a duration like 12h or 2w"
@@ -85,14 +85,22 @@ def scheduler(
 
 def pause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
     """Stop creating scheduled runs of a DAG (runs already created go on)."""
-    Agenda(common.store()).set_paused(dag, True)
+    set_paused(dag, True)
     views.out.print(f"{dag}: paused")
 
 
 def unpause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
     """Create scheduled runs of a DAG again (missed ones follow the DAG's catchup setting)."""
-    Agenda(common.store()).set_paused(dag, False)
+    set_paused(dag, False)
     views.out.print(f"{dag}: active")
+
+
+def set_paused(dag: str, paused: bool) -> None:
+    remote = common.remote()
+    if remote:
+        remote.set_paused(dag, paused)
+    else:
+        Agenda(common.store()).set_paused(dag, paused)
 
 
 def next_(
@@ -105,42 +113,50 @@ def next_(
 ) -> None:
     """Show the next fire times, and how many candidate times were dropped and why (--explain: each one)."""
     path = Path(dag)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        calendars, outages = {}, []
-        try:
-            store = common.store()
-            agenda = Agenda(store)
-            calendars, outages = store_calendars(store), agenda.global_outages()
-        except UnavailableError:
-            pass  # a file can be checked without Redis; named calendars and global outages then do not apply
-        spec, _ = load_file(path, calendars)
+    after = _aware(start) if start else None
+    remote = common.remote()
+    is_file = path.suffix in {".yaml", ".yml"} or path.exists()
+    if remote and not is_file:
+        name, data = dag, remote.next_fires(dag, count, after)
     else:
-        store = common.store()
-        calendars = store_calendars(store)
-        spec, _ = load_version(store, dag, calendars=calendars)
-        outages = Agenda(store).global_outages()
-    after = _aware(start) if start else datetime.now(UTC)
-    found = upcoming(spec, calendars, outages, after, count)
-    schedule, fires, dropped = found.schedule, found.fires, found.dropped
-    data = found.to_json()
+        if is_file:
+            calendars, outages = {}, []
+            try:
+                if remote:  # a team member's ctl has no Redis to ask
+                    raise UnavailableError("through ctl server")
+                store = common.store()
+                agenda = Agenda(store)
+                calendars, outages = store_calendars(store), agenda.global_outages()
+            except UnavailableError:
+                pass  # a file can be checked without Redis; named calendars and global outages then do not apply
+            spec, _ = load_file(path, calendars)
+        else:
+            store = common.store()
+            calendars = store_calendars(store)
+            spec, _ = load_version(store, dag, calendars=calendars)
+            outages = Agenda(store).global_outages()
+        name, data = spec.name, upcoming(spec, calendars, outages, after or datetime.now(UTC), count).to_json()
     if output == common.Output.json:
         views.print_json(data)
         return
     from rich.table import Table
 
-    table = Table(title=f"{spec.name}: next {len(fires)} fire times ({schedule.tz})", title_justify="left")
+    table = Table(title=f"{name}: next {len(data['fires'])} fire times ({data['timezone']})", title_justify="left")
     for column in ("local time", "UTC", "note"):
         table.add_column(column)
-    events = [(f.utc, f.logical_date.isoformat(), f.utc.isoformat(),
-               f"deferred to {f.due.isoformat()} by outage {f.deferred_by}" if f.deferred_by else "") for f in fires]
+    events = [(datetime.fromisoformat(f["utc"]), f["at"], f["utc"],
+               f"deferred to {f['due']} by outage {f['deferred_by']}" if f.get("deferred_by") else "")
+              for f in data["fires"]]
     if explain:
-        events += [(d.utc, d.at.isoformat(), d.utc.isoformat(), f"dropped: {d.reason}") for d in dropped]
+        events += [(datetime.fromisoformat(d["utc"]), d["at"], d["utc"], f"dropped: {d['reason']}")
+                   for d in data["dropped"]]
     for _, local, utc, note in sorted(events):
         table.add_row(local, utc, note)
     views.out.print(table)
-    if dropped:
+    if data["dropped"]:
         hint = "" if explain else " (--explain lists them)"
-        views.out.print(f"{found.dropped_summary()}{hint}", markup=False, highlight=False)
+        summary = dropped_summary(len(data["dropped"]), data["dropped_by_reason"].items())
+        views.out.print(f"{summary}{hint}", markup=False, highlight=False)
 
 
 def _aware(value: datetime | None) -> datetime:
