@@ -129,8 +129,8 @@ class Keys:
     def dataset_events(self, name: str) -> str:  # list: a dataset's recent events, newest first, capped
         return f"{self.prefix}:dataset:{name}:events"
 
-    def dataset_seen(self, dag: str) -> str:  # hash: dataset -> the event sequence the DAG's last dataset run used
-        return f"{self.prefix}:dag:{dag}:datasets_seen"
+    def dataset_seen(self, name: str) -> str:  # hash: dataset -> the event number a DAG's last dataset run used
+        return f"{self.prefix}:dag:{name}:datasets_seen"
 
     def events(self) -> str:  # stream: every state change, capped
         return f"{self.prefix}:events"
