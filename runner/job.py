@@ -21,7 +21,7 @@ from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
-from scheduler.outputs import OutputUnavailable, render_attempt
+from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
 from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
 
@@ -52,6 +52,12 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
+    [wait_for] = store.step_fields(run_id, step, "wait_for")
+    if wait_for:
+        waited = engine.wait(run_id, step, attempt)
+        if waited is not None:
+            log.info("%s %s attempt %s: %s (wait_for)", run_id, step, attempt, waited.state)
+            return waited.state
     lease = ctx.settings.attempt_lease
     key = (run_id, step, attempt)
     started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.holder, lease=lease,
@@ -169,7 +175,7 @@ def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, 
     """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
     and what to record on the attempt for reproducibility: the argv and env it ran with, when they
     differ from the stored plan."""
-    deferred = bool(plan.deferred)
+    deferred = bool(plan.deferred) or plan.step in HANDLER_STEPS  # a handler's env holds the run's state
     rendered = render_attempt(store, plan, step)
     if not deferred:
         return rendered, {}

@@ -106,9 +106,11 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     SCHEDULE = "schedule"
     BACKFILL = "backfill"
+    DATASET = "dataset"  # every dataset of the DAG's schedule: {on: [...]} had a new event
 
 
-TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
+TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW,
+                    Trigger.DATASET: Priority.DEFAULT}
 
 
 def memory_bytes(value: str | int | None) -> int | None:
@@ -177,6 +179,9 @@ class StepSpec:
     max_parallel: int | None = None
     max_items: int = 1000
     sensor: Sensor | None = None
+    # Other DAGs' runs (or steps) this step waits for: {dag, step, logical_date, state, timeout, interval}.
+    wait_for: tuple[Mapping[str, Any], ...] = ()
+    produces: tuple[str, ...] = ()  # datasets a successful attempt records an event for
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,8 @@ class StepPlan:
     max_parallel: int | None = None
     max_items: int = 1000
     sensor: Sensor | None = None
+    wait_for: tuple[Mapping[str, Any], ...] = ()
+    produces: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -287,6 +294,8 @@ class StepPlan:
         data["context"] = dict(self.context)
         data["for_each"] = dict(self.for_each) if self.for_each is not None else None
         data["sensor"] = vars(self.sensor).copy() if self.sensor is not None else None
+        data["wait_for"] = [dict(w) for w in self.wait_for]
+        data["produces"] = list(self.produces)
         return data
 
     @classmethod
@@ -297,4 +306,6 @@ class StepPlan:
         values["mounts"] = tuple(Mount(**m) for m in values.get("mounts", ()))
         values["outputs"] = tuple(values.get("outputs", ()))
         values["sensor"] = Sensor(**values["sensor"]) if values.get("sensor") else None
+        values["wait_for"] = tuple(values.get("wait_for", ()))
+        values["produces"] = tuple(values.get("produces", ()))
         return cls(**values)

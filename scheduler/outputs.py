@@ -16,7 +16,10 @@ from dataclasses import replace
 from typing import Protocol
 
 from scheduler import templates
-from scheduler.model import StepPlan, mapped_instance
+from scheduler.model import HANDLERS, StepPlan, mapped_instance
+
+HANDLER_STEPS = frozenset(name for name, _ in HANDLERS.values())
+RUN_STATE_ENV = "CONVEYOR_RUN_STATE"
 
 
 class OutputUnavailable(Exception):
@@ -28,6 +31,8 @@ class OutputSource(Protocol):
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]: ...
 
     def mapped_items(self, run_id: str, step: str) -> str | None: ...
+
+    def handler_facts(self, run_id: str) -> tuple[str, list[dict[str, object]]]: ...
 
 
 def referenced_steps(plan: StepPlan) -> list[str]:
@@ -93,6 +98,11 @@ def render_attempt(source: OutputSource, plan: StepPlan, step: str | None = None
     instance = mapped_instance(step or plan.step)
     if instance is not None:
         plan = replace(plan, step=step or plan.step)
+    extra: dict[str, str] = {}
+    if plan.step in HANDLER_STEPS:  # a handler says what happened: the run's state and what failed in it
+        state, failed = source.handler_facts(plan.run_id)
+        plan = replace(plan, env={**plan.env, RUN_STATE_ENV: state})
+        extra["failed_steps"] = json.dumps(failed)
     if not plan.deferred:
         return plan
     item = None
@@ -101,4 +111,4 @@ def render_attempt(source: OutputSource, plan: StepPlan, step: str | None = None
         if items is None:
             raise OutputUnavailable(f"mapped step '{instance[0]}' has no list of items")
         item = item_context(items, instance[1])
-    return render(plan, source.step_outputs(plan.run_id, referenced_steps(plan)), item)
+    return render(plan, source.step_outputs(plan.run_id, referenced_steps(plan)), {**(item or {}), **extra})

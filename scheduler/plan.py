@@ -54,7 +54,7 @@ def new_run_id(dag: str, now: datetime) -> str:
 
 
 def context(spec: DagSpec, run_id: str, params: Mapping[str, Any], trigger: Trigger, logical_date: datetime,
-            interval: tuple[datetime | None, datetime | None]) -> dict[str, Any]:
+            interval: tuple[datetime | None, datetime | None], datasets: str = "[]") -> dict[str, Any]:
     """The flat template context of a run (``params.x`` keys are dotted)."""
     start, end = interval
     day = start or logical_date  # ds is the day whose data the run processes (as in Airflow 2)
@@ -68,6 +68,7 @@ def context(spec: DagSpec, run_id: str, params: Mapping[str, Any], trigger: Trig
         "ds_nodash": day.strftime("%Y%m%d"),
         "data_interval_start": (start or logical_date).isoformat(),
         "data_interval_end": (end or logical_date).isoformat(),
+        "datasets": datasets,
     }
     values.update({f"params.{k}": v for k, v in params.items()})
     return values
@@ -86,12 +87,13 @@ def plan_run(
     run_id: str | None = None,
     provenance: Mapping[str, Any] | None = None,
     only: Collection[str] = (),
+    datasets: str = "[]",
 ) -> RunPlan:
     """Render every step of a run. ``priority`` given here (at trigger time) wins over the DAG's and steps'.
     ``only``: run just these steps, everything upstream of them treated as succeeded (see :func:`assume`)."""
     run_id = run_id or new_run_id(spec.name, now)
     logical_date = logical_date or now
-    ctx = context(spec, run_id, params, trigger, logical_date, interval)
+    ctx = context(spec, run_id, params, trigger, logical_date, interval, datasets)
     run_priority = priority or spec.priority or TRIGGER_PRIORITY[trigger]
     upstream = {name: step.depends_on for name, step in spec.steps.items()}
     steps = {}
@@ -129,6 +131,8 @@ def plan_run(
             max_parallel=step.max_parallel,
             max_items=step.max_items,
             sensor=step.sensor,
+            wait_for=step.wait_for,
+            produces=step.produces,
             deferred=deferred,
             context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
                      if not templates.is_late(n)},

@@ -154,6 +154,19 @@ def decode_poked(reply: Sequence[Any]) -> Finished:
     return Finished(StepState.WAITING, (again, *decode_ready(reply[4])))
 
 
+def decode_waited(reply: Sequence[Any]) -> Finished | None:
+    """wait.lua: {'go'} → None (start the attempt) | {'stale'} | {'waiting', {ready}, interval, checks} (the
+    same attempt delivered again after interval, tag ``wait-N``) | {'done', 'failed', ready} (wait_timeout)."""
+    if reply[0] == "go":
+        return None
+    if reply[0] == "waiting":
+        rid, step, n, queue, timeout = reply[1][0]
+        again = Ready(rid, step, int(n), queue, float(timeout) if timeout else None, float(reply[2]),
+                      tag=f"wait-{int(reply[3])}")
+        return Finished(StepState.WAITING, (again,))
+    return decode_finished(reply)
+
+
 def decode_started(reply: Sequence[Any]) -> Started:
     """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
     import json

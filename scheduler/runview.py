@@ -83,6 +83,7 @@ def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
             "state": step["state"],
             "attempts": [attempt_object(a) for a in step["attempts"]],
             **_mapped_object(step),
+            **_waiting_object(step),
         }
         for step in store.step_records(run_id, record)
     ]
@@ -98,6 +99,14 @@ def _mapped_object(step: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {"instances": _int(step.get("instances")), "error": _none(step.get("error")),
             "outputs": json.loads(step["outputs"]) if step.get("outputs") else None}
+
+
+def _waiting_object(step: dict[str, Any]) -> dict[str, Any]:
+    """A step waiting for other DAGs (wait_for): what it still waits for and when it checks again."""
+    if not step.get("waiting_for") or step.get("state") != "waiting":
+        return {}
+    return {"waiting_for": json.loads(step["waiting_for"]),
+            "next_check": datetime.fromtimestamp(float(step["next_check"]), UTC).isoformat(timespec="milliseconds")}
 
 
 def log_attempt(store: RunStore, run_id: str, step: str, attempt: int | None = None) -> int:

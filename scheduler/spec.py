@@ -245,6 +245,10 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             if key in step and "for_each" not in step:
                 yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
         yield from _step_problems(source, at, step, defaults, known, f"step '{name}'", refs)
+        if isinstance(step.get("wait_for"), list):
+            for index, wait in enumerate(step["wait_for"]):
+                if isinstance(wait, dict):
+                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"))
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -271,7 +275,8 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
         if isinstance(data.get(key), dict):
-            yield from _step_problems(source, (key,), data[key], defaults, known, f"handler '{key}'")
+            yield from _step_problems(source, (key,), data[key], defaults, [*known, *templates.HANDLER_NAMES],
+                                      f"handler '{key}'")
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.
@@ -503,8 +508,8 @@ def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | N
                    global_outages: Sequence[Outage] = ()) -> Schedule | None:
     """The DAG's schedule (None without one), as the daemon and ``ctl next`` both use it: its inline
     calendars over the named ones given, its own outages plus the global ones (which apply to every DAG)."""
-    if not isinstance(document.get("schedule"), dict):
-        return None
+    if not isinstance(document.get("schedule"), dict) or "cron" not in document["schedule"]:
+        return None  # none, or only dataset triggers (schedule: {on: [...]}, scheduler/datasets.py)
     schedule = Schedule.from_spec(document["schedule"],
                                   calendars={**(calendars or {}), **document.get("calendars", {})},
                                   outages=document.get("outages", {}), batch=document.get("batch"))
@@ -544,6 +549,8 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any], offline: bo
             except ScheduleError as exc:
                 yield source.problem(("batch",), str(exc))
         return
+    if "cron" not in schedule:
+        return  # dataset triggers only (schedule: {on: [...]})
     crons = schedule.get("cron")
     for index, cron in enumerate(crons if isinstance(crons, list) else [crons]):
         at = ("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron")
@@ -771,7 +778,19 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         max_parallel=raw.get("max_parallel"),
         max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
         sensor=_sensor(raw.get("sensor")),
+        wait_for=tuple(_wait(w) for w in raw.get("wait_for", ())),
+        produces=tuple(raw.get("produces", ())),
     )
+
+
+WAIT_TIMEOUT, WAIT_INTERVAL = 6 * 3600.0, 30.0
+
+
+def _wait(raw: dict[str, Any]) -> dict[str, Any]:
+    """One ``wait_for`` entry with its defaults: the whole run, of the same logical date, in success."""
+    return {"dag": raw["dag"], "step": raw.get("step", ""), "logical_date": raw.get("logical_date", "same"),
+            "state": raw.get("state", "success"), "timeout": seconds(raw.get("timeout"), WAIT_TIMEOUT),
+            "interval": seconds(raw.get("interval"), WAIT_INTERVAL)}
 
 
 def _sensor(raw: dict[str, Any] | None) -> Sensor | None:

@@ -47,6 +47,7 @@ from scheduler.results import (
     decode_sla_misses,
     decode_started,
     decode_step_cancel,
+    decode_waited,
 )
 from scheduler.settings import Settings
 
@@ -96,6 +97,9 @@ class RunStore:
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
         self._poke = self.script("poke.lua")
+        self._wait = self.script("wait.lua")
+        self._dataset_emit = self.script("dataset_emit.lua")
+        self._dataset_seen = self.script("dataset_seen.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -299,6 +303,7 @@ class RunStore:
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
+            "fire_date": plan.logical_date.astimezone(UTC).isoformat(),  # how other DAGs' wait_for find it
         }
         steps = []
         for name in [*plan.order, *plan.handlers]:
@@ -314,6 +319,8 @@ class RunStore:
                 **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
                 **self._mapped_fields(step),
+                **({"wait_for": json.dumps([dict(w) for w in step.wait_for])} if step.wait_for else {}),
+                **({"produces": json.dumps(list(step.produces))} if step.produces else {}),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
                 "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
@@ -368,6 +375,33 @@ class RunStore:
         return decode_poked(self._poke(args=[self.prefix, run_id, step, attempt, now_iso(now), interval,
                                              timeout or 0, since, retry_delay, holder, *fields]))
 
+    def wait_check(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished | None:
+        """Check a step's ``wait_for`` before its attempt starts: None when everything it waits for holds;
+        else the attempt waits in Redis (its re-delivery in ``ready``), or failed with wait_timeout."""
+        return decode_waited(self._wait(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
+
+    # --- datasets (scheduler/datasets.py) ------------------------------------------------------------
+
+    def emit_dataset(self, name: str, payload: Any = None, *, source: str = "",
+                     now: datetime | None = None) -> dict[str, Any]:
+        text = self._dataset_emit(args=[self.prefix, name, now_iso(now),
+                                        "" if payload is None else json.dumps(payload), source])
+        return json.loads(text)
+
+    def mark_datasets_seen(self, dag: str, seen: Mapping[str, int]) -> int:
+        return int(self._dataset_seen(args=[self.prefix, dag, json.dumps(dict(seen))]))
+
+    def dataset_last_events(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Each dataset's last event (all datasets with ``names`` None; a dataset never emitted is absent)."""
+        if names is None:
+            raw = self.r.hgetall(self.keys.datasets())
+        else:
+            raw = dict(zip(names, self.r.hmget(self.keys.datasets(), names), strict=True)) if names else {}
+        return {name: json.loads(text) for name, text in raw.items() if text}
+
+    def datasets_seen(self, dag: str) -> dict[str, int]:
+        return {name: int(seq) for name, seq in self.r.hgetall(self.keys.dataset_seen(dag)).items()}
+
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
         record = self.run_record(run_id)
@@ -383,6 +417,22 @@ class RunStore:
     def mapped_items(self, run_id: str, step: str) -> str | None:
         """The JSON list a mapped step expanded over (its instances' items), or None."""
         return self.r.hget(self.keys.step(run_id, step), "items")
+
+    def handler_facts(self, run_id: str) -> tuple[str, list[dict[str, Any]]]:
+        """What a handler step is told: the state its run ended in and each failed step (mapped instances
+        included) with its last attempt's number, exit code, reason and error, in run order."""
+        final = self.r.hget(self.keys.run(run_id), "final") or ""
+        failed = []
+        for step in self.step_records(run_id):
+            if step.get("state") != "failed" or int(step.get("instances") or 0):
+                continue  # a mapped step failed through its instances, listed one by one
+            last = step["attempts"][-1] if step["attempts"] else {}
+            code = last.get("exit_code")
+            failed.append({"step": step["name"], "attempt": int(step.get("attempt") or 0),
+                           "exit_code": int(code) if code not in (None, "", "None") else None,
+                           "reason": last.get("reason") or None, "error": last.get("error") or step.get("error")
+                           or None})
+        return final, failed
 
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
         """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""

@@ -30,6 +30,7 @@ BUILTINS = (
     "ts",
     "data_interval_start",
     "data_interval_end",
+    "datasets",  # JSON: the dataset events that triggered the run ([] unless its trigger is 'dataset')
 )
 
 
@@ -90,10 +91,14 @@ def is_item(name: str) -> bool:
     return name in ITEM_NAMES or name.startswith("item.")
 
 
+#: Names only a handler step (on_failure, ...) has: what went wrong in its run, as JSON.
+HANDLER_NAMES = ("failed_steps",)
+
+
 def is_late(name: str) -> bool:
-    """Names only known when the attempt starts (upstream outputs, a mapped instance's item), rendered
-    then by the worker."""
-    return step_ref(name) is not None or is_item(name)
+    """Names only known when the attempt starts (upstream outputs, a mapped instance's item, a handler's
+    failed steps), rendered then by the worker."""
+    return step_ref(name) is not None or is_item(name) or name in HANDLER_NAMES
 
 
 def known_names(param_names: Iterable[str]) -> list[str]:

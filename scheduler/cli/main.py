@@ -16,6 +16,7 @@ from scheduler.cli import (
     catalog,
     dags,
     data,
+    datasets,
     diff,
     local,
     observe,
@@ -82,6 +83,7 @@ app.command()(server.server)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 app.add_typer(pools.pool_app, name="pool")
+app.add_typer(datasets.dataset_app, name="dataset")
 app.add_typer(catalog.dags_app, name="dags")
 
 

@@ -20,4 +20,12 @@ for i = 9, #ARGV, 2 do
   end
 end
 if #record > 0 then redis.call('HSET', attempt_key(rid, s, n), unpack(record)) end
+-- A successful producer's datasets get their event in this same transition (nothing lost, nothing twice).
+if outcome == 'success' then
+  local produces = redis.call('HGET', sk, 'produces')
+  local run = redis.call('HMGET', run_key(rid), 'dag', 'logical_date')
+  for _, name in ipairs(cjson.decode(produces or '[]')) do
+    record_dataset(name, {run = rid, dag = run[1], step = s, logical_date = run[2] or '', at = now})
+  end
+end
 return end_attempt(rid, s, n, outcome, now, ARGV[7])

@@ -41,6 +41,9 @@ function K.queued() return P .. ':queued' end
 function K.delayed() return P .. ':delayed' end
 function K.sla() return P .. ':sla' end
 function K.jobs_refused() return P .. ':jobs_refused' end
+function K.datasets() return P .. ':datasets' end
+function K.dataset_events(name) return P .. ':dataset:' .. name .. ':events' end
+function K.dataset_seen(d) return P .. ':dag:' .. d .. ':datasets_seen' end
 function K.events() return P .. ':events' end
 local run_key, step_key, attempt_key = K.run, K.step, K.attempt
 
@@ -98,6 +101,21 @@ end
 local function event(rid, kind, step, state, attempt, now)
   redis.call('XADD', K.events(), 'MAXLEN', '~', 10000, '*',
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)
+end
+
+-- Record an event of a dataset (a producer step succeeded, or ctl dataset emit): numbered per dataset,
+-- kept as its last event and in its capped list of recent ones. Returns the event's JSON.
+local function record_dataset(name, event_fields)
+  local last = redis.call('HGET', K.datasets(), name)
+  event_fields['seq'] = (last and cjson.decode(last)['seq'] or 0) + 1
+  event_fields['dataset'] = name
+  local text = cjson.encode(event_fields)
+  redis.call('HSET', K.datasets(), name, text)
+  redis.call('LPUSH', K.dataset_events(name), text)
+  redis.call('LTRIM', K.dataset_events(name), 0, 99)
+  redis.call('RPUSH', K.wake(), 'dataset')  -- the scheduler looks at its consumers at once
+  redis.call('LTRIM', K.wake(), -100, -1)
+  return text
 end
 
 -- Queue a step's next attempt (1 at first; after a rerun, the numbering goes on); returns the entry
