@@ -80,6 +80,17 @@ def next_fires(dag: str, request: Request, n: int = Query(10, ge=1, le=1000),
     return ops_of(request).next_fires(dag, n, start).to_json()
 
 
+class DatasetEventBody(BaseModel):
+    payload: Any = Field(None, description="Any JSON value, kept with the event and passed to consumers.")
+
+
+@router.post("/datasets/{name}/events", status_code=201,
+             summary="Record a dataset event (ctl dataset emit): DAGs whose schedule lists it get their run")
+def dataset_event(name: str, request: Request, body: DatasetEventBody | None = None,
+                  principal: Principal = Depends(api_writer)) -> dict[str, Any]:
+    return ops_of(request).emit_dataset(name, (body or DatasetEventBody()).payload, "api")
+
+
 @router.post("/dags/{dag}/pause", summary="Stop creating scheduled runs")
 def pause(dag: str, request: Request, _: Principal = Depends(api_writer)) -> dict[str, Any]:
     ops_of(request).set_paused(dag, True)

@@ -191,6 +191,10 @@ class Ops:
     def set_paused(self, name: str, paused: bool) -> None:
         Agenda(self.store).set_paused(name, paused)
 
+    def emit_dataset(self, name: str, payload: Any, who: str) -> dict[str, Any]:
+        """``ctl dataset emit``: an event of a dataset from outside Conveyor."""
+        return self.engine.emit_dataset(name, payload, source=who)
+
     # --- runs -----------------------------------------------------------------------------------
 
     def trigger(self, dag: str, params: Mapping[str, Any], priority: Priority | None = None) -> str:
