@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import redis
 
 from runner.attempt_log import AttemptLog
+from runner.checkpoints import Checkpoint
 from runner.containers import Outcome, labels_for
 from runner.context import current
 from runner.lease import LeaseKeeper
@@ -99,8 +100,9 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
         output.mask_with(secret_values)
+        extra = {"checkpoint": _checkpoint(ctx, key)} if getattr(ctx.runtime, "supports_checkpoints", False) else {}
         outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
-                                  output, should_stop, keep=True)
+                                  output, should_stop, keep=True, **extra)
         if outcome.reason in ENGINE_LOST and outcome.container_id:
             from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
 
@@ -118,6 +120,13 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
     if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted)
         ctx.runtime.reap([outcome.container_id])
     return state
+
+
+def _checkpoint(ctx, key: tuple[str, str, int]) -> Checkpoint:
+    """The step's last saved checkpoint to put in place, and how this attempt saves a new one (fenced)."""
+    run_id, step, attempt = key
+    return Checkpoint(ctx.store.checkpoint(run_id, step),
+                      lambda data: ctx.store.save_checkpoint(run_id, step, attempt, data, holder=ctx.holder))
 
 
 def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float,

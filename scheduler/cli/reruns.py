@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
 from scheduler.cli import common, views, watch
 from scheduler.cli.runs import finish
+from scheduler.errors import ConveyorError
 from scheduler.remote import Remote
 from scheduler.service import plan_rerun
 from scheduler.store import RunStore
@@ -18,12 +21,17 @@ def rerun(
     everything: bool = typer.Option(False, "--all", help="Rerun every step."),
     latest: bool = typer.Option(False, "--latest", help="Use the DAG's latest version and image tags instead of "
                                 "the run's pinned version and image ids."),
+    resume: bool = typer.Option(False, "--resume", help="The steps find their last saved checkpoints "
+                                "($CONVEYOR_CHECKPOINT) in place; without it they start clean."),
     wait: bool = typer.Option(False, "--wait", help="Follow the run and exit 0 only if it succeeds."),
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run steps of an ended run again (default: the failed and upstream_failed ones). History is kept."""
     remote = common.remote()
     if remote:
+        if resume:
+            raise ConveyorError("ctl rerun --resume is not available through the server yet; run it against "
+                                "Redis (without CONVEYOR_SERVER)")
         source: RunStore | Remote = remote
         done = remote.rerun(run_id, step=step, downstream=not no_downstream, everything=everything, latest=latest)
         steps, version, notes = done["rerun"], done["version"], done["notes"]
@@ -32,7 +40,7 @@ def rerun(
         source = engine.store
         chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
                             latest=latest)
-        engine.rerun(chosen)
+        engine.rerun(replace(chosen, resume=resume))
         steps, version, notes = chosen.steps, chosen.version, chosen.notes
     for note in notes:
         views.err.print(note, markup=False)
