@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from scheduler.cli.main import app
 from scheduler.dispatch import Dispatcher
 from scheduler.engine import Engine
+from scheduler.results import StartStatus
 from scheduler.service import plan_rerun, submit_file
 from scheduler.store import RunStore
 from tests.conftest import Workers, wait_for_run
@@ -56,7 +57,7 @@ def test_a_retry_resumes_from_the_checkpoint_and_a_rerun_starts_clean_unless_res
     workers.start(1)
     engine = Engine(store, dispatcher)
     run_id = engine.create_run("ckpt-counter", {})
-    assert wait_for_run(store, run_id)["state"] == "success"
+    assert wait_for_run(store, run_id)["state"] == "success", attempts_of(store, run_id)
     first, retry = attempts_of(store, run_id)
     assert first["state"] == "failed" and store.read_log(run_id, "count", 1) == b"from 0\nfailing at 5\n"
     assert retry["state"] == "success" and json.loads(retry["outputs"]) == {"start": "5"}  # resumed
@@ -101,3 +102,25 @@ def test_the_checkpoint_is_saved_while_the_step_runs(tmp_path, store: RunStore, 
     assert store.checkpoint(run_id, "long") == b"7\n"
     assert steps_of(store, run_id)["long"]["state"] == "running"  # saved before the container ended
     assert wait_for_run(store, run_id)["state"] == "success"
+
+
+def test_a_save_is_fenced_by_the_attempt_and_deleting_the_run_deletes_the_checkpoint(
+        tmp_path, store: RunStore, dispatcher: Dispatcher) -> None:
+    submit_file(store, write_dag(tmp_path, """
+        name: ckpt-fenced
+        defaults: {image: conveyor/busybox:local}
+        steps:
+          a: {command: ["true"]}
+    """))
+    engine = Engine(store, dispatcher)
+    run_id = engine.create_run("ckpt-fenced", {})
+    assert engine.start(run_id, "a", 1, host="h", pid=1, worker="w1", lease=30).status is StartStatus.OK
+    assert store.save_checkpoint(run_id, "a", 1, b"one", holder="w1")
+    assert not store.save_checkpoint(run_id, "a", 1, b"stale", holder="w2")  # not the holder
+    assert not store.save_checkpoint(run_id, "a", 2, b"future", holder="w1")  # not the current attempt
+    assert store.checkpoint(run_id, "a") == b"one"
+    engine.finish(run_id, "a", 1, "success", {"exit_code": 0}, holder="w1")
+    assert not store.save_checkpoint(run_id, "a", 1, b"late", holder="w1")  # the attempt has ended
+    assert store.checkpoint(run_id, "a") == b"one"
+    assert store.delete_run(run_id)
+    assert store.checkpoint(run_id, "a") is None
