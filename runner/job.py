@@ -25,7 +25,6 @@ from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
-ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container ran
 
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
@@ -84,10 +83,9 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str
         output.mask_with(secret_values)
         outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
                                   output, should_stop, keep=True)
-        if outcome.reason in ENGINE_LOST and outcome.container_id:
-            from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
+        from runner.adoption import through_engine_loss  # the engine went away mid-step: wait for it
 
-            outcome = after_engine_loss(ctx, key, plan, outcome, output, should_stop)
+        outcome = through_engine_loss(ctx, key, plan, outcome, output, should_stop)
     except StepRefused as exc:
         outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
