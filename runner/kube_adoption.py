@@ -28,7 +28,8 @@ class KubernetesAdoption:
         run_id, step, attempt = key
         wanted = {"prefix": prefix, "store": store_id, "run": run_id, "step": step, "attempt": str(attempt)}
         selector = ",".join(f"{LABEL_PREFIX}.{name}={label_value(value)}" for name, value in wanted.items())
-        pods = self.runtime.core.list_namespaced_pod(self.runtime.namespace, label_selector=selector).items
+        pods = self.runtime.core.list_namespaced_pod(self.runtime.namespace, label_selector=selector,
+                                                     _request_timeout=self.runtime.timeout).items
         for pod in pods:  # the selector may match a hash stand-in (and an emulator may ignore it): check exactly
             exact = pod.metadata.annotations or {}
             if all(exact.get(f"{LABEL_PREFIX}.{name}") == value for name, value in wanted.items()):
