@@ -54,7 +54,7 @@ from runner.containers import (
 from runner.context import WorkerContext
 from runner.lease import LeaseKeeper
 from scheduler.logs import attempt_context, bind
-from scheduler.model import StepPlan
+from scheduler.model import AttemptOutcome, StepPlan
 from scheduler.reaper import Sighting
 from scheduler.results import Adopted, StartStatus
 from scheduler.store import parse_member
@@ -123,6 +123,8 @@ class Adopter:
         return adoption_for(self.context.runtime)
 
     def consider(self, entry: str) -> Sighting:
+        from runner.job import plan_refusal  # job imports this module lazily: no cycle at import time
+
         context = self.context
         key = parse_member(entry)
         if key in context.following:
@@ -143,8 +145,13 @@ class Adopter:
             return Sighting.GONE if ran_on and ran_on == mine else Sighting.UNSEEN
         adopted = context.engine.adopt(entry, adopter=context.holder, lease=context.settings.attempt_lease,
                                        container_id=found.id)
-        if adopted.status is not StartStatus.OK or adopted.plan is None:
+        if adopted.status is not StartStatus.OK:
             return Sighting.BUSY  # renewed in time, adopted by another worker first, or ended meanwhile
+        refusal = plan_refusal(adopted, key[0], key[1], context.settings.signing_key,
+                               "its container was removed and nothing of it collected")
+        if refusal is not None or adopted.plan is None:
+            self._refuse(key, found, refusal or "no plan")
+            return Sighting.BUSY  # ended here: nothing left for the reaper
         context.following.add(key)
         log.warning("%s %s attempt %d adopted: its worker stopped renewing the lease, its container %s is %s",
                     *key, found.id[:12], found.status)
@@ -153,6 +160,18 @@ class Adopter:
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
         return Sighting.ADOPTED
+
+    def _refuse(self, key: tuple[str, str, int], found: Found, refusal: str) -> None:
+        """The stored plan was changed since a worker verified it and started the container: follow
+        nothing of it (its timeout, secrets, outputs), stop the container and fail the attempt, as a
+        starting worker refuses such a plan (``plan_signature``)."""
+        from runner.job import _with_redis_retries
+
+        log.error("%s %s attempt %d: adoption refused: %s", *key, refusal)
+        self.runtime.remove(found.id)
+        _with_redis_retries(lambda: self.context.engine.finish(
+            *key, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal, "container_id": found.id},
+            holder=self.context.holder))
 
     def _follow(self, key: tuple[str, str, int], found: Found, adopted: Adopted) -> None:
         from runner.job import record_result  # job imports this module lazily: no cycle at import time

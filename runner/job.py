@@ -20,7 +20,7 @@ from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan
-from scheduler.results import Started, StartStatus
+from scheduler.results import Adopted, Started, StartStatus
 from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
@@ -57,7 +57,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
     plan = started.plan
-    refusal = _plan_refusal(started, run_id, step, ctx.settings.signing_key)
+    refusal = plan_refusal(started, run_id, step, ctx.settings.signing_key)
     if refusal is not None or plan is None:
         # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
         log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
@@ -127,17 +127,18 @@ def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outco
     return finished.state
 
 
-def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:
-    """Why this worker must not run the stored plan, or None. Without a key plans are not checked
-    (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
+def plan_refusal(started: Started | Adopted, run_id: str, step: str, key: bytes | None,
+                 consequence: str = "nothing was run") -> str | None:
+    """Why this worker must not run (or adopt) the stored plan, or None. Without a key plans are not
+    checked (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
     if started.plan is None:
-        return "the stored plan is not a plan Conveyor wrote; nothing was run"
+        return f"the stored plan is not a plan Conveyor wrote; {consequence}"
     if key is None:
         return None
     if not started.signature:
-        return "the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); nothing was run"
+        return f"the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); {consequence}"
     if not signing.verify(key, run_id, step, started.plan_json, started.signature):
-        return "the plan's signature does not verify: it was changed after it was signed; nothing was run"
+        return f"the plan's signature does not verify: it was changed after it was signed; {consequence}"
     return None
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -293,6 +294,48 @@ def test_the_reaper_declares_lost_only_what_no_worker_can_adopt(
     wait_for(lambda: store.step_records(rid)[0]["state"] == "failed", what="the adopted attempt's end")
     here = store.step_records(rid)[0]["attempts"][0]
     assert here["exit_code"] == "137" and here["reason"] == "exit_code"
+    gone(docker_client, rid)
+
+
+def test_an_adopter_refuses_a_plan_changed_since_it_was_signed(
+        settings: Settings, store: RunStore, image: str, docker_client: docker.DockerClient) -> None:
+    """As a starting worker does: a plan whose signature does not verify is not followed (its timeout,
+    secrets, outputs are someone else's now); the container is removed and nothing of it collected."""
+    assert settings.signing_key, "the suite signs and verifies plans"
+    context = WorkerContext(settings, name="adopter")
+    plan, _ = new_run(store, spec_from("""
+        name: adopt-signed
+        steps:
+          honest: {image: conveyor/busybox:local, command: [sh, -c, "echo honest; sleep 30"], retries: 0}
+          changed: {image: conveyor/busybox:local, command: [sh, -c, "echo changed; sleep 30"], retries: 0}
+    """))
+    rid = plan.run_id
+    containers = {}
+    for step in ("honest", "changed"):
+        assert store.start_attempt(rid, step, 1, host="h", pid=1, worker="dead", lease=0.1,
+                                   engine_id=Adopter(context).runtime.engine_id()).status is StartStatus.OK
+        step_plan = store.step_plan(rid, step)
+        containers[step] = docker_client.containers.run(
+            image, list(step_plan.argv), detach=True, labels=labels_for(step_plan, 1, settings.prefix,
+                                                                        store.store_id))
+    # A Redis writer without the key rewrites the stored plan (a longer timeout, a secret to read...).
+    stored = json.loads(store.r.hget(store.keys.step(rid, "changed"), "plan"))
+    stored["timeout"] = 86400
+    store.r.hset(store.keys.step(rid, "changed"), "plan", json.dumps(stored))
+    time.sleep(0.3)
+    adopter = Adopter(context)
+    assert adopter.consider(member(rid, "changed", 1)) is Sighting.BUSY  # ended here, not followed
+    assert adopter.consider(member(rid, "honest", 1)) is Sighting.ADOPTED
+    [refused] = attempts(store, rid, "changed")
+    assert refused["state"] == "failed" and refused["reason"] == "plan_signature"
+    assert "does not verify" in refused["error"] and "nothing of it collected" in refused["error"]
+    assert refused["adopted_by"] == "adopter"  # it took the lease, so that no one else follows it either
+    assert store.read_log(rid, "changed", 1) == b""  # nothing collected
+    wait_for(lambda: not docker_client.api.containers(all=True, filters={"id": containers["changed"].id}),
+             what="the refused container's removal")
+    containers["honest"].kill()
+    wait_for(lambda: attempts(store, rid, "honest")[0]["state"] == "failed", what="the honest attempt's end")
+    assert store.read_log(rid, "honest", 1) == b"honest\n"
     gone(docker_client, rid)
 
 
