@@ -55,6 +55,7 @@ from runner.context import WorkerContext
 from runner.lease import LeaseKeeper
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.outputs import OutputUnavailable
 from scheduler.reaper import Sighting
 from scheduler.results import Adopted, StartStatus
 from scheduler.store import parse_member
@@ -174,7 +175,7 @@ class Adopter:
             holder=self.context.holder))
 
     def _follow(self, key: tuple[str, str, int], found: Found, adopted: Adopted) -> None:
-        from runner.job import record_result  # job imports this module lazily: no cycle at import time
+        from runner.job import _render_late, record_result  # job imports this module lazily: no cycle
 
         run_id, step, attempt = key
         plan = adopted.plan
@@ -183,11 +184,17 @@ class Adopter:
             bind(dag=plan.dag)
             try:
                 began = time.perf_counter()
+                try:  # the argv and env it runs with, rendered again as its worker did (upstream outputs are final)
+                    plan, rendered = _render_late(self.context.store, plan, step)
+                except OutputUnavailable:
+                    rendered = {}
                 outcome = follow_adopted(self.context, self.runtime, key, plan, found, adopted.log_bytes)
                 if outcome.detached:
                     log.info("%s %s attempt %d: %s; its container runs on", run_id, step, attempt, outcome.reason)
                     return
-                record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4))
+                started = adopted.started_at and datetime.fromisoformat(adopted.started_at).timestamp()
+                record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4), rendered,
+                              started or None)
                 self.runtime.remove(found.id)  # only now: dying before the result leaves it to adopt again
             except Exception:
                 log.error("%s %s attempt %d: following the adopted container failed\n%s", run_id, step, attempt,
@@ -266,7 +273,7 @@ class DockerAdoption:
             with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                 rest = self.client.api.logs(found.id, stdout=True, stderr=True, stream=True, follow=False)
                 pump_in_batches(_SkipFirst(rest, offset + followed.passed), on_output)
-        return outcome
+        return DockerRuntime._collect_outputs(container, plan, outcome)  # the plan's declared outputs, at success
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):

@@ -18,6 +18,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from runner import outputs
 from scheduler.errors import UnavailableError
 from scheduler.model import StepPlan
 
@@ -43,6 +44,7 @@ class Outcome:
     image_id: str | None = None
     image_digest: str | None = None
     container_id: str | None = None
+    outputs: Mapping[str, str] | None = None  # the declared outputs, collected at success (runner/outputs.py)
     detached: bool = False  # the container runs on under another worker: not removed, not a result
     kept: bool = False  # run(keep=True): the ended container is still there, for the caller to remove
 
@@ -102,6 +104,11 @@ class Leftover:
                    dict(labels))
 
 
+def outputs_env(plan: StepPlan) -> dict[str, str]:
+    """``CONVEYOR_OUTPUTS`` for a step that declares outputs (the same path on every runtime)."""
+    return {outputs.OUTPUTS_ENV: outputs.OUTPUTS_DIR} if plan.outputs else {}
+
+
 def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None = None) -> dict[str, str]:
     """Labels on every container: which store (Redis + prefix) and which attempt it belongs to."""
     return {
@@ -148,7 +155,7 @@ class DockerRuntime:
             container = self.client.containers.create(
                 image_id,
                 command=list(plan.argv),
-                environment=dict(plan.env),
+                environment=dict(plan.env) | outputs_env(plan),
                 working_dir=plan.working_dir,
                 labels=dict(labels),
                 nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
@@ -164,12 +171,34 @@ class DockerRuntime:
             return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}", **base)
         outcome: Outcome | None = None
         try:
-            outcome = self._run_container(container, plan, on_output, should_stop, base)
+            if plan.outputs:
+                try:
+                    outputs.docker_prepare(container)
+                except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                    outcome = Outcome(None, "create_failed", f"cannot make the outputs directory: {exc}",
+                                      container_id=container.id, **base)
+            if outcome is None:
+                outcome = self._collect_outputs(container, plan,
+                                                self._run_container(container, plan, on_output, should_stop, base))
         finally:
             if outcome is None or not (outcome.detached or keep):
                 with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                     container.remove(force=True)
         return replace(outcome, kept=True) if keep and not outcome.detached else outcome
+
+    @staticmethod
+    def _collect_outputs(container, plan: StepPlan, outcome: Outcome) -> Outcome:
+        """A successful attempt's declared outputs, read from the stopped container (a missing, too large
+        or unreadable one fails the attempt: see runner/outputs.py)."""
+        if not plan.outputs or not outcome.ok:
+            return outcome
+        try:
+            values = outputs.collect(plan.outputs, outputs.docker_fetch(container))
+        except outputs.OutputFailure as exc:
+            return replace(outcome, reason=exc.reason, error=str(exc))
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            return replace(outcome, reason="outputs_unreadable", error=f"cannot read the outputs: {exc}")
+        return replace(outcome, outputs=values)
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,7 +20,8 @@ from runner.secrets import SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
-from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
+from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
 from scheduler.results import Adopted, Started, StartStatus
 from scheduler.settings import Settings
 
@@ -49,6 +51,12 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
+    [wait_for] = store.step_fields(run_id, step, "wait_for")
+    if wait_for:
+        waited = engine.wait(run_id, step, attempt)
+        if waited is not None:
+            log.info("%s %s attempt %s: %s (wait_for)", run_id, step, attempt, waited.state)
+            return waited.state
     lease = ctx.settings.attempt_lease
     key = (run_id, step, attempt)
     started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.holder, lease=lease,
@@ -65,18 +73,27 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
             run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal}))
         return finished.state
     bind(dag=plan.dag)
+    try:
+        plan, rendered = _render_late(store, plan, step)
+    except OutputUnavailable as exc:
+        message = str(exc)
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
+        finished = _with_redis_retries(lambda: engine.finish(
+            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "output_unavailable", "error": message}))
+        return finished.state
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
     ctx.following.add(key)
     try:
-        return _follow(ctx, key, plan, lease)
+        return _follow(ctx, key, plan, lease, rendered)
     finally:
         ctx.following.discard(key)
 
 
-def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str:
+def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, rendered: dict[str, str]) -> str:
     run_id, step, attempt = key
     should_stop = LeaseKeeper(ctx, key, lease)
     began = time.perf_counter()
+    began_at = time.time()
     output = AttemptLog(ctx.store, key, ctx.holder)
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
@@ -95,14 +112,17 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float) -> str
     if outcome.detached:  # another worker follows the container now and records its end
         log.info("%s %s attempt %s: %s; its container runs on", run_id, step, attempt, outcome.reason)
         return str(outcome.reason)
-    state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4))
+    state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4), rendered, began_at)
     if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted)
         ctx.runtime.reap([outcome.container_id])
     return state
 
 
-def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float) -> str:
-    """Finish the attempt with its outcome (fenced by this worker holding it) and enqueue what became ready."""
+def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float,
+                  rendered: dict[str, str] | None = None, since: float | None = None) -> str:
+    """Finish the attempt with its outcome (fenced by this worker holding it) and enqueue what became ready.
+    ``rendered``: the argv and env it ran with, when they read upstream outputs; ``since``: when it started
+    (a sensor's first poke). A sensor's "not yet" makes the attempt wait for its next poke instead."""
     run_id, step, attempt = key
     result = {"cancelled": AttemptOutcome.CANCELLED, "worker_shutdown": AttemptOutcome.REQUEUE}.get(
         outcome.reason or "", AttemptOutcome.FAILED)
@@ -119,7 +139,17 @@ def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outco
         "reason": outcome.reason,
         "error": outcome.error,
         "container_seconds": container_seconds,
+        **(rendered or {}),
+        **({"outputs": json.dumps(dict(outcome.outputs))} if outcome.outputs is not None else {}),
     }
+    sensor = plan.sensor
+    if sensor is not None and _not_ready(plan, outcome):
+        finished = _with_redis_retries(lambda: ctx.engine.poke(
+            run_id, step, attempt, interval=sensor.interval, timeout=sensor.timeout, since=since or time.time(),
+            record=record, retry_delay=plan.backoff.delay(attempt) if attempt <= plan.retries else 0.0,
+            holder=ctx.holder))
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, finished.state)
+        return finished.state
     finished = _with_redis_retries(lambda: ctx.engine.finish(run_id, step, attempt, result, record,
                                                              retry_delay=delay, holder=ctx.holder))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
@@ -127,17 +157,41 @@ def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outco
     return finished.state
 
 
+def _not_ready(plan: StepPlan, outcome: Outcome) -> bool:
+    """A sensor's poke that says "not yet": its exit code is the sensor's not_ready_exit_code."""
+    return (plan.sensor is not None and outcome.reason == "exit_code"
+            and outcome.exit_code == plan.sensor.not_ready_exit_code)
+
+
+def _signed_step(step: str) -> str:
+    """The step whose plan signature an attempt checks: an instance STEP[i] runs (and checks) STEP's."""
+    instance = mapped_instance(step)
+    return instance[0] if instance else step
+
+
+def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, str]]:
+    """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
+    and what to record on the attempt for reproducibility: the argv and env it ran with, when they
+    differ from the stored plan."""
+    deferred = bool(plan.deferred) or plan.step in HANDLER_STEPS  # a handler's env holds the run's state
+    rendered = render_attempt(store, plan, step)
+    if not deferred:
+        return rendered, {}
+    return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
+
+
 def plan_refusal(started: Started | Adopted, run_id: str, step: str, key: bytes | None,
                  consequence: str = "nothing was run") -> str | None:
     """Why this worker must not run (or adopt) the stored plan, or None. Without a key plans are not
-    checked (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
+    checked (the worker warns at start); with one, only a plan signed with it for this run and step runs
+    (for a mapped instance STEP[i], STEP's plan)."""
     if started.plan is None:
         return f"the stored plan is not a plan Conveyor wrote; {consequence}"
     if key is None:
         return None
     if not started.signature:
         return f"the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); {consequence}"
-    if not signing.verify(key, run_id, step, started.plan_json, started.signature):
+    if not signing.verify(key, run_id, _signed_step(step), started.plan_json, started.signature):
         return f"the plan's signature does not verify: it was changed after it was signed; {consequence}"
     return None
 

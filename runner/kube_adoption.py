@@ -43,7 +43,8 @@ class KubernetesAdoption:
                should_stop: Callable[[], str | None], offset: int) -> Outcome:
         """Follow the Pod as the worker that created it would have; the kubelet counts its
         ``activeDeadlineSeconds`` from the Pod's start, so the timeout keeps counting from there."""
-        return _Attempt(self.runtime, plan, found.id, _skip_first(on_output, offset), should_stop).follow()
+        outcome = _Attempt(self.runtime, plan, found.id, _skip_first(on_output, offset), should_stop).follow()
+        return self.runtime._collect_outputs(found.id, plan, outcome)  # the plan's declared outputs, at success
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(ApiException):

@@ -28,6 +28,7 @@ import os
 import random
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -42,6 +43,7 @@ from scheduler.store import RunStore, parse_member
 log = logging.getLogger("conveyor.reaper")
 INTERVAL = 2.0
 QUEUED_GRACE = 30.0  # seconds a queued attempt may sit without its RQ job before it is enqueued again
+ORPHAN_GRACE = 30.0  # seconds after its attempt ended before a leftover container is the reaper's
 ADOPT_GRACE = 30.0  # seconds after a lease's expiry before a sweeper that cannot see the container declares it lost
 
 
@@ -143,10 +145,19 @@ class Reaper:
             # Look again: an attempt that started between the two reads is live, not an orphan.
             live |= self.store.running_attempts()
             leftovers = [x for x in leftovers if x.key not in live]
+            # The container of an attempt that ended a moment ago is its worker's to remove (after the
+            # result is recorded): not an orphan yet.
+            now = datetime.now(UTC)
+            leftovers = [x for x in leftovers if not self._just_ended(x.run_id, x.step, x.attempt, now)]
             self.runtime.reap([x.id for x in leftovers])  # type: ignore[attr-defined]
             for x in leftovers:
                 log.warning("removed orphan container %s of %s %s attempt %d", x.id[:12], x.run_id, x.step, x.attempt)
         return len(leftovers)
+
+    def _just_ended(self, run_id: str, step: str, attempt: int, now: datetime) -> bool:
+        ended = self.store.attempt_ended_at(run_id, step, attempt)
+        return ended is not None and (now - ended).total_seconds() < ORPHAN_GRACE
+
     def run_in_thread(self, interval: float = INTERVAL) -> threading.Thread:
         def loop() -> None:
             while not self.stop.wait(interval * random.uniform(0.75, 1.25)):

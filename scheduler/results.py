@@ -145,6 +145,30 @@ def decode_finished(reply: Sequence[Any]) -> Finished:
     return Finished(StepState(reply[1]), decode_ready(reply[2]))
 
 
+def decode_poked(reply: Sequence[Any]) -> Finished:
+    """poke.lua: {'waiting', {ready}, interval, pokes, freed} | like finish.lua. The next poke is a new
+    delivery of the same attempt, with its own job id (tag ``poke-N``)."""
+    if reply[0] != "waiting":
+        return decode_finished(reply)
+    rid, step, n, queue, timeout = reply[1][0]
+    again = Ready(rid, step, int(n), queue, float(timeout) if timeout else None, float(reply[2]),
+                  tag=f"poke-{int(reply[3])}")
+    return Finished(StepState.WAITING, (again, *decode_ready(reply[4])))
+
+
+def decode_waited(reply: Sequence[Any]) -> Finished | None:
+    """wait.lua: {'go'} → None (start the attempt) | {'stale'} | {'waiting', {ready}, interval, checks} (the
+    same attempt delivered again after interval, tag ``wait-N``) | {'done', 'failed', ready} (wait_timeout)."""
+    if reply[0] == "go":
+        return None
+    if reply[0] == "waiting":
+        rid, step, n, queue, timeout = reply[1][0]
+        again = Ready(rid, step, int(n), queue, float(timeout) if timeout else None, float(reply[2]),
+                      tag=f"wait-{int(reply[3])}")
+        return Finished(StepState.WAITING, (again,))
+    return decode_finished(reply)
+
+
 def decode_started(reply: Sequence[Any]) -> Started:
     """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
     import json
@@ -197,7 +221,8 @@ def decode_run_cancel(reply: Sequence[Any]) -> RunCancel:
 def decode_step_cancel(reply: Sequence[Any]) -> StepCancel:
     """cancel_step.lua: {'done', state} | {'stopping'} | {'cancelled', ready}."""
     status = StepCancelStatus(reply[0])
-    return StepCancel(status, decode_ready(reply[1]) if status is StepCancelStatus.CANCELLED else ())
+    return StepCancel(status, decode_ready(reply[1]) if status is not StepCancelStatus.DONE and len(reply) > 1
+                      else ())
 
 
 def decode_sla_misses(reply: Sequence[Any] | None) -> list[SlaMiss]:

@@ -267,3 +267,37 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+# --- ctl through a server --------------------------------------------------------------------------
+
+SERVER_FORMS = "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (the URL ctl server answers on)"
+
+
+@dataclass(frozen=True)
+class ServerEndpoint:
+    """``CONVEYOR_SERVER`` and ``CONVEYOR_TOKEN``: where ``ctl`` sends its commands instead of Redis, and the
+    bearer token it sends. ``repr`` never shows the token."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+
+
+def server_from_env(environ: Environ | None = None) -> ServerEndpoint | None:
+    """The server ``ctl`` should talk to, or None (talk to Redis); a bad URL is a ConfigError (exit 2)."""
+    env = os.environ if environ is None else environ
+    raw = _get(env, "CONVEYOR_SERVER")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS)
+    if parts.username or parts.password:  # not echoed: it may be a secret
+        raise ConfigError("CONVEYOR_SERVER must not hold a user or password: put the token in CONVEYOR_TOKEN")
+    if parts.query or parts.fragment:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS, "has a query or fragment")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS, "has a bad port") from None
+    return ServerEndpoint(raw.rstrip("/"), _get(env, "CONVEYOR_TOKEN") or None)

@@ -150,7 +150,13 @@ def parse(raw: bytes | str, file: str) -> Source:
         problems = list(_check_nodes(root, file))
         if problems:
             raise YamlProblems(problems)
-        data = _plain(loader.construct_document(root))
+        try:
+            data = _plain(loader.construct_document(root))
+        except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
+                from None
     finally:
         loader.dispose()
     return Source(file, data, root)

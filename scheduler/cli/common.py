@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 
 from scheduler.dispatch import Dispatcher
 from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
 from scheduler.engine import Engine
-from scheduler.settings import Settings
+from scheduler.settings import Settings, server_from_env
 from scheduler.store import RunStore
+
+if TYPE_CHECKING:
+    from scheduler.remote import Remote
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -28,6 +32,17 @@ OutputOption = typer.Option(Output.table, "--output", "-o", help="table for peop
 def settings() -> Settings:
     """From the environment; a Redis on localhost when REDIS_URL is unset (daemons and remote commands)."""
     return Settings.from_env(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+
+
+def remote() -> Remote | None:
+    """``ctl server``'s API when ``CONVEYOR_SERVER`` is set: the commands that read or drive runs ask it
+    instead of Redis (scheduler/remote.py), with the same output and exit codes."""
+    endpoint = server_from_env()
+    if endpoint is None:
+        return None
+    from scheduler.remote import Remote
+
+    return Remote(endpoint)
 
 
 def store(current: Settings | None = None) -> RunStore:

@@ -6,7 +6,9 @@ import typer
 
 from scheduler.cli import common, views, watch
 from scheduler.cli.runs import finish
+from scheduler.remote import Remote
 from scheduler.service import plan_rerun
+from scheduler.store import RunStore
 
 
 def rerun(
@@ -20,16 +22,24 @@ def rerun(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run steps of an ended run again (default: the failed and upstream_failed ones). History is kept."""
-    engine = common.engine()
-    chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
-                        latest=latest)
-    engine.rerun(chosen)
-    for note in chosen.notes:
+    remote = common.remote()
+    if remote:
+        source: RunStore | Remote = remote
+        done = remote.rerun(run_id, step=step, downstream=not no_downstream, everything=everything, latest=latest)
+        steps, version, notes = done["rerun"], done["version"], done["notes"]
+    else:
+        engine = common.engine()
+        source = engine.store
+        chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
+                            latest=latest)
+        engine.rerun(chosen)
+        steps, version, notes = chosen.steps, chosen.version, chosen.notes
+    for note in notes:
         views.err.print(note, markup=False)
     if wait:
-        finish(watch.follow(engine.store, run_id), output)
+        finish(watch.follow(source, run_id), output)
         return
     if output == common.Output.json:
-        views.print_json({"run_id": run_id, "rerun": chosen.steps, "version": chosen.version})
+        views.print_json({"run_id": run_id, "rerun": steps, "version": version})
     else:
-        views.out.print(f"run {run_id}: rerunning {', '.join(chosen.steps)}")
+        views.out.print(f"run {run_id}: rerunning {', '.join(steps)}")

@@ -9,18 +9,26 @@ from typing import Any
 from rich.live import Live
 
 from scheduler.cli import views
+from scheduler.remote import POLL_SECONDS as REMOTE_POLL_SECONDS
+from scheduler.remote import Remote
 from scheduler.store import RunStore
 
 POLL_SECONDS = 0.1
 
 
-def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: float | None = None,
+def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, timeout: float | None = None,
            tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Block until the run ends (or ``timeout``); returns its final status object. ``tick`` runs every poll."""
+    """Block until the run ends (or ``timeout``); returns its final status object. ``tick`` runs every poll.
+    ``source`` is Redis, or ``ctl server`` (polled less often: every request goes over the network)."""
     live = views.err.is_terminal if live is None else live
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
-    status = views.status_object(store, run_id)
+    poll = REMOTE_POLL_SECONDS if isinstance(source, Remote) else POLL_SECONDS
+
+    def load() -> dict[str, Any]:
+        return source.status(run_id) if isinstance(source, Remote) else views.status_object(source, run_id)
+
+    status = load()
     display = Live(views.steps_table(status), console=views.err, refresh_per_second=8) if live else None
     try:
         if display:
@@ -28,7 +36,7 @@ def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: f
         while True:
             if tick:
                 tick()
-            status = views.status_object(store, run_id)
+            status = load()
             if display:
                 display.update(views.steps_table(status))
             else:
@@ -43,7 +51,7 @@ def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: f
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 return status
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
     finally:
         if display:
             display.stop()

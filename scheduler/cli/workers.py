@@ -1,4 +1,5 @@
-"""``ctl worker``: take step attempts from the queues and run them as containers."""
+"""``ctl worker``: take step attempts from the queues and run them as containers; ``ctl workers``: who
+does."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def worker(
     store = common.store(current)  # fail early and clearly when Redis is unreachable
     observe.start_metrics(store, current, metrics_port)
     work(current, chosen, burst=burst, name=name, log_level=log_level.value)
+
+
+def workers(output: common.Output = common.OutputOption) -> None:
+    """List the workers: host, pid, name, queues, state, the attempt each runs, last heartbeat."""
+    from rich.table import Table
+
+    from scheduler.cli import views
+    from scheduler.workerview import workers as worker_rows
+
+    current = common.settings()
+    rows = worker_rows(common.store(current), current.connect(decode=False))
+    if output == common.Output.json:
+        views.print_json(rows)
+        return
+    table = Table(expand=False)
+    for column in ("name", "host", "pid", "queues", "state", "current attempt", "last heartbeat"):
+        table.add_column(column)
+    for row in rows:
+        doing = row["current"]
+        table.add_row(row["name"], row["host"], str(row["pid"] or ""), ",".join(row["queues"]),
+                      views.styled(row["state"]),
+                      f"{doing['run_id']} {doing['step']} #{doing['attempt']}" if doing else "",
+                      (row["last_heartbeat"] or "")[:19])
+    views.out.print(table)
+    if not rows:
+        views.err.print("no workers (start one with `ctl worker`)")

@@ -17,6 +17,7 @@ if redis.call('HGET', sk, 'state') ~= 'running' or redis.call('HGET', sk, 'attem
   return {'stale'}
 end
 local ak = attempt_key(rid, s, n)
+event(rid, 'step', s, 'lost', n, now)  -- counted by conveyor_attempts_lost_total
 if redis.call('HGET', ak, 'handed_over') == '1' then
   redis.call('HSET', ak, 'reason', 'lost',
     'error', 'handed over by a stopping worker, but no worker adopted its container in time')
