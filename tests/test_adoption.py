@@ -159,6 +159,23 @@ def test_an_exited_container_not_yet_removed_is_adopted_with_its_exit_code(
     gone(docker_client, run_id)
 
 
+def test_an_adopted_container_s_declared_outputs_are_collected(
+        tmp_path: Path, store: RunStore, dispatcher: Dispatcher, pool: NamedWorkers,
+        docker_client: docker.DockerClient) -> None:
+    run_id = create(store, dispatcher, tmp_path, """
+        name: adopt-test
+        steps:
+          produce: {image: conveyor/busybox:local, retries: 0, outputs: [answer],
+                    command: [sh, -c, "sleep 2; echo 42 > $CONVEYOR_OUTPUTS/answer"]}
+    """)
+    pool.named("first", "second")
+    start_and_kill_its_worker(pool, store, run_id, "produce", after=0.3)
+    assert wait_for_run(store, run_id, timeout=60)["state"] == "success", pool.output()
+    [only] = attempts(store, run_id, "produce")
+    assert only["adopted_by"] and json.loads(only["outputs"]) == {"answer": "42\n"}
+    gone(docker_client, run_id)
+
+
 def test_cancel_kills_an_adopted_container(tmp_path: Path, store: RunStore, dispatcher: Dispatcher,
                                            pool: NamedWorkers, docker_client: docker.DockerClient) -> None:
     run_id = create(store, dispatcher, tmp_path, """
