@@ -172,7 +172,7 @@ def test_an_adopted_container_s_declared_outputs_are_collected(
     start_and_kill_its_worker(pool, store, run_id, "produce", after=0.3)
     assert wait_for_run(store, run_id, timeout=60)["state"] == "success", pool.output()
     [only] = attempts(store, run_id, "produce")
-    assert only["adopted_by"] and json.loads(only["outputs"]) == {"answer": "42\n"}
+    assert only["adopted_by"] and json.loads(only["outputs"]) == {"answer": "42"}
     gone(docker_client, run_id)
 
 
