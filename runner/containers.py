@@ -428,7 +428,9 @@ class _LogPump:
         self.thread.start()
 
     def _pump(self) -> None:
-        pump_in_batches(self.stream, self.on_output, (docker.errors.APIError, requests.exceptions.RequestException))
+        # A stream cut by the engine going away ends as an error, or as a read on a closed socket.
+        pump_in_batches(self.stream, self.on_output,
+                        (docker.errors.APIError, requests.exceptions.RequestException, ValueError, OSError))
 
     def join(self, timeout: float = 10) -> None:
         self.thread.join(timeout=timeout)

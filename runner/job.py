@@ -23,12 +23,11 @@ from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
 from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
-from scheduler.results import Started, StartStatus
+from scheduler.results import Adopted, Started, StartStatus
 from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
-ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container ran
 
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
@@ -67,7 +66,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
     plan = started.plan
-    refusal = _plan_refusal(started, run_id, _signed_step(step), ctx.settings.signing_key)
+    refusal = plan_refusal(started, run_id, step, ctx.settings.signing_key)
     if refusal is not None or plan is None:
         # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
         log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
@@ -103,10 +102,9 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
         extra = {"checkpoint": _checkpoint(ctx, key)} if getattr(ctx.runtime, "supports_checkpoints", False) else {}
         outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
                                   output, should_stop, keep=True, **extra)
-        if outcome.reason in ENGINE_LOST and outcome.container_id:
-            from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
+        from runner.adoption import through_engine_loss  # the engine went away mid-step: wait for it
 
-            outcome = after_engine_loss(ctx, key, plan, outcome, output, should_stop)
+        outcome = through_engine_loss(ctx, key, plan, outcome, output, should_stop)
     except StepRefused as exc:
         outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
@@ -191,17 +189,19 @@ def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, 
     return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
 
 
-def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:
-    """Why this worker must not run the stored plan, or None. Without a key plans are not checked
-    (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
+def plan_refusal(started: Started | Adopted, run_id: str, step: str, key: bytes | None,
+                 consequence: str = "nothing was run") -> str | None:
+    """Why this worker must not run (or adopt) the stored plan, or None. Without a key plans are not
+    checked (the worker warns at start); with one, only a plan signed with it for this run and step runs
+    (for a mapped instance STEP[i], STEP's plan)."""
     if started.plan is None:
-        return "the stored plan is not a plan Conveyor wrote; nothing was run"
+        return f"the stored plan is not a plan Conveyor wrote; {consequence}"
     if key is None:
         return None
     if not started.signature:
-        return "the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); nothing was run"
-    if not signing.verify(key, run_id, step, started.plan_json, started.signature):
-        return "the plan's signature does not verify: it was changed after it was signed; nothing was run"
+        return f"the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); {consequence}"
+    if not signing.verify(key, run_id, _signed_step(step), started.plan_json, started.signature):
+        return f"the plan's signature does not verify: it was changed after it was signed; {consequence}"
     return None
 
 

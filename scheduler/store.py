@@ -29,6 +29,7 @@ from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
+from scheduler.replicas import ReplicaWait
 from scheduler.results import (
     Adopted,
     Created,
@@ -115,6 +116,7 @@ class RunStore:
         self._adopt = self.script("adopt.lua")
         self._hand_over = self.script("hand_over.lua")
         self._checkpoint = self.script("checkpoint.lua")
+        self.replicated = ReplicaWait(client)  # start, finish, adopt: confirmed on a replica (replicas.py)
 
     def script(self, name: str) -> Any:
         """A Lua script of ``scheduler/lua`` (see :func:`lua_script`) on this store's connection."""
@@ -352,8 +354,8 @@ class RunStore:
                       lease: float = DEFAULT_LEASE, now: datetime | None = None, engine_id: str = "") -> Started:
         """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once).
         ``engine_id`` names the container engine that will run it (see :meth:`adopt`)."""
-        return decode_started(self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid,
-                                                worker, lease, engine_id]))
+        return decode_started(self.replicated.run(self._start, [self.prefix, run_id, step, attempt, now_iso(now),
+                                                                host, pid, worker, lease, engine_id], "start"))
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
                        *, retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
@@ -362,8 +364,8 @@ class RunStore:
         fields: list[Any] = []
         for key, value in record.items():
             fields += [key, "" if value is None else value]
-        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, holder,
-                                    *fields])
+        result = self.replicated.run(self._finish, [self.prefix, run_id, step, attempt, outcome, now_iso(now),
+                                                    retry_delay, holder, *fields], "finish")
         return decode_finished(result)
 
     def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
@@ -481,7 +483,8 @@ class RunStore:
               now: datetime | None = None) -> Adopted:
         """Lease the attempt ``entry`` (``run|step|n``, its lease expired) to ``adopter``, which follows its
         container to the end (fenced: one adopter wins; see ``adopt.lua``)."""
-        return decode_adopted(self._adopt(args=[self.prefix, entry, now_iso(now), adopter, lease, container_id]))
+        return decode_adopted(self.replicated.run(self._adopt, [self.prefix, entry, now_iso(now), adopter, lease,
+                                                                container_id], "adoption"))
 
     def hand_over(self, run_id: str, step: str, attempt: int, holder: str, *, now: datetime | None = None) -> bool:
         """Release the lease at once, the container still running, for another worker to adopt."""
