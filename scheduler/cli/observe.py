@@ -18,8 +18,7 @@ from rich.text import Text
 from scheduler import graphviz
 from scheduler import stats as history
 from scheduler.cli import common, views
-from scheduler.durations import DurationError, parse_duration
-from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
+from scheduler.errors import ConveyorError, InputError, NotFoundError, UnavailableError
 from scheduler.settings import Settings
 from scheduler.store import RunStore
 
@@ -66,16 +65,11 @@ def start_metrics(store: RunStore, current: Settings, port: int | None, addr: st
 
 
 def _since(value: str) -> float:
-    try:
-        return time.time() - parse_duration(value).total_seconds()
-    except DurationError:
-        pass
-    try:
-        from datetime import UTC, datetime
+    from scheduler.stats import since_epoch
 
-        parsed = datetime.fromisoformat(value)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
+    try:
+        return since_epoch(value)
+    except InputError:
         raise typer.BadParameter(f"{value!r} is neither a duration (7d, 12h) nor a date/time",
                                  param_hint="--since") from None
 
