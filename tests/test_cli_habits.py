@@ -188,7 +188,7 @@ def test_version_and_completion() -> None:
     assert "complete -o default -F _ctl_completion ctl" in script.stdout
     # what the installed script asks: the completions of "ctl da"
     words = ctl(env={"_CTL_COMPLETE": "complete_bash", "COMP_WORDS": "ctl da", "COMP_CWORD": "1"})
-    assert words.stdout.split() == ["dags"]
+    assert sorted(words.stdout.split()) == ["dags", "dataset"]
     options = ctl(env={"_CTL_COMPLETE": "complete_bash", "COMP_WORDS": "ctl logs --fo", "COMP_CWORD": "2"})
     assert options.stdout.split() == ["--follow"]
     helped = ctl("--help")

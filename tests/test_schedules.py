@@ -450,7 +450,7 @@ def test_schema_durations_use_the_one_duration_pattern() -> None:
 
 
 def test_schema_is_self_contained_and_described() -> None:
-    names = {"schedule", "calendar", "calendars", "outage", "outages", "batch"}
+    names = {"schedule", "calendar", "calendars", "outage", "outages", "batch", "datasetName"}
     defs = {name: SCHEMA["$defs"][name] for name in names}
     text = json.dumps(defs)
     refs = {part.split('"')[0] for part in text.split('"$ref": "')[1:]}
