@@ -110,6 +110,14 @@ class Trigger(StrEnum):
 TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
 
 
+class Reprocess(StrEnum):
+    """Which intervals of a backfill that already have a run get a new one."""
+
+    none = "none"  # only intervals with no run yet
+    failed = "failed"  # also intervals whose latest run failed or was cancelled
+    all = "all"  # every interval
+
+
 def memory_bytes(value: str | int | None) -> int | None:
     """``256m``, ``1g``, ``512k``, ``100b`` or plain bytes (the schema checks the form)."""
     if value in (None, ""):

@@ -8,8 +8,6 @@ import typer
 
 from scheduler.cli import common, views
 from scheduler.errors import SpecError
-from scheduler.service import submit_file
-from scheduler.spec import load_file
 
 
 def validate(
@@ -17,6 +15,8 @@ def validate(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Check DAG files (YAML, schema, dependencies, templates) and report every problem at once."""
+    from scheduler.spec import load_file
+
     problems: list[str] = []
     results = []
     for file in files:
@@ -30,11 +30,10 @@ def validate(
         views.print_json(results)
     else:
         for line in problems:
-            views.err.print(line, markup=False, highlight=False)
+            views.plain(line, stderr=True)
         for result in results:
             if not result["problems"]:
-                views.out.print(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps)",
-                                markup=False, highlight=False)
+                views.plain(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps)")
     if problems:
         raise typer.Exit(1)
 
@@ -44,6 +43,8 @@ def submit(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Register DAG files in Redis. Unchanged content is a no-op; changed content is a new version."""
+    from scheduler.service import submit_file
+
     store = common.store()
     results = []
     for file in files:

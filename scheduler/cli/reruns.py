@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from scheduler.cli import common, views, watch
+from scheduler.cli import common, views
 from scheduler.cli.runs import finish
-from scheduler.service import plan_rerun
 
 
 def rerun(
@@ -20,6 +19,9 @@ def rerun(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run steps of an ended run again (default: the failed and upstream_failed ones). History is kept."""
+    from scheduler.cli import watch
+    from scheduler.service import plan_rerun
+
     engine = common.engine()
     chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
                         latest=latest)

@@ -6,11 +6,9 @@ import sys
 
 import typer
 
-from scheduler.cli import common, views, watch
+from scheduler.cli import common, views
 from scheduler.errors import NotFoundError
 from scheduler.model import Priority, Trigger
-from scheduler.results import StepCancelStatus
-from scheduler.runview import log_attempt
 
 
 def trigger(
@@ -32,6 +30,8 @@ def trigger(
             views.out.print(run_id, highlight=False)
         return
     views.err.print(f"run {run_id} created; waiting for it to end", highlight=False)
+    from scheduler.cli import watch
+
     status = watch.follow(store, run_id)
     finish(status, output)
 
@@ -79,6 +79,8 @@ def status(
     """Show a run and its steps."""
     store = common.store()
     if follow:
+        from scheduler.cli import watch
+
         finish(watch.follow(store, run_id), output)
         return
     data = views.status_object(store, run_id)
@@ -94,6 +96,8 @@ def logs(
     attempt: int | None = typer.Option(None, "--attempt", "-a", min=1, help="Which attempt (default: the last)."),
 ) -> None:
     """Print a step attempt's output (stdout and stderr, as the container wrote them)."""
+    from scheduler.runview import log_attempt
+
     store = common.store()
     number = log_attempt(store, run_id, step, attempt)
     sys.stdout.buffer.write(store.read_log(run_id, step, number))
@@ -108,6 +112,8 @@ def cancel(
 
     Exit 0 when this call cancelled something; 1 when the run (or step) had already ended, however it
     ended (success, failed or cancelled)."""
+    from scheduler.results import StepCancelStatus
+
     engine = common.engine()
     if step is not None:
         done = engine.cancel_step(run_id, step)

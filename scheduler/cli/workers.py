@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from scheduler import logs
 from scheduler.cli import common, observe
 from scheduler.model import QUEUES
 from scheduler.settings import parse_size, runtime_kind
@@ -28,6 +27,7 @@ def worker(
     """Run an RQ worker that executes step attempts in Docker containers."""
     from runner.containers import check_engine  # the CLI is where scheduler and runner meet
     from runner.worker import work
+    from scheduler import logs
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in chosen if q not in QUEUES]
