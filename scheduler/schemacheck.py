@@ -33,6 +33,7 @@ SCHEMA_FILE = "dag.schema.json"
 # fastjsonschema knows drafts 4, 6 and 7; every keyword our 2020-12 schema uses means the same in 7
 # ($defs is reached by JSON pointer like any other member).
 COMPILED_DRAFT = "http://json-schema.org/draft-07/schema#"
+CODE_OPTIONS = b"formats=0 defaults=0"  # part of the cache key: code compiled otherwise is never read
 
 
 def schema_bytes() -> bytes:
@@ -58,7 +59,7 @@ def compiled() -> Callable[[Any], Any] | None:
     except ImportError:
         return None
     raw = schema_bytes()
-    key = hashlib.sha256(raw + fastjsonschema.VERSION.encode() + _magic()).hexdigest()[:32]
+    key = hashlib.sha256(raw + fastjsonschema.VERSION.encode() + _magic() + CODE_OPTIONS).hexdigest()[:32]
     code = _read_cache(key)
     if code is None:
         try:
@@ -76,8 +77,9 @@ def _compile(raw: bytes) -> Any:
 
     schema = json.loads(raw)
     schema["$schema"] = COMPILED_DRAFT
-    # Formats are not asserted by jsonschema's default validator either.
-    source = fastjsonschema.compile_to_code(schema, use_formats=False)
+    # Formats are not asserted by jsonschema's default validator either; and the check must only look:
+    # fastjsonschema would otherwise write the schema's "default" values into the document.
+    source = fastjsonschema.compile_to_code(schema, use_formats=False, use_default=False)
     return compile(source, f"<compiled {SCHEMA_FILE}>", "exec")
 
 

@@ -19,7 +19,8 @@ from scheduler import conditions, schemacheck, templates
 from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
-from scheduler.graph import find_cycle
+from scheduler.gcpause import paused_gc
+from scheduler.graph import find_cycle, is_ancestor
 from scheduler.model import HANDLERS, Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
@@ -65,21 +66,34 @@ def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None) -> t
 
 def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None) -> DagSpec:
     """Validate a DAG document; raise :class:`SpecError` with every problem found."""
+    with paused_gc():
+        return _load(raw, file, calendars)
+
+
+def _load(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None) -> DagSpec:
     try:
         source = parse(raw, file)
+        problems = _problems(source, calendars)
+        if problems and source.recheck:  # placed where the pure-Python composer puts them (yamlsource.parse)
+            source = parse(raw, file, fast=False)
+            problems = _problems(source, calendars)
     except YamlProblems as exc:
         raise SpecError(exc.problems) from None
+    if problems:
+        raise SpecError(sorted(set(problems)))
+    return _build(source.data)
+
+
+def _problems(source: Source, calendars: Mapping[str, Any] | None) -> list[Problem]:
     if not isinstance(source.data, dict):
-        raise SpecError([source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
-                                             f"not {_type_word(source.data)}")])
+        return [source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
+                                   f"not {_type_word(source.data)}")]
     problems = list(_schema_problems(source))
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
     problems += [p for p in _schedule_problems(source, calendars or {}) if p.path.split(".")[0] not in noisy]
-    if problems:
-        raise SpecError(sorted(set(problems)))
-    return _build(source.data)
+    return problems
 
 
 # --- schema ---------------------------------------------------------------------------------------
@@ -221,8 +235,9 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             upstream[name] = []
     for name, step in steps.items():
         if isinstance(step, dict) and isinstance(step.get("when"), str):
-            try:
-                conditions.check(step["when"], params, _ancestors(upstream, name))
+            try:  # only the steps the condition names are looked for upstream (linear in the DAG's size)
+                named = {n.partition(".")[0] for n in conditions.names(step["when"])} & upstream.keys()
+                conditions.check(step["when"], params, {n for n in named if is_ancestor(upstream, name, n)})
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
@@ -270,17 +285,6 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
     if isinstance(backoff, dict):
         backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
         yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
-
-
-def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
-    seen: set[str] = set()
-    todo = list(upstream.get(name, []))
-    while todo:
-        step = todo.pop()
-        if step not in seen:
-            seen.add(step)
-            todo += upstream.get(step, [])
-    return seen
 
 
 def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:

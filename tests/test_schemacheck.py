@@ -37,6 +37,15 @@ def test_the_example_is_accepted_by_both() -> None:
     assert jsonschema_errors(EXAMPLE) == []
 
 
+def test_the_check_only_looks() -> None:
+    """fastjsonschema fills in the schema's defaults unless told not to: a schedule would then gain a
+    'roll' (and with it a weekday calendar) that its author never wrote."""
+    document = {"name": "x", "schedule": {"cron": "* * * * *"}, "steps": {"a": {"image": "i", "command": ["c"]}}}
+    before = copy.deepcopy(document)
+    assert schemacheck.fast_valid(document) is True
+    assert document == before
+
+
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_golden_invalid_documents(path: Path) -> None:
     try:
