@@ -101,12 +101,17 @@ def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None =
     }
 
 
+DOCKER_POOL = 64  # connections to the engine kept per process (urllib3 opens them only when needed)
+
+
 class DockerRuntime:
     """The docker SDK behind :class:`ContainerRuntime`."""
 
     def __init__(self, client: docker.DockerClient | None = None):
         try:
-            self.client = client or docker.from_env()  # asks the engine its API version: fails when it is away
+            # Asks the engine its API version: fails when it is away. The pool holds a connection per
+            # attempt running at once (its output stream) and then some: ctl worker --concurrency N.
+            self.client = client or docker.from_env(max_pool_size=DOCKER_POOL)
         except docker.errors.DockerException as exc:
             raise unreachable(exc) from None
         self._version: str | None = None

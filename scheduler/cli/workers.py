@@ -23,6 +23,8 @@ def worker(
                                               "none, e.g. 1g."),
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
+    concurrency: int = typer.Option(1, "--concurrency", "-c", envvar="CONVEYOR_WORKER_CONCURRENCY", min=1, max=256,
+                                    help="Attempts this process runs at once (one slot, a thread, each)."),
 ) -> None:
     """Run an RQ worker that executes step attempts in Docker containers."""
     from runner.containers import check_engine  # the CLI is where scheduler and runner meet
@@ -45,4 +47,4 @@ def worker(
     logs.setup(log_level.value, log_format.value)
     store = common.store(current)  # fail early and clearly when Redis is unreachable
     observe.start_metrics(store, current, metrics_port)
-    work(current, chosen, burst=burst, name=name, log_level=log_level.value)
+    work(current, chosen, burst=burst, name=name, log_level=log_level.value, concurrency=concurrency)
