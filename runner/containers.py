@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -52,7 +53,10 @@ class ContainerRuntime(Protocol):
     - ``should_stop()`` is polled while the container runs; a non-empty reason stops it and
       becomes the outcome's reason (e.g. ``cancelled``).
     - The container carries ``labels``, is killed at ``plan.timeout`` (reason ``timeout``) and
-      is removed afterwards, whatever happened.
+      is removed afterwards, whatever happened (a runtime that removes it in the background, after the
+      attempt's result is recorded, says so: see ``DockerRuntime(remove_later=True)``).
+    - ``plan.network``: ``bridge`` (the default network), ``none`` or a named network, where the
+      runtime can honour it; where it cannot, the attempt fails with reason ``network_unsupported``.
     """
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
@@ -104,10 +108,50 @@ def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None =
 DOCKER_POOL = 64  # connections to the engine kept per process (urllib3 opens them only when needed)
 
 
-class DockerRuntime:
-    """The docker SDK behind :class:`ContainerRuntime`."""
+class _Remover:
+    """Removes finished containers in a thread of its own, so that removing one (~15 ms, more under load)
+    is not on the path from one step's end to the next one's start. A container whose removal is lost
+    (the worker killed meanwhile) is removed by the reaper's orphan sweep: its attempt holds no lease."""
 
-    def __init__(self, client: docker.DockerClient | None = None):
+    def __init__(self, client: docker.DockerClient):
+        self.client = client
+        self.todo: queue.Queue[str] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="container-remover", daemon=True)
+                self._thread.start()
+        self.todo.put(container_id)
+
+    def _loop(self) -> None:
+        while True:
+            cid = self.todo.get()
+            try:
+                with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                    self.client.api.remove_container(cid, force=True)
+            finally:
+                self.todo.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the removals asked so far; True when none is left."""
+        deadline = time.monotonic() + timeout
+        while self.todo.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.todo.unfinished_tasks
+
+
+class DockerRuntime:
+    """The docker SDK behind :class:`ContainerRuntime`.
+
+    ``remove_later``: a container that ran is not removed by :meth:`run` but by :meth:`after_recorded`,
+    which the runner calls once the attempt's result is in the store, and which hands it to a background
+    remover: the next step is queued before the removal starts and never waits for it (the worker's
+    choice; the contract suite runs the default, which removes before returning)."""
+
+    def __init__(self, client: docker.DockerClient | None = None, *, remove_later: bool = False):
         try:
             # Asks the engine its API version: fails when it is away. The pool holds a connection per
             # attempt running at once (its output stream) and then some: ctl worker --concurrency N.
@@ -115,6 +159,17 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise unreachable(exc) from None
         self._version: str | None = None
+        self.remove_later = remove_later
+        self._remover = _Remover(self.client)
+
+    def after_recorded(self, container_id: str | None) -> None:
+        """The attempt's result is recorded: its container (kept by :meth:`run`) may go, in the background."""
+        if self.remove_later and container_id:
+            self._remover.remove(container_id)
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Finish the background removals (a stopping worker leaves nothing it could have removed)."""
+        return self._remover.drain(timeout)
 
     def engine_version(self) -> str:
         if self._version is None:
@@ -149,16 +204,24 @@ class DockerRuntime:
                 volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in plan.mounts}
                 or None,
                 detach=True,
+                **network_options(plan.network),
             )
         except docker.errors.APIError as exc:
             return Outcome(None, "create_failed", f"cannot create the container: {_explain(exc)}", **base)
         except requests.exceptions.ConnectionError as exc:
             return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}", **base)
         try:
-            return self._run_container(container, plan, on_output, should_stop, base)
-        finally:
-            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-                container.remove(force=True)
+            outcome = self._run_container(container, plan, on_output, should_stop, base)
+        except BaseException:
+            self._remove(container.id)
+            raise
+        if not self.remove_later:
+            self._remove(container.id)
+        return outcome
+
+    def _remove(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+            self.client.api.remove_container(container_id, force=True)
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""
@@ -246,6 +309,17 @@ class DockerRuntime:
         if exit_code != 0:
             return Outcome(exit_code, "exit_code", f"exited with code {exit_code}", container_id=cid, **base)
         return Outcome(0, None, None, container_id=cid, **base)
+
+
+def network_options(network: str) -> dict[str, str]:
+    """``containers.create`` arguments for a step's network: none (no interface but loopback), bridge
+    (the engine's default: nothing to say) or a named network (created beforehand: one that does not
+    exist fails the attempt with ``start_failed`` naming it: the engine looks it up at start)."""
+    if network == "none":
+        return {"network_mode": "none"}
+    if network in ("", "bridge"):
+        return {}
+    return {"network": network}
 
 
 def check_engine(timeout: float = ENGINE_CHECK_SECONDS) -> None:

@@ -46,7 +46,7 @@ class WorkerContext:
             from runner.kubernetes import KubernetesRuntime  # the kubernetes client only where it is used
 
             return KubernetesRuntime.from_env()
-        return DockerRuntime()
+        return DockerRuntime(remove_later=True)  # containers removed in the background once recorded
 
     @cached_property
     def host(self) -> str:

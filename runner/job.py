@@ -110,7 +110,13 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         "error": outcome.error,
         "container_seconds": container_seconds,
     }
-    finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record, retry_delay=delay))
+    try:
+        finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record,
+                                                             retry_delay=delay))
+    finally:  # recorded (the next steps are queued): the container may go, off the critical path
+        release = getattr(ctx.runtime, "after_recorded", None)
+        if release is not None:
+            release(outcome.container_id)
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state

@@ -164,6 +164,9 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
         return _work_loop(context, queues, burst, name, log_level)
     finally:
         reaper.stop.set()
+        drain = getattr(context.runtime, "drain", None)
+        if drain is not None:
+            drain()  # the removals still queued: nothing left for the orphan sweep
 
 
 def _work_loop(context: WorkerContext, queues: Sequence[str], burst: bool, name: str, log_level: str,

@@ -179,6 +179,7 @@ class StepSpec:
     pool: str | None = None
     pool_slots: int = 1
     sla: float | None = None  # seconds after the run's creation by which the step should have succeeded
+    network: str = "bridge"  # bridge (the engine's default), none, or a named network
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class StepPlan:
     pool: str | None = None
     pool_slots: int = 1
     pinned_image: str | None = None  # a rerun runs the image id the step ran before, not a moved tag
+    network: str = "bridge"  # bridge (the engine's default), none, or a named network (see StepSpec)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}

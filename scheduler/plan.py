@@ -108,6 +108,7 @@ def plan_run(
             when=step.when,
             pool=step.pool,
             pool_slots=step.pool_slots,
+            network=step.network,
         )
     return RunPlan(
         run_id=run_id,

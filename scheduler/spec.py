@@ -183,6 +183,8 @@ def _pattern_message(path: tuple[Any, ...], value: Any) -> str:
         return f"{value!r} is not a memory size like 256m or 1g"
     if last == "working_dir":
         return f"{value!r} must be an absolute path (starting with /)"
+    if last == "network":
+        return f"{value!r} is not a network: use bridge, none or a network's name (letters, digits, '_', '.', '-')"
     if len(path) >= 2 and path[-2] == "depends_on":
         return f"{value!r} is not a valid step name"
     return f"{value!r} does not have the expected form"
@@ -281,6 +283,10 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         if isinstance(value, str):
             env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
             yield from _template_problem(source, env_at, value, known)
+    if isinstance(merged.get("network"), str) and merged["network"].lower() == "host":
+        yield source.problem((*at, "network") if "network" in step else ("defaults", "network"),
+                             "network 'host' is not allowed: a step would share the worker host's network "
+                             "(its loopback services, Redis included); use bridge, none or a named network")
     backoff = merged.get("retry_backoff")
     if isinstance(backoff, dict):
         backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
@@ -576,4 +582,5 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         pool=merged.get("pool"),
         pool_slots=int(merged.get("pool_slots", 1)),
         sla=seconds(raw.get("sla")),
+        network=merged.get("network", "bridge"),
     )
