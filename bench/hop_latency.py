@@ -62,10 +62,10 @@ def bare_runs(count: int, runtime: DockerRuntime, network: str = "none") -> list
     times = []
     for _ in range(count):
         began = time.perf_counter()
-        outcome = runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None)
+        outcome = runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None, keep=True)
         times.append(time.perf_counter() - began)
         assert outcome.ok, outcome
-        runtime.after_recorded(outcome.container_id)
+        runtime.reap_later([outcome.container_id])
     runtime.drain()
     return times
 
@@ -108,7 +108,7 @@ def interleaved(steps: int, chains: int, folder: Path, network: str) -> tuple[li
     overheads: list[float] = []
     exact: list[float] = []
     walls: list[float] = []
-    runtime = DockerRuntime(remove_later=True)
+    runtime = DockerRuntime()
     bare_runs(2, runtime, network)  # warm the client and the engine's caches
     with embedded_redis() as url:
         settings = Settings(url, prefix="bench")

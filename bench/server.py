@@ -3,12 +3,17 @@
     .venv/bin/python bench/server.py [--requests 400] [--clients 20] [--dags 1000] [--steps 1000]
 
 1. ``POST /api/v1/dags/{dag}/runs`` and ``GET /api/v1/runs/{id}`` from ``--clients`` concurrent clients
-   (keep-alive httpx clients in threads) against a ``ctl server`` process, and the same two operations
-   through the engine in this process (``create_run`` / ``status_object``) from as many threads, in the
-   same run. No workers: runs stay queued, so this measures the server and Redis only.
+   (keep-alive connections of bench/loadgen.py, a process of its own so that it does not share the
+   server's interpreter lock) against a ``ctl server`` process, and the same two operations through the
+   engine in this process (``create_run`` / ``status_object``) from as many threads, in the same run; the
+   ratio API/engine of each percentile is printed beside it. No workers: runs stay queued, so this
+   measures the server and Redis only.
 2. The DAG list page with ``--dags`` DAGs, and the run page of a ``--steps``-step run (10 layers), each
    fetched 5 times after one warm-up request (the server caches validated DAG versions).
 3. The server's RSS afterwards.
+
+Latency on a shared 2-core machine depends on whatever else runs (see ``uptime``'s load average, printed
+first); the server's CPU time per request, printed beside the API figures, does not.
 Targets (issue #13): API p99 <= 25 ms for status, <= 50 ms for trigger; both pages <= 300 ms; RSS < 150 MB.
 """
 
@@ -74,8 +79,29 @@ def hammer(clients: int, total: int, make: Callable[[], Callable[[int], None]]) 
     return latencies
 
 
-def report(name: str, values: list[float]) -> None:
-    print(f"  {name:34} p50 {pct(values, 50):7.2f} ms   p99 {pct(values, 99):7.2f} ms   (n={len(values)})")
+def load(base: str, method: str, path: str, total: int, clients: int, body: str = "",
+         ids: list[str] | None = None) -> tuple[list[float], list]:
+    """``total`` requests from ``clients`` connections of bench/loadgen.py (its own process)."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("loadgen.py")), base, method, path,
+                           str(total), str(clients), body], input="\n".join(ids or []), capture_output=True,
+                          text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"loadgen failed: {done.stderr.strip()}")
+    result = json.loads(done.stdout)
+    return result["latencies"], result["bodies"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: what a request costs the server, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name: str, values: list[float], baseline: list[float] | None = None, cpu: float | None = None) -> None:
+    ratio = (f"   (x{pct(values, 50) / pct(baseline, 50):.1f} / x{pct(values, 99) / pct(baseline, 99):.1f} "
+             "the engine's)") if baseline else ""
+    cost = f"   server CPU {cpu * 1000 / len(values):.2f} ms/request" if cpu is not None else ""
+    print(f"  {name:34} p50 {pct(values, 50):7.2f} ms   p99 {pct(values, 99):7.2f} ms   (n={len(values)}){ratio}{cost}")
 
 
 def main() -> None:
@@ -106,28 +132,30 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
-            run_ids: list[str] = []
-
-            def api_trigger() -> Callable[[int], None]:
-                client = httpx.Client(base_url=base, timeout=30)
-                return lambda i: run_ids.append(client.post("/api/v1/dags/small/runs", json={}).json()["run_id"])
-
-            def api_status() -> Callable[[int], None]:
-                client = httpx.Client(base_url=base, timeout=30)
-                return lambda i: client.get(f"/api/v1/runs/{run_ids[i % len(run_ids)]}").raise_for_status()
-
             def engine_trigger() -> Callable[[int], None]:
                 return lambda i: Engine(store, dispatcher).create_run("small", {})
+
+            run_ids: list[str] = []
 
             def engine_status() -> Callable[[int], None]:
                 return lambda i: status_object(store, run_ids[i % len(run_ids)])
 
-            print(f"{args.clients} concurrent clients, {args.requests} requests each kind")
-            hammer(args.clients, args.clients * 2, api_status if run_ids else api_trigger)  # warm-up
-            report("API    POST /dags/{dag}/runs", hammer(args.clients, args.requests, api_trigger))
-            report("engine create_run (in-process)", hammer(args.clients, args.requests, engine_trigger))
-            report("API    GET /runs/{id}", hammer(args.clients, args.requests, api_status))
-            report("engine status_object (in-process)", hammer(args.clients, args.requests, engine_status))
+            print(f"{args.clients} concurrent clients, {args.requests} requests each kind; load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+            load(base, "POST", "/api/v1/dags/small/runs", args.clients * 2, args.clients, "{}")  # warm-up
+            began = cpu_seconds(server.pid)
+            api_trigger, bodies = load(base, "POST", "/api/v1/dags/small/runs", args.requests, args.clients, "{}")
+            trigger_cpu = cpu_seconds(server.pid) - began
+            run_ids += [b["run_id"] for b in bodies]
+            in_process = hammer(args.clients, args.requests, engine_trigger)
+            report("API    POST /dags/{dag}/runs", api_trigger, in_process, trigger_cpu)
+            report("engine create_run (in-process)", in_process)
+            began = cpu_seconds(server.pid)
+            api_status, _ = load(base, "GET", "/api/v1/runs/{id}", args.requests, args.clients, ids=run_ids)
+            status_cpu = cpu_seconds(server.pid) - began
+            in_process = hammer(args.clients, args.requests, engine_status)
+            report("API    GET /runs/{id}", api_status, in_process, status_cpu)
+            report("engine status_object (in-process)", in_process)
 
             for n in range(args.dags):
                 (Path(folder) / "many.yaml").write_text(SMALL.format(name=f"dag_{n:04d}"))

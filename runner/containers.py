@@ -12,13 +12,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from runner import outputs
 from scheduler.errors import UnavailableError
 from scheduler.model import StepPlan
 
@@ -28,6 +29,10 @@ ENGINE_CHECK_SECONDS = 5.0
 LOG_FLUSH_BYTES = 64 * 1024
 LOG_FLUSH_SECONDS = 0.25
 STOP_POLL_SECONDS = 0.5
+WAIT_SLICE_SECONDS = 2.0  # the wait for a container's exit is cut in slices, so that a detach is noticed
+# should_stop() reasons that leave the container running for another worker (see runner/adoption.py):
+# the attempt was handed over by this stopping worker, or another worker adopted it meanwhile.
+DETACH_REASONS = frozenset({"handed_over", "adopted_elsewhere"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class Outcome:
     image_id: str | None = None
     image_digest: str | None = None
     container_id: str | None = None
+    outputs: Mapping[str, str] | None = None  # the declared outputs, collected at success (runner/outputs.py)
+    detached: bool = False  # the container runs on under another worker: not removed, not a result
+    kept: bool = False  # run(keep=True): the ended container is still there, for the caller to remove
 
     @property
     def ok(self) -> bool:
@@ -53,14 +61,22 @@ class ContainerRuntime(Protocol):
     - ``should_stop()`` is polled while the container runs; a non-empty reason stops it and
       becomes the outcome's reason (e.g. ``cancelled``).
     - The container carries ``labels``, is killed at ``plan.timeout`` (reason ``timeout``) and
-      is removed afterwards, whatever happened (a runtime that removes it in the background, after the
-      attempt's result is recorded, says so: see ``DockerRuntime(remove_later=True)``).
+      is removed afterwards, whatever happened, except when ``should_stop()`` says one of
+      ``DETACH_REASONS``: then the runtime stops following it, leaves it running for the worker
+      that adopts it, and returns an outcome with ``detached=True``. (The runner runs with
+      ``keep=True`` and removes the container once the result is recorded: with ``reap_later`` where
+      the runtime has it, in the background.)
     - ``plan.network``: ``bridge`` (the default network), ``none`` or a named network, where the
       runtime can honour it; where it cannot, the attempt fails with reason ``network_unsupported``.
     """
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome: ...
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome: ...
+    # ``keep=True``: leave the ended container for the caller to remove (``reap``) once it has recorded
+    # the result (``Outcome.kept``), so that a worker dying in between leaves a container to adopt, not
+    # a finished step that would run again.
+
+    def reap(self, ids: Iterable[str]) -> None: ...
 
     def engine_version(self) -> str: ...
 
@@ -91,6 +107,11 @@ class Leftover:
             attempt = 0
         return cls(id, labels.get(f"{LABEL_PREFIX}.run", ""), labels.get(f"{LABEL_PREFIX}.step", ""), attempt,
                    dict(labels))
+
+
+def outputs_env(plan: StepPlan) -> dict[str, str]:
+    """``CONVEYOR_OUTPUTS`` for a step that declares outputs (the same path on every runtime)."""
+    return {outputs.OUTPUTS_ENV: outputs.OUTPUTS_DIR} if plan.outputs else {}
 
 
 def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None = None) -> dict[str, str]:
@@ -146,12 +167,11 @@ class _Remover:
 class DockerRuntime:
     """The docker SDK behind :class:`ContainerRuntime`.
 
-    ``remove_later``: a container that ran is not removed by :meth:`run` but by :meth:`after_recorded`,
-    which the runner calls once the attempt's result is in the store, and which hands it to a background
-    remover: the next step is queued before the removal starts and never waits for it (the worker's
-    choice; the contract suite runs the default, which removes before returning)."""
+    A container that :meth:`run` kept (``keep=True``: the runner's way, so that its result is recorded
+    before it goes) is removed by :meth:`reap_later` in a background thread: the next step is queued
+    before the removal starts and never waits for it."""
 
-    def __init__(self, client: docker.DockerClient | None = None, *, remove_later: bool = False):
+    def __init__(self, client: docker.DockerClient | None = None):
         try:
             # Asks the engine its API version: fails when it is away. The pool holds a connection per
             # attempt running at once (its output stream) and then some: ctl worker --concurrency N.
@@ -159,13 +179,12 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise unreachable(exc) from None
         self._version: str | None = None
-        self.remove_later = remove_later
         self._remover = _Remover(self.client)
 
-    def after_recorded(self, container_id: str | None) -> None:
-        """The attempt's result is recorded: its container (kept by :meth:`run`) may go, in the background."""
-        if self.remove_later and container_id:
-            self._remover.remove(container_id)
+    def reap_later(self, ids: Iterable[str]) -> None:
+        """:meth:`reap`, in the background: for a kept container whose attempt's result is recorded."""
+        for cid in ids:
+            self._remover.remove(cid)
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Finish the background removals (a stopping worker leaves nothing it could have removed)."""
@@ -177,7 +196,7 @@ class DockerRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         try:
             image = self._image(plan)
         except docker.errors.ImageNotFound:
@@ -195,7 +214,7 @@ class DockerRuntime:
             container = self.client.containers.create(
                 image_id,
                 command=list(plan.argv),
-                environment=dict(plan.env),
+                environment=dict(plan.env) | outputs_env(plan),
                 working_dir=plan.working_dir,
                 labels=dict(labels),
                 nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
@@ -210,18 +229,36 @@ class DockerRuntime:
             return Outcome(None, "create_failed", f"cannot create the container: {_explain(exc)}", **base)
         except requests.exceptions.ConnectionError as exc:
             return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}", **base)
+        outcome: Outcome | None = None
         try:
-            outcome = self._run_container(container, plan, on_output, should_stop, base)
-        except BaseException:
-            self._remove(container.id)
-            raise
-        if not self.remove_later:
-            self._remove(container.id)
-        return outcome
+            if plan.outputs:
+                try:
+                    outputs.docker_prepare(container)
+                except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                    outcome = Outcome(None, "create_failed", f"cannot make the outputs directory: {exc}",
+                                      container_id=container.id, **base)
+            if outcome is None:
+                outcome = self._collect_outputs(container, plan,
+                                                self._run_container(container, plan, on_output, should_stop, base))
+        finally:
+            if outcome is None or not (outcome.detached or keep):
+                with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                    container.remove(force=True)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
 
-    def _remove(self, container_id: str) -> None:
-        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-            self.client.api.remove_container(container_id, force=True)
+    @staticmethod
+    def _collect_outputs(container, plan: StepPlan, outcome: Outcome) -> Outcome:
+        """A successful attempt's declared outputs, read from the stopped container (a missing, too large
+        or unreadable one fails the attempt: see runner/outputs.py)."""
+        if not plan.outputs or not outcome.ok:
+            return outcome
+        try:
+            values = outputs.collect(plan.outputs, outputs.docker_fetch(container))
+        except outputs.OutputFailure as exc:
+            return replace(outcome, reason=exc.reason, error=str(exc))
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            return replace(outcome, reason="outputs_unreadable", error=f"cannot read the outputs: {exc}")
+        return replace(outcome, outputs=values)
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The containers carrying ``prefix`` (running or not) whose attempt is not in ``live_attempts``."""
@@ -265,50 +302,73 @@ class DockerRuntime:
             return Outcome(None, "start_failed", f"the container did not start: {text}", container_id=cid, **base)
         logs = _LogPump(stream, on_output)
         stopper = _Stopper(container, should_stop)
+        deadline = time.monotonic() + plan.timeout if plan.timeout else None
+        return follow_started(container, plan, logs, stopper, deadline, base)
+
+
+def follow_started(container, plan: StepPlan, logs: _LogPump, stopper: _Stopper, deadline: float | None,
+                   base: dict) -> Outcome:
+    """Follow a started container to its end (the worker that started it, or one that adopted it): wait
+    for its exit, kill it at ``deadline`` (monotonic), and say how it ended."""
+    cid = container.id
+    try:
+        status = wait_for_exit(container, deadline, stopper)
+        if status is None:  # handed to another worker: it follows the container from here
+            logs.close()
+            logs.join(timeout=2)
+            return Outcome(None, stopper.reason, f"left running for another worker: {stopper.reason}",
+                           container_id=cid, detached=True, **base)
+    except docker.errors.NotFound:
+        return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
+                       container_id=cid, **base)
+    except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
+        logs.join(timeout=2)  # its stream broke too: what it read is stored before anyone reads the rest
+        return Outcome(None, "docker_error", f"lost the Docker engine while the step ran: {exc}",
+                       container_id=cid, **base)
+    finally:
+        stopper.close()
+    logs.join()
+    exit_code = int(status.get("StatusCode", -1))
+    if stopper.reason == "timeout":
+        return Outcome(exit_code, "timeout", f"killed after the step's timeout of {plan.timeout:g}s",
+                       container_id=cid, **base)
+    if stopper.reason:
+        return Outcome(exit_code, stopper.reason, f"stopped: {stopper.reason}", container_id=cid, **base)
+    try:
+        state = container.client.api.inspect_container(cid)["State"]
+    except docker.errors.NotFound:
+        state = {"Status": "removing"}
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        state = {}
+    if state.get("Status") in ("removing", "dead"):  # force-removed while it ran: wait saw it killed
+        return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
+                       container_id=cid, **base)
+    oom = state.get("OOMKilled", False)
+    if oom:
+        limit = f" (limit {plan.memory // (1024 * 1024)} MiB)" if plan.memory else ""
+        return Outcome(exit_code, "oom_killed", f"killed for running out of memory{limit}",
+                       container_id=cid, **base)
+    if exit_code != 0:
+        return Outcome(exit_code, "exit_code", f"exited with code {exit_code}", container_id=cid, **base)
+    return Outcome(0, None, None, container_id=cid, **base)
+
+
+def wait_for_exit(container, deadline: float | None, stopper: _Stopper) -> dict | None:
+    """The container's exit status (``container.wait``), killing it at ``deadline`` (monotonic; reason
+    ``timeout``); None as soon as the stopper detached. Waits in slices so that a detach is noticed."""
+    while True:
+        if stopper.reason in DETACH_REASONS:
+            return None
+        left = None if deadline is None else deadline - time.monotonic()
         try:
-            try:
-                status = container.wait(timeout=plan.timeout) if plan.timeout else container.wait()
-            except requests.exceptions.ConnectionError as exc:
-                if plan.timeout and _is_timeout(exc) and stopper.reason is None:
-                    stopper.stop("timeout")
-                    status = container.wait(timeout=30)
-                else:
-                    raise
-            except requests.exceptions.ReadTimeout:
-                stopper.stop("timeout")
-                status = container.wait(timeout=30)
-        except docker.errors.NotFound:
-            return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
-                           container_id=cid, **base)
-        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
-            return Outcome(None, "docker_error", f"lost the Docker engine while the step ran: {exc}",
-                           container_id=cid, **base)
-        finally:
-            stopper.close()
-        logs.join()
-        exit_code = int(status.get("StatusCode", -1))
-        if stopper.reason == "timeout":
-            return Outcome(exit_code, "timeout", f"killed after the step's timeout of {plan.timeout:g}s",
-                           container_id=cid, **base)
-        if stopper.reason:
-            return Outcome(exit_code, stopper.reason, f"stopped: {stopper.reason}", container_id=cid, **base)
-        try:
-            state = container.client.api.inspect_container(cid)["State"]
-        except docker.errors.NotFound:
-            state = {"Status": "removing"}
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            state = {}
-        if state.get("Status") in ("removing", "dead"):  # force-removed while it ran: wait saw it killed
-            return Outcome(None, "container_removed", "the container was removed while it ran (by someone else?)",
-                           container_id=cid, **base)
-        oom = state.get("OOMKilled", False)
-        if oom:
-            limit = f" (limit {plan.memory // (1024 * 1024)} MiB)" if plan.memory else ""
-            return Outcome(exit_code, "oom_killed", f"killed for running out of memory{limit}",
-                           container_id=cid, **base)
-        if exit_code != 0:
-            return Outcome(exit_code, "exit_code", f"exited with code {exit_code}", container_id=cid, **base)
-        return Outcome(0, None, None, container_id=cid, **base)
+            return container.wait(timeout=WAIT_SLICE_SECONDS if left is None else max(0.05, min(WAIT_SLICE_SECONDS,
+                                                                                               left)))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            if not isinstance(exc, requests.exceptions.ReadTimeout) and not _is_timeout(exc):
+                raise  # the engine went away, not a slice ending
+        if deadline is not None and time.monotonic() >= deadline and stopper.reason is None:
+            stopper.stop("timeout")
+            return container.wait(timeout=30)
 
 
 def network_options(network: str) -> dict[str, str]:
@@ -427,8 +487,11 @@ class _LogPump:
     def _pump(self) -> None:
         pump_in_batches(self.stream, self.on_output, (docker.errors.APIError, requests.exceptions.RequestException))
 
-    def join(self) -> None:
-        self.thread.join(timeout=10)
+    def join(self, timeout: float = 10) -> None:
+        self.thread.join(timeout=timeout)
+        _close(self.stream)
+
+    def close(self) -> None:
         _close(self.stream)
 
 
@@ -456,6 +519,8 @@ class _Stopper:
     def stop(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+        if reason in DETACH_REASONS:
+            return  # left running: another worker follows it now
         with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
             self.container.kill()
 

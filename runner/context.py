@@ -24,6 +24,8 @@ class WorkerContext:
     _outages: OutageSet | None = field(default=None, repr=False)
     _outages_at: float = 0.0
     stopping_since: float | None = None  # monotonic time the worker was asked to stop
+    # Attempts this process follows now (its job, its adoptions): its own sweep never adopts them.
+    following: set[tuple[str, str, int]] = field(default_factory=set)
 
     @cached_property
     def store(self) -> RunStore:
@@ -46,7 +48,7 @@ class WorkerContext:
             from runner.kubernetes import KubernetesRuntime  # the kubernetes client only where it is used
 
             return KubernetesRuntime.from_env()
-        return DockerRuntime(remove_later=True)  # containers removed in the background once recorded
+        return DockerRuntime()
 
     @cached_property
     def host(self) -> str:
@@ -55,6 +57,11 @@ class WorkerContext:
     @property
     def pid(self) -> int:
         return os.getpid()
+
+    @property
+    def holder(self) -> str:
+        """Who holds this process's leases: the worker's name (under a plain ``rq worker``, host and pid)."""
+        return self.name or f"{self.host}-{self.pid}"
 
     def shutdown_grace_over(self) -> bool:
         return self.stopping_since is not None and time.monotonic() - self.stopping_since > self.settings.shutdown_grace

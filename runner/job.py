@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -11,18 +12,22 @@ from datetime import UTC, datetime
 
 import redis
 
+from runner.attempt_log import AttemptLog
 from runner.containers import Outcome, labels_for
 from runner.context import current
-from runner.secrets import Masker, SecretError
+from runner.lease import LeaseKeeper
+from runner.secrets import SecretError
 from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
-from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
+from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
 from scheduler.results import Started, StartStatus
 from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
+ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container ran
 
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
@@ -47,13 +52,21 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
+    [wait_for] = store.step_fields(run_id, step, "wait_for")
+    if wait_for:
+        waited = engine.wait(run_id, step, attempt)
+        if waited is not None:
+            log.info("%s %s attempt %s: %s (wait_for)", run_id, step, attempt, waited.state)
+            return waited.state
     lease = ctx.settings.attempt_lease
-    started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.name, lease=lease)
+    key = (run_id, step, attempt)
+    started = engine.start(run_id, step, attempt, host=ctx.host, pid=ctx.pid, worker=ctx.holder, lease=lease,
+                           engine_id=_engine_id(ctx))
     if started.status is not StartStatus.OK:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
     plan = started.plan
-    refusal = _plan_refusal(started, run_id, step, ctx.settings.signing_key)
+    refusal = _plan_refusal(started, run_id, _signed_step(step), ctx.settings.signing_key)
     if refusal is not None or plan is None:
         # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
         log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
@@ -61,39 +74,59 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
             run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal}))
         return finished.state
     bind(dag=plan.dag)
+    try:
+        plan, rendered = _render_late(store, plan, step)
+    except OutputUnavailable as exc:
+        message = str(exc)
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
+        finished = _with_redis_retries(lambda: engine.finish(
+            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "output_unavailable", "error": message}))
+        return finished.state
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
+    ctx.following.add(key)
+    try:
+        return _follow(ctx, key, plan, lease, rendered)
+    finally:
+        ctx.following.discard(key)
 
-    def store_output(chunk: bytes) -> None:
-        store.append_log(run_id, step, attempt, chunk)
 
-    renewed = time.monotonic()
-
-    def should_stop() -> str | None:
-        """Polled while the container runs: cancel, a lost lease, or the worker's shutdown grace ending."""
-        nonlocal renewed
-        if time.monotonic() - renewed >= lease / 3:
-            if not store.renew(run_id, step, attempt, lease):
-                return "lost"
-            renewed = time.monotonic()
-        if store.is_cancelled(run_id, step):
-            return "cancelled"
-        if ctx.shutdown_grace_over():
-            return "worker_shutdown"
-        return None
-
+def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, rendered: dict[str, str]) -> str:
+    run_id, step, attempt = key
+    should_stop = LeaseKeeper(ctx, key, lease)
     began = time.perf_counter()
-    masker = Masker({}, store_output)
+    began_at = time.time()
+    output = AttemptLog(ctx.store, key, ctx.holder)
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
-        masker = Masker(secret_values, store_output)
-        outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, prefix, store.store_id), masker, should_stop)
+        output.mask_with(secret_values)
+        outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
+                                  output, should_stop, keep=True)
+        if outcome.reason in ENGINE_LOST and outcome.container_id:
+            from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
+
+            outcome = after_engine_loss(ctx, key, plan, outcome, output, should_stop)
     except StepRefused as exc:
         outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
         log.error("%s %s attempt %s: runner error\n%s", run_id, step, attempt, traceback.format_exc())
         outcome = Outcome(None, "runner_error", f"internal error in the runner: {exc!r}")
-    masker.close()
-    container_seconds = round(time.perf_counter() - began, 4)
+    output.close()
+    if outcome.detached:  # another worker follows the container now and records its end
+        log.info("%s %s attempt %s: %s; its container runs on", run_id, step, attempt, outcome.reason)
+        return str(outcome.reason)
+    state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4), rendered, began_at)
+    if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted),
+        # in the background where the runtime can (the next step is queued: nothing waits for the removal)
+        getattr(ctx.runtime, "reap_later", ctx.runtime.reap)([outcome.container_id])
+    return state
+
+
+def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float,
+                  rendered: dict[str, str] | None = None, since: float | None = None) -> str:
+    """Finish the attempt with its outcome (fenced by this worker holding it) and enqueue what became ready.
+    ``rendered``: the argv and env it ran with, when they read upstream outputs; ``since``: when it started
+    (a sensor's first poke). A sensor's "not yet" makes the attempt wait for its next poke instead."""
+    run_id, step, attempt = key
     result = {"cancelled": AttemptOutcome.CANCELLED, "worker_shutdown": AttemptOutcome.REQUEUE}.get(
         outcome.reason or "", AttemptOutcome.FAILED)
     if outcome.ok:
@@ -109,17 +142,45 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         "reason": outcome.reason,
         "error": outcome.error,
         "container_seconds": container_seconds,
+        **(rendered or {}),
+        **({"outputs": json.dumps(dict(outcome.outputs))} if outcome.outputs is not None else {}),
     }
-    try:
-        finished = _with_redis_retries(lambda: engine.finish(run_id, step, attempt, result, record,
-                                                             retry_delay=delay))
-    finally:  # recorded (the next steps are queued): the container may go, off the critical path
-        release = getattr(ctx.runtime, "after_recorded", None)
-        if release is not None:
-            release(outcome.container_id)
+    sensor = plan.sensor
+    if sensor is not None and _not_ready(plan, outcome):
+        finished = _with_redis_retries(lambda: ctx.engine.poke(
+            run_id, step, attempt, interval=sensor.interval, timeout=sensor.timeout, since=since or time.time(),
+            record=record, retry_delay=plan.backoff.delay(attempt) if attempt <= plan.retries else 0.0,
+            holder=ctx.holder))
+        log.info("%s %s attempt %s: %s", run_id, step, attempt, finished.state)
+        return finished.state
+    finished = _with_redis_retries(lambda: ctx.engine.finish(run_id, step, attempt, result, record,
+                                                             retry_delay=delay, holder=ctx.holder))
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _not_ready(plan: StepPlan, outcome: Outcome) -> bool:
+    """A sensor's poke that says "not yet": its exit code is the sensor's not_ready_exit_code."""
+    return (plan.sensor is not None and outcome.reason == "exit_code"
+            and outcome.exit_code == plan.sensor.not_ready_exit_code)
+
+
+def _signed_step(step: str) -> str:
+    """The step whose plan signature an attempt checks: an instance STEP[i] runs (and checks) STEP's."""
+    instance = mapped_instance(step)
+    return instance[0] if instance else step
+
+
+def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, str]]:
+    """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
+    and what to record on the attempt for reproducibility: the argv and env it ran with, when they
+    differ from the stored plan."""
+    deferred = bool(plan.deferred) or plan.step in HANDLER_STEPS  # a handler's env holds the run's state
+    rendered = render_attempt(store, plan, step)
+    if not deferred:
+        return rendered, {}
+    return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
 
 
 def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:
@@ -178,6 +239,16 @@ def _with_redis_retries(call, patience: float = REDIS_PATIENCE):
             log.warning("Redis unreachable while recording a result (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _engine_id(ctx) -> str:
+    """Which engine runs this worker's containers (so that an adopter on the same one may judge one gone)."""
+    try:
+        from runner.adoption import adoption_for
+
+        return adoption_for(ctx.runtime).engine_id()
+    except Exception:
+        return ""
 
 
 def _engine_version(ctx) -> str | None:

@@ -36,6 +36,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kubernetes.client
@@ -43,10 +44,22 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from runner.containers import LABEL_PREFIX, LOG_FLUSH_BYTES, AttemptKey, Leftover, Outcome, pump_in_batches
+from runner import outputs
+from runner.containers import (
+    DETACH_REASONS,
+    LABEL_PREFIX,
+    LOG_FLUSH_BYTES,
+    AttemptKey,
+    Leftover,
+    Outcome,
+    pump_in_batches,
+)
 from scheduler.model import StepPlan
 
 CONTAINER = "step"
+OUTPUTS_CONTAINER = "outputs"  # the reader sidecar of a step that declares outputs
+OUTPUTS_VOLUME = "conveyor-outputs"
+OUTPUTS_IMAGE = "busybox:1.36"  # CONVEYOR_K8S_OUTPUTS_IMAGE overrides it (a mirror, a pinned digest)
 POLL_SECONDS = 0.5
 DEADLINE_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 600.0
@@ -120,7 +133,8 @@ def secret_manifest(name: str, values: Mapping[str, str], labels: Mapping[str, s
     }
 
 
-def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> dict[str, Any]:
+def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str, *,
+                 outputs_image: str = OUTPUTS_IMAGE, output_cap: int = outputs.DEFAULT_CAP) -> dict[str, Any]:
     """The Pod for one attempt, as plain data (pure; ``labels`` as :func:`runner.containers.labels_for` makes them).
 
     Env vars named in ``plan.secrets`` are references to the attempt's Secret (:func:`secret_manifest`, same
@@ -163,6 +177,8 @@ def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> d
     }
     if plan.timeout:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(plan.timeout))
+    if plan.outputs:
+        add_outputs_reader(spec, container, plan.outputs, outputs_image, output_cap)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -177,12 +193,40 @@ def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str) -> d
     }
 
 
+def add_outputs_reader(spec: dict[str, Any], container: dict[str, Any], names: Iterable[str], image: str,
+                       cap: int) -> None:
+    """Outputs on a real cluster, without exec and without API access from the Pod: the step writes to a
+    shared ``emptyDir``; a native sidecar (an init container with ``restartPolicy: Always``, Kubernetes
+    1.29+) waits beside it, and when the kubelet stops it with SIGTERM after the step's container has
+    exited, it prints the declared files, framed (``runner.outputs.READER_SCRIPT``), to its log. The Pod
+    ends only after that, so the runtime reads a complete dump before it deletes the Pod."""
+    mount = {"name": OUTPUTS_VOLUME, "mountPath": outputs.OUTPUTS_DIR}
+    env = {"name": outputs.OUTPUTS_ENV, "value": outputs.OUTPUTS_DIR}
+    container.setdefault("env", []).append(env)
+    container.setdefault("volumeMounts", []).append(mount)
+    spec.setdefault("volumes", []).append({"name": OUTPUTS_VOLUME, "emptyDir": {}})
+    spec.setdefault("initContainers", []).append({
+        "name": OUTPUTS_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": ["sh", "-c", outputs.READER_SCRIPT, "conveyor-outputs", str(cap), *names],
+        "env": [env],
+        "volumeMounts": [{**mount, "readOnly": True}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    })
+
+
 class KubernetesRuntime:
     """The Kubernetes API behind :class:`~runner.containers.ContainerRuntime`: one Pod per attempt."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str = "default", *,
-                 poll_seconds: float = POLL_SECONDS, start_timeout: float = START_TIMEOUT_SECONDS):
+                 poll_seconds: float = POLL_SECONDS, start_timeout: float = START_TIMEOUT_SECONDS,
+                 outputs_image: str = OUTPUTS_IMAGE):
         self.api_client = api_client
+        self.outputs_image = outputs_image  # the reader sidecar's image (a busybox: sh, wc, base64, sleep)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.namespace = namespace
         self.poll_seconds = poll_seconds
@@ -202,7 +246,8 @@ class KubernetesRuntime:
             kubernetes.config.load_kube_config(config_file=environ.get("KUBECONFIG") or None,
                                                client_configuration=configuration)
         namespace = environ.get("CONVEYOR_K8S_NAMESPACE") or environ.get("POD_NAMESPACE") or "default"
-        return cls(kubernetes.client.ApiClient(configuration), namespace)
+        return cls(kubernetes.client.ApiClient(configuration), namespace,
+                   outputs_image=environ.get("CONVEYOR_K8S_OUTPUTS_IMAGE") or OUTPUTS_IMAGE)
 
     def engine_version(self) -> str:
         if self._version is None:
@@ -210,11 +255,12 @@ class KubernetesRuntime:
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None]) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
         if plan.network not in ("", "bridge", "none"):
             return Outcome(None, "network_unsupported", f"network {plan.network!r}: the Kubernetes runtime runs "
                            "steps on the Pod network (bridge) or with none; a named network is Docker's")
-        manifest = pod_manifest(plan, labels, self.namespace)
+        manifest = pod_manifest(plan, labels, self.namespace, outputs_image=self.outputs_image,
+                                output_cap=outputs.output_cap())
         name = manifest["metadata"]["name"]
         secrets = secret_values(plan)
         try:
@@ -233,14 +279,38 @@ class KubernetesRuntime:
             return Outcome(None, "create_failed", f"cannot create the Pod: {_explain(exc)}")
         except _Transport as exc:
             return Outcome(None, "kubernetes_unreachable", f"cannot reach the Kubernetes API: {exc}")
+        outcome: Outcome | None = None
         try:
             if secrets:
                 self._own_secret(name, pod)
-            return _Attempt(self, plan, name, on_output, should_stop).follow()
+            outcome = _Attempt(self, plan, name, on_output, should_stop).follow()
+            outcome = self._collect_outputs(name, plan, outcome)
         finally:
-            self.delete(name)
-            if secrets:
-                self.delete_secret(name)
+            if outcome is None or not (outcome.detached or keep):  # a detached Pod runs on under its adopter
+                self.delete(name)
+                if secrets:
+                    self.delete_secret(name)
+        return replace(outcome, kept=True) if keep and not outcome.detached else outcome
+
+    def _collect_outputs(self, name: str, plan: StepPlan, outcome: Outcome) -> Outcome:
+        """A successful attempt's declared outputs, from the reader sidecar's log (see
+        :func:`add_outputs_reader`); a missing, too large or unreadable one fails the attempt."""
+        if not plan.outputs or not outcome.ok:
+            return outcome
+        try:
+            log = self.core.read_namespaced_pod_log(name, self.namespace, container=OUTPUTS_CONTAINER,
+                                                    _preload_content=False).data
+        except (ApiException, *_Transport) as exc:
+            return replace(outcome, reason="outputs_unreadable", error=f"cannot read the outputs: {exc}")
+        found = outputs.parse_dump(log.decode("utf-8", "replace"))
+        if found is None:
+            return replace(outcome, reason="output_missing",
+                           error="the outputs reader left no complete dump (was it killed?)")
+        try:
+            values = outputs.collect(plan.outputs, outputs.fetch_from(found))
+        except outputs.OutputFailure as exc:
+            return replace(outcome, reason=exc.reason, error=str(exc))
+        return replace(outcome, outputs=values)
 
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         try:
@@ -288,9 +358,10 @@ class KubernetesRuntime:
         return found
 
     def reap(self, ids: Iterable[str]) -> None:
-        """Delete the given Pods (names from :meth:`orphans`) at once."""
+        """Delete the given Pods (names from :meth:`orphans`, or of ``run(keep=True)``) and their Secrets at once."""
         for name in ids:
             self.delete(name)
+            self.delete_secret(name)  # the owner reference does it too, in a cluster; not in every emulator
 
 
 class _Attempt:
@@ -324,6 +395,9 @@ class _Attempt:
         last_ok = began
         while True:
             reason = self._stop_reason()
+            if reason in DETACH_REASONS:
+                self.killed = True  # not killed, but its log is no longer ours to wait for
+                return replace(self.outcome(None, reason, f"left running for another worker: {reason}"), detached=True)
             if reason:
                 self.kill()
                 return self.outcome(None, reason, f"stopped: {reason}")
@@ -464,6 +538,7 @@ class _LogPump:
         except Exception:  # the Pod went away or the API dropped us: no log to follow
             return
         # The stream ends when the container does, or raises when the Pod goes away or we close it.
+        assert self.response is not None
         pump_in_batches(self.response.stream(LOG_FLUSH_BYTES, decode_content=True), self.on_output)
 
     def join(self, timeout: float = 10.0) -> None:

@@ -35,6 +35,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from runner import admission
 from runner.admission import ConveyorJob, JobRefused
+from runner.adoption import Adopter
 from runner.context import WorkerContext, install
 from scheduler import health
 from scheduler.dispatch import FAILURE_TTL, DelayedMover
@@ -155,7 +156,7 @@ def work(settings: Settings, queues: Sequence[str] = QUEUES, *, burst: bool = Fa
     context.store.warn_if_exposed(log)
     logging.getLogger("conveyor.runner").setLevel(log_level)
     logging.getLogger("conveyor.reaper").setLevel(log_level)
-    reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts)
+    reaper = Reaper(context.engine, context.runtime, lost_counts=settings.lost_counts, adopter=Adopter(context))
     reaper.run_in_thread()
     DelayedMover(context.dispatcher).run_in_thread(reaper.stop)
     try:

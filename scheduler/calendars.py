@@ -183,15 +183,24 @@ def cron_times_before(expr: str, before_wall: datetime) -> Iterator[datetime]:
 
 
 def check_cron(expr: object) -> str:
-    """``expr`` if it is a 5- or 6-field cron expression croniter accepts, else an error."""
-    if not isinstance(expr, str) or len(expr.split()) not in (5, 6):
-        raise CalendarError(f"{expr!r} is not a cron expression of 5 fields (or 6, seconds last)")
+    """``expr`` if it is a 5- or 6-field cron expression croniter accepts, else an error that gives
+    croniter's reason and an example."""
+    from scheduler.advice import cron_example, seconds_first
+
+    if not isinstance(expr, str):
+        raise CalendarError(f"{expr!r} is not a cron expression (a string of 5 fields, or 6 with seconds last); "
+                            f"{cron_example('')}")
     from croniter import CroniterBadCronError, croniter
 
     try:
         croniter(expr)
     except (CroniterBadCronError, ValueError) as exc:
-        raise CalendarError(f"{expr!r} is not a valid cron expression: {exc}") from None
+        raise CalendarError(f"{expr!r} is not a cron expression (croniter: {str(exc).rstrip('.')}); "
+                            f"{seconds_first(expr) or cron_example(expr)}") from None
+    if len(expr.split()) not in (5, 6):
+        count = len(expr.split())
+        raise CalendarError(f"{expr!r} is not a cron expression ({count} field{'s' if count > 1 else ''}; Conveyor "
+                            f"reads 5, or 6 with seconds last); {cron_example(expr)}")
     return expr
 
 
@@ -299,9 +308,9 @@ class Calendar:
         if d.weekday() not in self.weekdays:
             return f"weekend ({WEEKDAY_NAMES[d.weekday()]})"
         for source in self.sources:
-            label = source_holidays(source, d.year).get(d)
-            if label is not None:
-                return f"holiday: {label} ({source})"
+            found = source_holidays(source, d.year).get(d)
+            if found is not None:
+                return f"holiday: {found} ({source})"
         return None
 
     def is_business_day(self, d: date) -> bool:

@@ -5,7 +5,8 @@
     params.env in ["prod", "staging"] and not params.dry_run
 
 Parsed with Python's ``ast`` and evaluated by walking the tree: only literals, names of the form
-``params.NAME`` or ``STEP.exit_code``/``STEP.state``, comparisons, ``and``/``or``/``not`` and lists.
+``params.NAME``, ``STEP.exit_code``/``STEP.state`` or ``steps.STEP.outputs.NAME`` (an upstream step's
+output, a string), comparisons, ``and``/``or``/``not`` and lists.
 Nothing is ever passed to ``eval``; a call, an index or any other node is refused when the DAG is
 validated.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,41 +33,77 @@ _ALLOWED = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, a
             ast.Name, ast.Attribute, ast.Load, ast.List, ast.Tuple, *_COMPARE)
 
 
+# An output reference outside string literals (step names may hold '-', which Python would read as a
+# minus): each is swapped for a plain placeholder name before parsing, and mapped back after.
+_OUTPUT_REF = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
+                         r"|\bsteps\.([A-Za-z0-9][A-Za-z0-9_-]*)\.outputs\.([A-Za-z_][A-Za-z0-9_]*)")
+_PLACEHOLDER = "__conveyor_output_"
+
+
 class ConditionError(InputError):
     """A condition that cannot be parsed or names something unknown; the message is for people."""
 
 
 def parse(text: str) -> ast.Expression:
+    return _parse(text)[0]
+
+
+def _parse(text: str) -> tuple[ast.Expression, dict[str, str]]:
+    """The syntax tree and the output references it reads (placeholder name -> ``steps.S.outputs.N``)."""
+    refs: dict[str, str] = {}
+
+    def swap(match: re.Match[str]) -> str:
+        if match.group(1):
+            return match.group(1)
+        placeholder = f"{_PLACEHOLDER}{len(refs)}"
+        refs[placeholder] = f"steps.{match.group(2)}.outputs.{match.group(3)}"
+        return placeholder
+
+    source = _OUTPUT_REF.sub(swap, text.replace("&&", " and ").replace("||", " or "))
     try:
-        tree = ast.parse(text.replace("&&", " and ").replace("||", " or "), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise ConditionError(f"cannot read the condition {text!r}: {exc.msg}") from None
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             raise ConditionError(f"{text!r}: only comparisons, and/or/not, literals and names are allowed "
                                  f"(found {type(node).__name__})")
-    return tree
+    return tree, refs
 
 
 def names(text: str) -> list[str]:
     """The dotted names a condition reads, e.g. ``params.x``, ``extract.exit_code``."""
     found = []
-    tree = parse(text)
+    tree, refs = _parse(text)
     bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             if not isinstance(node.value, ast.Name):
                 raise ConditionError(f"{text!r}: names are params.NAME or STEP.exit_code / STEP.state")
             found.append(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in refs and id(node) not in bases:
+            found.append(refs[node.id])
         elif isinstance(node, ast.Name) and node.id not in _LITERALS and id(node) not in bases:
             found.append(node.id)
     return found
 
 
-def check(text: str, params: Iterable[str], steps: Iterable[str]) -> None:
-    """Raise ConditionError unless every name is a declared param or an upstream step's field."""
+def check(text: str, params: Iterable[str], steps: Iterable[str],
+          outputs: Mapping[str, Iterable[str]] | None = None) -> None:
+    """Raise ConditionError unless every name is a declared param, an upstream step's field or an
+    upstream step's declared output (``outputs``: step -> its output names)."""
     params, steps = set(params), set(steps)
     for name in names(text):
+        if name.startswith("steps.") and name.count(".") == 3:
+            _, step, _, output = name.split(".", 3)
+            if step not in steps:
+                raise ConditionError(f"'{name}': step '{step}' is not upstream of this step; only the outputs "
+                                     "of steps it depends on (directly or not) can be read")
+            declared = list((outputs or {}).get(step, ()))
+            if output not in declared:
+                known = f"; its outputs: {', '.join(declared)}" if declared else "; it declares no outputs"
+                raise ConditionError(f"'{name}': step '{step}' declares no output '{output}'{known}")
+            continue
         head, _, field = name.partition(".")
         if head == "params" and field in params:
             continue
@@ -81,7 +119,8 @@ def check(text: str, params: Iterable[str], steps: Iterable[str]) -> None:
 
 def evaluate(text: str, context: Mapping[str, Any]) -> bool:
     """``context`` maps dotted names (``params.x``, ``extract.exit_code``) to values."""
-    return bool(_eval(parse(text).body, context))
+    tree, refs = _parse(text)
+    return bool(_eval(tree.body, {**context, **{p: context.get(r) for p, r in refs.items()}}))
 
 
 def _eval(node: ast.AST, ctx: Mapping[str, Any]) -> Any:

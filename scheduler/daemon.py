@@ -36,6 +36,7 @@ import redis
 from scheduler import health, stats
 from scheduler.agenda import Agenda
 from scheduler.clock import Clock
+from scheduler.datasets import DatasetTriggers
 from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.leader import Lease
@@ -116,6 +117,7 @@ class Scheduler:
         self._swept = 0.0
         self.history_days = history_days  # ended runs older than this are deleted (0: keep everything)
         self._pruned = 0.0
+        self.datasets = DatasetTriggers(engine)
 
     # --- one pass -------------------------------------------------------------------------------
 
@@ -142,7 +144,15 @@ class Scheduler:
                 self.staging.release(current)
                 self._visit(due[i:i + CHUNK], current, epoch, context)
             self.staging.release(now + (self.clock.now() - began))
+        self._dataset_runs(now)
         return self._next_wake()
+
+    def _dataset_runs(self, now: datetime) -> None:
+        """DAGs with ``schedule: {on: [...]}`` whose datasets all have new events get their run."""
+        try:
+            self.created += len(self.datasets.check(now))
+        except (ConveyorError, redis.RedisError) as exc:  # tried again next pass
+            log.warning("dataset triggers: %s", exc)
 
     def _next_wake(self) -> float | None:
         times = [t for t in (self.agenda.next_due(), self.staging.next_due()) if t is not None]

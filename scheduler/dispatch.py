@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from scheduler.keys import Keys
-from scheduler.model import QUEUES
+from scheduler.model import QUEUES, mapped_instance
 from scheduler.results import Ready
 from scheduler.store import lua_script
 
@@ -30,6 +30,11 @@ FAILURE_TTL = 7 * 86400
 
 
 def job_id(run_id: str, step: str, attempt: int) -> str:
+    """Deterministic and made of ``[A-Za-z0-9_-]`` (RQ checks): an instance ``STEP[i]`` of a mapped step is
+    ``RUN-STEP-N-iI``, which no plain step's ``RUN-STEP-N`` can be (the Lua twin is ``job_id`` in lib.lua)."""
+    instance = mapped_instance(step)
+    if instance is not None:
+        return f"{run_id}-{instance[0]}-{attempt}-i{instance[1]}"
     return f"{run_id}-{step}-{attempt}"
 
 
@@ -73,6 +78,12 @@ class Dispatcher:
             moved += len(items)
             if len(entries) < limit:
                 return moved
+
+    def worker_names(self) -> list[str]:
+        """The RQ workers registered now (one SIGKILLed lately may still be listed until its key expires)."""
+        from rq import Worker
+
+        return [worker.name for worker in Worker.all(connection=self.connection)]
 
     def next_delayed(self) -> float | None:
         """Seconds until the next delayed attempt is due (by Redis's clock), or None."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import overload
 
 from scheduler.errors import InputError
 
@@ -40,6 +41,10 @@ def parse_duration(text: str | int | float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@overload
+def seconds(text: str | int | float | None, default: float) -> float: ...
+@overload
+def seconds(text: str | int | float | None, default: None = None) -> float | None: ...
 def seconds(text: str | int | float | None, default: float | None = None) -> float | None:
     """Seconds in a duration, or ``default`` when none is given."""
     if text is None:
@@ -57,12 +62,12 @@ def setting_seconds(text: str | float, *, plain_unit: float = 1.0, forms: str = 
         if value < 0 or value != value or value == float("inf"):
             raise DurationError(f"{text!r} is not {forms}")
         return value * plain_unit
-    value = str(text).strip()
-    if _PLAIN_NUMBER.match(value):
-        return float(value) * plain_unit
-    if not _WHOLE.match(value):
+    written = str(text).strip()
+    if _PLAIN_NUMBER.match(written):
+        return float(written) * plain_unit
+    if not _WHOLE.match(written):
         raise DurationError(f"{text!r} is not {forms}")
-    return parse_duration(value).total_seconds()
+    return parse_duration(written).total_seconds()
 
 
 def format_duration(value: timedelta | float) -> str:

@@ -10,7 +10,7 @@ HTTP server all change state through it, and only through it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ from scheduler.errors import ParamError
 from scheduler.gcpause import paused_gc
 from scheduler.model import DagSpec, Priority, StepState, Trigger
 from scheduler.plan import RunPlan, plan_run
-from scheduler.results import Created, Finished, Ready, RunCancel, SlaMiss, Started, StepCancel
+from scheduler.results import Adopted, Created, Finished, Ready, RunCancel, SlaMiss, Started, StepCancel
 from scheduler.settings import Settings
 from scheduler.spec import resolve_params
 from scheduler.store import RunStore
@@ -80,8 +80,11 @@ class Engine:
         now: datetime | None = None,
         idempotency_key: str | None = None,
         due_at: datetime | None = None,
+        only: Collection[str] = (),
+        datasets: str = "[]",
     ) -> str:
-        """:meth:`create_run` for a DAG version already loaded (the daemon keeps them compiled)."""
+        """:meth:`create_run` for a DAG version already loaded (the daemon keeps them compiled). ``only``:
+        run just these steps, their upstream treated as succeeded (:func:`scheduler.plan.assume`)."""
         params = resolve_params(spec, given_params)
         size = len(json.dumps(params))
         if size > MAX_PARAMS_BYTES:  # one bad run must not fill Redis: every step plan carries the params
@@ -89,7 +92,7 @@ class Engine:
         with paused_gc():  # a large DAG's plan is millions of objects (scheduler/gcpause.py)
             plan = plan_run(
                 spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
-                priority=priority, logical_date=logical_date, interval=interval,
+                priority=priority, logical_date=logical_date, interval=interval, only=only, datasets=datasets,
                 provenance={"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
                             "git_dirty": record.get("git_dirty"), "dag_path": record.get("path"),
                             **({"due_at": due_at.isoformat()} if due_at else {})},
@@ -97,6 +100,15 @@ class Engine:
             created = self.store.create_run(plan, idempotency_key=idempotency_key)
         self._enqueue(created.ready)
         return created.run_id
+
+    def emit_dataset(self, name: str, payload: Any = None, *, source: str = "") -> dict[str, Any]:
+        """An external producer's event of a dataset (``dataset_emit.lua``); its consumers are the
+        scheduler's to trigger. Returns the event."""
+        return self.store.emit_dataset(name, payload, source=source)
+
+    def consume_datasets(self, dag: str, seen: Mapping[str, int]) -> None:
+        """The DAG's dataset-triggered run for these events exists: they are consumed (only forward)."""
+        self.store.mark_datasets_seen(dag, seen)
 
     def create_planned(self, plans: list[tuple[RunPlan, str | None]]) -> list[Created]:
         """Runs already planned (the scheduler's due fires), in one round trip, each atomic on its own."""
@@ -124,15 +136,34 @@ class Engine:
     # --- attempts (workers) -----------------------------------------------------------------------
 
     def start(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-              lease: float) -> Started:
-        return self.store.start_attempt(run_id, step, attempt, host=host, pid=pid, worker=worker, lease=lease)
+              lease: float, engine_id: str = "") -> Started:
+        return self.store.start_attempt(run_id, step, attempt, host=host, pid=pid, worker=worker, lease=lease,
+                                        engine_id=engine_id)
 
     def finish(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any], *,
-               retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
+               retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
         finished = self.store.finish_attempt(run_id, step, attempt, outcome, record, retry_delay=retry_delay,
-                                             now=now)
+                                             now=now, holder=holder)
         self._enqueue(finished.ready)
         return finished
+
+    def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
+             record: Mapping[str, Any], retry_delay: float = 0.0, holder: str = "") -> Finished:
+        """A sensor is not ready yet: its attempt waits in Redis and is delivered again after ``interval``
+        (or fails with ``sensor_timeout``); no worker is held in between."""
+        finished = self.store.poke(run_id, step, attempt, interval=interval, timeout=timeout, since=since,
+                                   record=record, retry_delay=retry_delay, holder=holder)
+        self._enqueue(finished.ready)
+        return finished
+
+    def wait(self, run_id: str, step: str, attempt: int) -> Finished | None:
+        """A step with ``wait_for`` about to start: None when what it waits for holds (start it); else its
+        attempt waits in Redis, holding no worker, and is delivered again to check (or it failed with
+        ``wait_timeout``)."""
+        waited = self.store.wait_check(run_id, step, attempt)
+        if waited is not None:
+            self._enqueue(waited.ready)
+        return waited
 
     def skip(self, run_id: str, step: str, attempt: int) -> Finished:
         """Skip a queued step whose ``when:`` is false; its downstream follow their trigger rules."""
@@ -149,8 +180,17 @@ class Engine:
 
     # --- sweeps (reaper, scheduler) ---------------------------------------------------------------
 
-    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True) -> Finished:
-        finished = self.store.lose(entry, retry_delay=retry_delay, counts=counts)
+    def adopt(self, entry: str, *, adopter: str, lease: float, container_id: str = "") -> Adopted:
+        """Take over a running attempt whose worker died, its container still there (``adopt.lua``): the
+        same attempt goes on under ``adopter``; nothing is enqueued, nothing runs again."""
+        return self.store.adopt(entry, adopter=adopter, lease=lease, container_id=container_id)
+
+    def hand_over(self, run_id: str, step: str, attempt: int, holder: str) -> bool:
+        """A stopping worker lets go of its running attempt for another worker to adopt (``hand_over.lua``)."""
+        return self.store.hand_over(run_id, step, attempt, holder)
+
+    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True, grace: float = 0.0) -> Finished:
+        finished = self.store.lose(entry, retry_delay=retry_delay, counts=counts, grace=grace)
         self._enqueue(finished.ready)
         return finished
 
@@ -162,7 +202,7 @@ class Engine:
     def requeue(self, run_id: str, step: str, attempt: int) -> int:
         """Enqueue a queued attempt again (its RQ job vanished); a no-op if it moved on meanwhile."""
         state, current = self.store.step_fields(run_id, step, "state", "attempt")
-        if state not in {StepState.QUEUED, StepState.RETRYING} or current != str(attempt):
+        if state not in {StepState.QUEUED, StepState.RETRYING, StepState.WAITING} or current != str(attempt):
             return 0
         queue, timeout = self.store.queue_of(run_id, step)
         return self.dispatcher.enqueue([Ready(run_id, step, attempt, queue, timeout)])

@@ -7,16 +7,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, order=True)
 class Problem:
-    """One problem in a DAG file, with where it is: ``file:line:col: path: message``."""
+    """One problem in a DAG file, with where it is: ``file:line:col: path: message``.
+
+    A ``warning`` is a file that is valid but probably does not mean what it says (a Quartz-style
+    cron, ``calendar: UK``): shown as ``file:line:col: warning: path: message``, never stored, and
+    an error only under ``ctl validate --strict``."""
 
     file: str
     line: int
     col: int
     path: str
     message: str
+    severity: str = "error"  # or "warning"
+
+    @property
+    def is_warning(self) -> bool:
+        return self.severity == "warning"
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}"
+        where = f"{self.file}:{self.line}:{self.col}" + (": warning" if self.is_warning else "")
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 

@@ -122,5 +122,15 @@ class Keys:
     def jobs_refused(self) -> str:  # counter: RQ jobs workers refused (not Conveyor's attempt job)
         return f"{self.prefix}:jobs_refused"
 
+    # Datasets (scheduler/datasets.py) -------------------------------------------------------------
+    def datasets(self) -> str:  # hash: dataset name -> JSON of its last event (with its sequence number)
+        return f"{self.prefix}:datasets"
+
+    def dataset_events(self, name: str) -> str:  # list: a dataset's recent events, newest first, capped
+        return f"{self.prefix}:dataset:{name}:events"
+
+    def dataset_seen(self, name: str) -> str:  # hash: dataset -> the event number a DAG's last dataset run used
+        return f"{self.prefix}:dag:{name}:datasets_seen"
+
     def events(self) -> str:  # stream: every state change, capped
         return f"{self.prefix}:events"

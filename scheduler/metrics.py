@@ -31,7 +31,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -82,8 +82,13 @@ class StreamMetrics:
                               ["dag"], buckets=WAIT_BUCKETS, registry=registry)
         self.sla_misses = Counter("conveyor_sla_misses", "Step SLAs and run deadlines missed "
                                   "(step '' is the run's deadline).", ["dag", "step"], registry=registry)
+        self.adopted = Counter("conveyor_attempts_adopted", "Attempts whose container another worker adopted "
+                               "(its worker died or handed it over) instead of running the step again.", ["dag"],
+                               registry=registry)
         self.events = Counter("conveyor_metrics_events", "Events read from the stream by this exporter.",
                               registry=registry)
+        self.lost = Counter("conveyor_attempts_lost", "Attempts declared lost: their worker stopped renewing the "
+                            "lease (killed, frozen or cut off).", ["dag", "step"], registry=registry)
         self._queued: Bounded = Bounded(cap)
         self._running: Bounded = Bounded(cap)
 
@@ -97,6 +102,12 @@ class StreamMetrics:
         step, attempt = fields.get("step", ""), _int(fields.get("attempt"))
         if state == "sla_miss":
             self.sla_misses.labels(self.dag_of(run_id), step).inc()
+            return
+        if state == "adopted":
+            self.adopted.labels(self.dag_of(run_id)).inc()
+            return
+        if state == "lost":
+            self.lost.labels(self.dag_of(run_id), step).inc()
             return
         when = _time(at)
         if state == "queued":
@@ -266,6 +277,13 @@ def build(store: RunStore, rq_connection: redis.Redis, clock: Callable[[], float
     metrics = StreamMetrics(registry, DagNames(store))
     registry.register(RedisCollector(store, rq_connection, clock))
     return registry, EventTail(store, metrics)
+
+
+def watch_leadership(registry: CollectorRegistry, leading: Callable[[], bool]) -> None:
+    """``conveyor_scheduler_leader``: 1 while this scheduler process leads, read from it at each scrape."""
+    gauge = Gauge("conveyor_scheduler_leader", "1 while this scheduler leads, 0 while it stands by "
+                  "(sum over schedulers: how many lead, which should be 1).", registry=registry)
+    gauge.set_function(lambda: 1.0 if leading() else 0.0)
 
 
 def redis_check(client: redis.Redis, timeout: float = 2.0) -> Callable[[], str | None]:

@@ -22,6 +22,7 @@ class StepState(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # a sensor between two pokes: its attempt waits in Redis, holding no worker
 
     @property
     def terminal(self) -> bool:
@@ -36,7 +37,7 @@ class StepState(StrEnum):
     @property
     def waiting(self) -> bool:
         """Not started yet: cancelling settles it at once (``STEP_WAITING`` in lib.lua)."""
-        return self in {StepState.PENDING, StepState.QUEUED, StepState.RETRYING}
+        return self in {StepState.PENDING, StepState.QUEUED, StepState.RETRYING, StepState.WAITING}
 
     @property
     def failed(self) -> bool:
@@ -105,9 +106,11 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     SCHEDULE = "schedule"
     BACKFILL = "backfill"
+    DATASET = "dataset"  # every dataset of the DAG's schedule: {on: [...]} had a new event
 
 
-TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW}
+TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DEFAULT, Trigger.BACKFILL: Priority.LOW,
+                    Trigger.DATASET: Priority.DEFAULT}
 
 
 class Reprocess(StrEnum):
@@ -179,7 +182,26 @@ class StepSpec:
     pool: str | None = None
     pool_slots: int = 1
     sla: float | None = None  # seconds after the run's creation by which the step should have succeeded
+    outputs: tuple[str, ...] = ()  # files the step writes under $CONVEYOR_OUTPUTS, passed downstream
+    for_each: Mapping[str, str] | None = None  # {"items": JSON} | {"step": S, "output": N} | {"param": P}
+    max_parallel: int | None = None
+    max_items: int = 1000
+    sensor: Sensor | None = None
+    # Other DAGs' runs (or steps) this step waits for: {dag, step, logical_date, state, timeout, interval}.
+    wait_for: tuple[Mapping[str, Any], ...] = ()
+    produces: tuple[str, ...] = ()  # datasets a successful attempt records an event for
     network: str = "bridge"  # bridge (the engine's default), none, or a named network
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A step whose container is run again every ``interval`` seconds while it exits ``not_ready_exit_code``
+    (no worker held in between), until it exits 0, anything else, or ``timeout`` seconds have passed
+    since the attempt's first poke."""
+
+    interval: float
+    timeout: float | None = None
+    not_ready_exit_code: int = 100
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,19 @@ class DagSpec:
     @property
     def schedule(self) -> Mapping[str, Any] | None:
         return self.document.get("schedule")
+
+
+def mapped_instance(step: str) -> tuple[str, int] | None:
+    """``"load[3]"`` → ``("load", 3)``: an instance of a mapped step (``for_each``); None for a plain step.
+    Step names cannot hold ``[``, so the two never meet."""
+    if not step.endswith("]") or "[" not in step:
+        return None
+    parent, _, index = step[:-1].rpartition("[")
+    return (parent, int(index)) if parent and index.isdigit() else None
+
+
+def instance_name(step: str, index: int) -> str:
+    return f"{step}[{index}]"
 
 
 # Handler steps by the DAG key that defines them, their step name (step names cannot start with
@@ -241,6 +276,19 @@ class StepPlan:
     pool: str | None = None
     pool_slots: int = 1
     pinned_image: str | None = None  # a rerun runs the image id the step ran before, not a moved tag
+    outputs: tuple[str, ...] = ()  # declared outputs, collected from $CONVEYOR_OUTPUTS at success
+    # argv/env entries that read upstream outputs, kept as templates and rendered by the worker when the
+    # attempt starts (see scheduler/outputs.py): "argv.N" / "env.KEY" -> the raw template, and the values
+    # of the run's other names those templates use.
+    deferred: Mapping[str, str] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    # A mapped step (see StepSpec.for_each): it runs as instances STEP[0..n-1], expanded in Redis.
+    for_each: Mapping[str, str] | None = None
+    max_parallel: int | None = None
+    max_items: int = 1000
+    sensor: Sensor | None = None
+    wait_for: tuple[Mapping[str, Any], ...] = ()
+    produces: tuple[str, ...] = ()
     network: str = "bridge"  # bridge (the engine's default), none, or a named network (see StepSpec)
 
     def to_json(self) -> dict[str, Any]:
@@ -251,6 +299,13 @@ class StepPlan:
         data["backoff"] = vars(self.backoff).copy()
         data["mounts"] = [vars(m).copy() for m in self.mounts]
         data["secrets"] = {k: dict(v) for k, v in self.secrets.items()}
+        data["outputs"] = list(self.outputs)
+        data["deferred"] = dict(self.deferred)
+        data["context"] = dict(self.context)
+        data["for_each"] = dict(self.for_each) if self.for_each is not None else None
+        data["sensor"] = vars(self.sensor).copy() if self.sensor is not None else None
+        data["wait_for"] = [dict(w) for w in self.wait_for]
+        data["produces"] = list(self.produces)
         return data
 
     @classmethod
@@ -259,4 +314,8 @@ class StepPlan:
         values["argv"] = tuple(values["argv"])
         values["backoff"] = Backoff(**values["backoff"])
         values["mounts"] = tuple(Mount(**m) for m in values.get("mounts", ()))
+        values["outputs"] = tuple(values.get("outputs", ()))
+        values["sensor"] = Sensor(**values["sensor"]) if values.get("sensor") else None
+        values["wait_for"] = tuple(values.get("wait_for", ()))
+        values["produces"] = tuple(values.get("produces", ()))
         return cls(**values)

@@ -106,7 +106,9 @@ class Outage:
         # fall-back overlap, walls up to the end of the overlap read as the (earlier) first pass.
         begin = wall_clock(t, self.tz)
         if is_repeat(local):
-            begin += local.replace(fold=0).utcoffset() - local.utcoffset()
+            first, second = local.replace(fold=0).utcoffset(), local.utcoffset()
+            assert first is not None and second is not None  # an aware local time
+            begin += first - second
         begin = begin.replace(microsecond=0) + timedelta(seconds=1)
         for wall in cron_times_before(self.cron, begin):
             start = utc(localize(wall, self.tz))

@@ -63,6 +63,26 @@ class Finished:
         return not isinstance(self.state, Fence)
 
 
+class Lease(StrEnum):
+    """What a worker's heartbeat learns (renew.lua)."""
+
+    HELD = "held"  # still ours: go on
+    LOST = "lost"  # declared lost: stop the container
+    TAKEN = "taken"  # another worker adopted it (or it was handed over): let the container run, stop following
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """adopt.lua: ``status`` is OK when this worker now holds the attempt (the plan to follow it with, how
+    many bytes of the container's output the store already has, and when the attempt really started),
+    else the fence that refused it (another worker renewed or adopted it first, or it moved on)."""
+
+    status: StartStatus | Fence
+    plan: StepPlan | None = None
+    log_bytes: int = 0
+    started_at: str = ""
+
+
 @dataclass(frozen=True)
 class RunCancel:
     """``already_ended``: the run had ended before (``state`` says how); otherwise ``state`` is
@@ -123,6 +143,30 @@ def decode_finished(reply: Sequence[Any]) -> Finished:
     return Finished(StepState(reply[1]), decode_ready(reply[2]))
 
 
+def decode_poked(reply: Sequence[Any]) -> Finished:
+    """poke.lua: {'waiting', {ready}, interval, pokes, freed} | like finish.lua. The next poke is a new
+    delivery of the same attempt, with its own job id (tag ``poke-N``)."""
+    if reply[0] != "waiting":
+        return decode_finished(reply)
+    rid, step, n, queue, timeout = reply[1][0]
+    again = Ready(rid, step, int(n), queue, float(timeout) if timeout else None, float(reply[2]),
+                  tag=f"poke-{int(reply[3])}")
+    return Finished(StepState.WAITING, (again, *decode_ready(reply[4])))
+
+
+def decode_waited(reply: Sequence[Any]) -> Finished | None:
+    """wait.lua: {'go'} → None (start the attempt) | {'stale'} | {'waiting', {ready}, interval, checks} (the
+    same attempt delivered again after interval, tag ``wait-N``) | {'done', 'failed', ready} (wait_timeout)."""
+    if reply[0] == "go":
+        return None
+    if reply[0] == "waiting":
+        rid, step, n, queue, timeout = reply[1][0]
+        again = Ready(rid, step, int(n), queue, float(timeout) if timeout else None, float(reply[2]),
+                      tag=f"wait-{int(reply[3])}")
+        return Finished(StepState.WAITING, (again,))
+    return decode_finished(reply)
+
+
 def decode_started(reply: Sequence[Any]) -> Started:
     """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
     import json
@@ -136,6 +180,20 @@ def decode_started(reply: Sequence[Any]) -> Started:
             plan = None  # not a plan Conveyor wrote: the runner refuses it (see runner/job.py)
         return Started(status, plan, reply[1] or "", signature)
     return Started(status)
+
+
+def decode_lease(reply: int) -> Lease:
+    """renew.lua: 1 | 0 | -1."""
+    return {1: Lease.HELD, 0: Lease.LOST}.get(int(reply), Lease.TAKEN)
+
+
+def decode_adopted(reply: Sequence[Any]) -> Adopted:
+    """adopt.lua: {'ok', plan_json, log_bytes, started_at} | {'alive'} | {'stale'}."""
+    import json
+
+    if reply[0] != "ok":
+        return Adopted(Fence(reply[0]))
+    return Adopted(StartStatus.OK, StepPlan.from_json(json.loads(reply[1])), int(reply[2] or 0), reply[3] or "")
 
 
 def decode_created(run_id: str, reply: Sequence[Any]) -> Created:
@@ -156,7 +214,8 @@ def decode_run_cancel(reply: Sequence[Any]) -> RunCancel:
 def decode_step_cancel(reply: Sequence[Any]) -> StepCancel:
     """cancel_step.lua: {'done', state} | {'stopping'} | {'cancelled', ready}."""
     status = StepCancelStatus(reply[0])
-    return StepCancel(status, decode_ready(reply[1]) if status is StepCancelStatus.CANCELLED else ())
+    return StepCancel(status, decode_ready(reply[1]) if status is not StepCancelStatus.DONE and len(reply) > 1
+                      else ())
 
 
 def decode_sla_misses(reply: Sequence[Any] | None) -> list[SlaMiss]:

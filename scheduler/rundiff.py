@@ -53,7 +53,7 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             changed = [f for f in STEP_FIELDS if left[f] != right[f]]
         steps.append({"name": name, "only_in": None if left and right else ("a" if left else "b"),
                       "a": left, "b": right, "differs": changed})
-    count = (sum(r["differs"] for r in run) + sum(p["differs"] for p in params)
+    count = (sum(bool(r["differs"]) for r in run) + sum(p["differs"] for p in params)
              + sum(1 for s in steps if s["differs"]))
     return {"a": a["run_id"], "b": b["run_id"], "run": run, "params": params, "steps": steps,
             "differences": count}

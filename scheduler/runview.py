@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.errors import NotFoundError
 from scheduler.store import RunStore
 
 ATTEMPT_FIELDS = ("number", "state", "exit_code", "image", "image_id", "image_digest", "container_id", "host",
-                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error")
+                  "pid", "worker", "engine_version", "started_at", "ended_at", "reason", "error",
+                  # a dead or stopping worker's container followed to its end by another (runner/adoption.py)
+                  "adopted_by", "adopted_at", "handed_over_by", "handed_over_at")
 
 
 def _none(value: str | None) -> str | None:
@@ -60,21 +63,50 @@ def attempt_object(raw: dict[str, str]) -> dict[str, Any]:
     data["number"] = _int(raw.get("number"))
     data["exit_code"] = _int(raw.get("exit_code"))
     data["pid"] = _int(raw.get("pid"))
+    data["outputs"] = json.loads(raw["outputs"]) if raw.get("outputs") else None
+    if raw.get("argv"):  # rendered when the attempt started (it read upstream outputs)
+        data["argv"] = json.loads(raw["argv"])
+    if raw.get("pokes"):  # a sensor: how many pokes said "not yet", and when the next one is due
+        data["pokes"] = int(raw["pokes"])
+        data["next_poke"] = (datetime.fromtimestamp(float(raw["next_poke"]), UTC).isoformat(timespec="milliseconds")
+                             if raw.get("next_poke") and raw.get("state") == "waiting" else None)
     return data
 
 
 def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
     """``ctl status RUN_ID --output json``: the run and every step with its attempts."""
-    data = run_object(store.run_record(run_id))
+    record = store.run_record(run_id)
+    data = run_object(record)
     data["steps"] = [
         {
             "name": step["name"],
             "state": step["state"],
             "attempts": [attempt_object(a) for a in step["attempts"]],
+            **_mapped_object(step),
+            **_waiting_object(step),
         }
-        for step in store.step_records(run_id)
+        for step in store.step_records(run_id, record)
     ]
     return data
+
+
+def _mapped_object(step: dict[str, Any]) -> dict[str, Any]:
+    """A mapped step's fan-out (how many instances, its outputs gathered, why it did not expand) or an
+    instance's mapped step and index; nothing for a plain step."""
+    if step.get("parent"):
+        return {"mapped_step": step["parent"], "index": _int(step.get("index"))}
+    if "for_each" not in step:
+        return {}
+    return {"instances": _int(step.get("instances")), "error": _none(step.get("error")),
+            "outputs": json.loads(step["outputs"]) if step.get("outputs") else None}
+
+
+def _waiting_object(step: dict[str, Any]) -> dict[str, Any]:
+    """A step waiting for other DAGs (wait_for): what it still waits for and when it checks again."""
+    if not step.get("waiting_for") or step.get("state") != "waiting":
+        return {}
+    return {"waiting_for": json.loads(step["waiting_for"]),
+            "next_check": datetime.fromtimestamp(float(step["next_check"]), UTC).isoformat(timespec="milliseconds")}
 
 
 def log_attempt(store: RunStore, run_id: str, step: str, attempt: int | None = None) -> int:
@@ -87,3 +119,12 @@ def log_attempt(store: RunStore, run_id: str, step: str, attempt: int | None = N
     if number == 0 or number > last:
         raise NotFoundError(f"step '{step}' of run '{run_id}' has no attempt {number or ''}".rstrip())
     return number
+
+
+def attempt_state(store: RunStore, run_id: str, step: str, attempt: int) -> str | None:
+    """How an attempt ended (``success``, ``failed``, ``lost``...), or its state while it runs."""
+    steps = {s["name"]: s for s in store.step_records(run_id)}
+    for record in steps.get(step, {}).get("attempts", []):
+        if _int(record.get("number")) == attempt:
+            return _none(record.get("state"))
+    return None

@@ -465,7 +465,7 @@ def _from_spec(
         crons=tuple(crons),
         tz=tz,
         calendar=calendar,
-        business_day=business_day,  # type: ignore[arg-type]
+        business_day=business_day,
         roll=roll,
         catchup=catchup,
         max_catchup=max_catchup,

@@ -17,8 +17,8 @@ from scheduler.agenda import Agenda
 from scheduler.backfill import plan_batches, plan_schedule_aligned
 from scheduler.calendars import zone
 from scheduler.engine import Rerun
-from scheduler.errors import ConveyorError, NotFoundError
-from scheduler.model import DagSpec, Trigger
+from scheduler.errors import ConveyorError, NotFoundError, Problem
+from scheduler.model import DagSpec, Trigger, mapped_instance
 from scheduler.plan import plan_run
 from scheduler.provenance import git_state
 from scheduler.reruns import select
@@ -35,10 +35,12 @@ class Submitted:
     sha256: str
 
 
-def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = None) -> Submitted:
+def submit_file(store: RunStore, path: str | Path, *, now: datetime | None = None,
+                warnings: list[Problem] | None = None) -> Submitted:
     """Validate and store a DAG file (a new version only when its content changed); a scheduled DAG
-    is put on the scheduler's agenda and the scheduler is woken."""
-    spec, raw = load_file(path, store_calendars(store))
+    is put on the scheduler's agenda and the scheduler is woken. The file's warnings are appended to
+    ``warnings`` (for the caller to show: they are never stored)."""
+    spec, raw = load_file(path, store_calendars(store), warnings=warnings)
     return _submitted(store, spec, raw, str(Path(path).resolve()), git_state(path), now)
 
 
@@ -93,15 +95,21 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
     if step is not None and step not in states:
         raise NotFoundError(f"run '{run_id}' has no step '{step}'; steps: {', '.join(states)}")
     spec, version = load_version(store, record["dag"], int(record["dag_version"]))
-    chosen = select({n: s.depends_on for n, s in spec.steps.items()}, states, step=step,
-                    downstream=downstream, everything=everything,
+    # An instance STEP[i] of a mapped step is rerun alone, in its mapped step's place (and, by default,
+    # with what is downstream of the mapped step).
+    instance = mapped_instance(step) if step is not None else None
+    chosen = select({n: s.depends_on for n, s in spec.steps.items()}, states,
+                    step=instance[0] if instance else step, downstream=downstream, everything=everything,
                     rerun_before=[n for n, s in spec.steps.items() if s.rerun_before_downstream])
+    if instance is not None and step is not None:
+        chosen = [step if name == instance[0] else name for name in chosen]
     if not chosen:
         raise ConveyorError(f"run {run_id}: nothing to rerun (no failed step); use --step S or --all")
     plans: dict[str, Any] = {}
     if latest:
         new_spec, new_version = load_version(store, record["dag"])
-        missing = [s for s in chosen if s not in new_spec.steps]
+        planned = [(mapped_instance(s) or (s,))[0] for s in chosen]  # an instance runs its mapped step's plan
+        missing = [s for s in planned if s not in new_spec.steps]
         if missing:
             raise ConveyorError(f"DAG '{record['dag']}' version {new_version['version']} has no step "
                                 f"{', '.join(missing)}; rerun without --latest")
@@ -109,14 +117,14 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
                          now=now or datetime.now(UTC), trigger=Trigger(record["trigger"]), run_id=run_id,
                          logical_date=datetime.fromisoformat(record["logical_date"]),
                          interval=(_when(record.get("data_interval_start")), _when(record.get("data_interval_end"))))
-        plans = {name: fresh.steps[name] for name in chosen}
+        plans = {name: fresh.steps[name] for name in planned}
         note = (f"switching to DAG version {new_version['version']} (was {record['dag_version']}); "
                 "images by tag: " + ", ".join(f"{n}={p.image}" for n, p in plans.items()))
         return Rerun(run_id, chosen, plans, [note], None)
     by_name = {s["name"]: s for s in steps}
     for name in chosen:
         last = by_name[name]["attempts"][-1] if by_name[name]["attempts"] else {}
-        if last.get("image_id"):
+        if last.get("image_id") and mapped_instance(name) is None:  # instances run their mapped step's plan
             plans[name] = replace(store.step_plan(run_id, name), pinned_image=last["image_id"])
     note = (f"DAG version {record['dag_version']} as pinned; images pinned to the ids they ran: "
             + (", ".join(f"{n}={p.pinned_image[:19]}" for n, p in plans.items()) or "none yet"))

@@ -86,6 +86,10 @@ class Settings:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        from scheduler import redis_url  # Sentinel URLs: a separate module (scheduler/redis_url.py)
+
+        if redis_url.is_sentinel(self.redis_url):
+            return redis_url.connect(self.redis_url, decode=decode)
         check_redis_url(self.redis_url)
         return redis.Redis.from_url(
             self.redis_url,
@@ -216,6 +220,10 @@ def check_redis_url(url: str, name: str = "REDIS_URL") -> str:
 
 
 def _redis_url_problem(url: str) -> str | None:
+    from scheduler import redis_url  # redis+sentinel:// (scheduler/redis_url.py)
+
+    if redis_url.is_sentinel(url):
+        return redis_url.problem(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -255,9 +263,47 @@ def _shown(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
+    from scheduler import redis_url
+
+    if redis_url.is_sentinel(url):
+        return redis_url.redact(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+# --- ctl through a server --------------------------------------------------------------------------
+
+SERVER_FORMS = "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (the URL ctl server answers on)"
+
+
+@dataclass(frozen=True)
+class ServerEndpoint:
+    """``CONVEYOR_SERVER`` and ``CONVEYOR_TOKEN``: where ``ctl`` sends its commands instead of Redis, and the
+    bearer token it sends. ``repr`` never shows the token."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+
+
+def server_from_env(environ: Environ | None = None) -> ServerEndpoint | None:
+    """The server ``ctl`` should talk to, or None (talk to Redis); a bad URL is a ConfigError (exit 2)."""
+    env = os.environ if environ is None else environ
+    raw = _get(env, "CONVEYOR_SERVER")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS)
+    if parts.username or parts.password:  # not echoed: it may be a secret
+        raise ConfigError("CONVEYOR_SERVER must not hold a user or password: put the token in CONVEYOR_TOKEN")
+    if parts.query or parts.fragment:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS, "has a query or fragment")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise _bad("CONVEYOR_SERVER", raw, SERVER_FORMS, "has a bad port") from None
+    return ServerEndpoint(raw.rstrip("/"), _get(env, "CONVEYOR_TOKEN") or None)

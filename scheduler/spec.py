@@ -15,13 +15,23 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler import conditions, schemacheck, templates
-from scheduler.calendars import Calendar, CalendarError, check_cron, resolve, zone
+from scheduler import advice, conditions, schemacheck, templates
+from scheduler.calendars import Calendar, CalendarError, canonical_source, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
 from scheduler.gcpause import paused_gc
 from scheduler.graph import find_cycle, is_ancestor
-from scheduler.model import HANDLERS, Backoff, DagSpec, Mount, ParamSpec, Priority, StepSpec, memory_bytes
+from scheduler.model import (
+    HANDLERS,
+    Backoff,
+    DagSpec,
+    Mount,
+    ParamSpec,
+    Priority,
+    Sensor,
+    StepSpec,
+    memory_bytes,
+)
 from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
@@ -31,6 +41,7 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
+DEFAULT_MAX_ITEMS = 1000  # instances of one mapped step (for_each), unless the step says max_items
 _TYPE_WORDS = {
     "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
     "number": "a number", "boolean": "true or false", "null": "empty",
@@ -51,48 +62,65 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema())
 
 
-def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None) -> tuple[DagSpec, bytes]:
+def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
+              warnings: list[Problem] | None = None, offline: bool = False) -> tuple[DagSpec, bytes]:
     """Read and validate a DAG file; returns the spec and the exact bytes it came from.
 
-    ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``).
+    ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``);
+    ``warnings`` and ``offline`` as :func:`load_bytes`.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return load_bytes(raw, str(path), calendars), raw
+    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
 
 
-def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None) -> DagSpec:
-    """Validate a DAG document; raise :class:`SpecError` with every problem found."""
-    with paused_gc():
-        return _load(raw, file, calendars)
+def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
+               warnings: list[Problem] | None = None, offline: bool = False) -> DagSpec:
+    """Validate a DAG document; raise :class:`SpecError` with every problem found.
 
-
-def _load(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None) -> DagSpec:
-    try:
-        source = parse(raw, file)
-        problems = _problems(source, calendars)
-        if problems and source.recheck:  # placed where the pure-Python composer puts them (yamlsource.parse)
-            source = parse(raw, file, fast=False)
-            problems = _problems(source, calendars)
-    except YamlProblems as exc:
-        raise SpecError(exc.problems) from None
+    Warnings (valid text that probably means something else, see :mod:`scheduler.advice`) are
+    appended to ``warnings`` when a list is given, whether or not the file has errors; they never
+    make the file invalid. ``offline``: the named calendars are unknown (no Redis to ask), so a
+    calendar name that is not built in is a warning instead of an error.
+    """
+    with paused_gc():  # a large DAG is millions of objects and no cycles (scheduler/gcpause.py)
+        source, problems = _read(raw, file, calendars, offline)
+    if warnings is not None:
+        warnings += sorted({p for p in problems if p.is_warning})
+    problems = [p for p in problems if not p.is_warning]
     if problems:
         raise SpecError(sorted(set(problems)))
-    return _build(source.data)
+    with paused_gc():
+        return _build(source.data)
 
 
-def _problems(source: Source, calendars: Mapping[str, Any] | None) -> list[Problem]:
+def _read(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None,
+          offline: bool) -> tuple[Source, list[Problem]]:
+    """The parsed document and its problems (warnings included), placed as the pure-Python composer
+    places them: a document libyaml read is parsed again when it has any (yamlsource.parse)."""
+    try:
+        source = parse(raw, file)
+        problems = _problems(source, calendars, offline)
+        if problems and source.recheck:
+            source = parse(raw, file, fast=False)
+            problems = _problems(source, calendars, offline)
+    except YamlProblems as exc:
+        raise SpecError(exc.problems) from None
+    return source, problems
+
+
+def _problems(source: Source, calendars: Mapping[str, Any] | None, offline: bool) -> list[Problem]:
     if not isinstance(source.data, dict):
-        return [source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
-                                   f"not {_type_word(source.data)}")]
+        raise SpecError([source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
+                                             f"not {_type_word(source.data)}")])
     problems = list(_schema_problems(source))
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
-    problems += [p for p in _schedule_problems(source, calendars or {}) if p.path.split(".")[0] not in noisy]
+    problems += [p for p in _schedule_problems(source, calendars or {}, offline) if p.path.split(".")[0] not in noisy]
     return problems
 
 
@@ -113,6 +141,11 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
     kind = error.validator
     value = error.validator_value
     instance = error.instance
+    if "cron" in path[-2:] and isinstance(instance, str | list):
+        found = list(_cron_problems(source, path, instance))
+        if found:
+            yield from found
+            return
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = list(error.schema.get("properties", {}))
         for extra in sorted(set(instance) - set(allowed)):
@@ -133,7 +166,7 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
         return
     if kind == "type":
         wanted = value if isinstance(value, list) else [value]
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        words = " or ".join(str(_TYPE_WORDS.get(w, w)) for w in wanted)
         if error.schema.get("pattern") == DURATION_PATTERN:
             words = "a duration like 30s, 5m, 2h, 1d, 1w"
         elif path and path[-1] == "memory":
@@ -159,6 +192,18 @@ def _reword(source: Source, error: ValidationError) -> Iterator[Problem]:
     }
     message = messages.get(kind, lambda: error.message)()
     yield source.problem(path, message)
+
+
+def _cron_problems(source: Source, path: tuple[Any, ...], value: str | list[Any]) -> Iterator[Problem]:
+    """A cron the schema refused, in croniter's words with an example (not "not valid under any of the
+    given schemas"); a list, item by item."""
+    for index, cron in enumerate(value) if isinstance(value, list) else [(None, value)]:
+        if not isinstance(cron, str):
+            continue
+        try:
+            check_cron(cron)
+        except CalendarError as exc:
+            yield source.problem(path if index is None else (*path, index), str(exc))
 
 
 def _name_message(path: tuple[Any, ...], name: Any) -> str:
@@ -212,11 +257,25 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     yield from _param_problems(source, params)
     known = templates.known_names(params)
     upstream: dict[str, list[str]] = {}
+    declared = _declared_outputs(steps)
+    graph = {name: [d for d in step.get("depends_on") or [] if isinstance(d, str) and d in steps and d != name]
+             if isinstance(step, dict) and isinstance(step.get("depends_on"), list) else []
+             for name, step in steps.items()}
     for name, step in steps.items():
         if not isinstance(step, dict):
             continue
         at = ("steps", name)
-        yield from _step_problems(source, at, step, defaults, known, f"step '{name}'")
+        refs = _OutputRefs(name, _Ancestors(graph, name), declared, steps, "for_each" in step)
+        if "for_each" in step:
+            yield from _for_each_problems(source, at, step["for_each"], params, refs)
+        for key in ("max_parallel", "max_items"):
+            if key in step and "for_each" not in step:
+                yield source.problem((*at, key), f"'{key}' applies only to a step with for_each", key=True)
+        yield from _step_problems(source, at, step, defaults, known, f"step '{name}'", refs)
+        if isinstance(step.get("wait_for"), list):
+            for index, wait in enumerate(step["wait_for"]):
+                if isinstance(wait, dict):
+                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"))
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -238,13 +297,15 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
     for name, step in steps.items():
         if isinstance(step, dict) and isinstance(step.get("when"), str):
             try:  # only the steps the condition names are looked for upstream (linear in the DAG's size)
-                named = {n.partition(".")[0] for n in conditions.names(step["when"])} & upstream.keys()
-                conditions.check(step["when"], params, {n for n in named if is_ancestor(upstream, name, n)})
+                named = {_condition_step(n) for n in conditions.names(step["when"])} & upstream.keys()
+                conditions.check(step["when"], params, {n for n in named if is_ancestor(upstream, name, n)},
+                                 declared)
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
         if isinstance(data.get(key), dict):
-            yield from _step_problems(source, (key,), data[key], defaults, known, f"handler '{key}'")
+            yield from _step_problems(source, (key,), data[key], defaults, [*known, *templates.HANDLER_NAMES],
+                                      f"handler '{key}'")
     cycle = find_cycle(upstream)
     if cycle:
         # Each step in the path depends on the next; people read a cycle in run order.
@@ -253,7 +314,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
 
 
 def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], defaults: dict[str, Any],
-                   known: list[str], label: str) -> Iterator[Problem]:
+                   known: list[str], label: str, refs: _OutputRefs | None = None) -> Iterator[Problem]:
     """What the schema cannot say about one step or handler (``label``: "step 'load'", "handler
     'on_failure'"), its defaults applied: image and command present and of the right form, every
     template in its command and env known, its backoff durations readable. Steps and handlers become
@@ -264,6 +325,9 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         yield source.problem(at, f"{label} has no image; set 'image' on the {kind} or in 'defaults'", key=True)
     if "command" not in merged:
         yield source.problem(at, f"{label} has no command; give it as a list, e.g. [\"echo\", \"hi\"]", key=True)
+    if isinstance(merged.get("image"), str):
+        yield from _image_problems(source, (*at, "image") if "image" in step else ("defaults", "image"),
+                                   merged["image"], known)
     command = merged.get("command")
     where = (*at, "command") if "command" in step else ("defaults", "command")
     if isinstance(command, str) and not merged.get("shell"):
@@ -275,14 +339,15 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         yield source.problem(where, "command is an empty list")
     for index, part in enumerate(command if isinstance(command, list) else [command]):
         if isinstance(part, str):
-            yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known)
+            yield from _template_problem(source, (*where, index) if isinstance(command, list) else where, part, known,
+                                         refs)
     # The env a step gets is the defaults' env overlaid with its own (see _step): check both parts.
-    own_env = step.get("env") if isinstance(step.get("env"), dict) else {}
-    default_env = defaults.get("env") if isinstance(defaults.get("env"), dict) else {}
+    own_env: dict[str, Any] = step["env"] if isinstance(step.get("env"), dict) else {}
+    default_env: dict[str, Any] = defaults["env"] if isinstance(defaults.get("env"), dict) else {}
     for key, value in {**default_env, **own_env}.items():
         if isinstance(value, str):
             env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
-            yield from _template_problem(source, env_at, value, known)
+            yield from _template_problem(source, env_at, value, known, refs)
     if isinstance(merged.get("network"), str) and merged["network"].lower() == "host":
         yield source.problem((*at, "network") if "network" in step else ("defaults", "network"),
                              "network 'host' is not allowed: a step would share the worker host's network "
@@ -293,8 +358,140 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         yield from _duration_problems(source, backoff_at, backoff, ("initial", "max"))
 
 
-def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str]) -> Iterator[Problem]:
+def _image_problems(source: Source, path: tuple[Any, ...], image: str, known: list[str]) -> Iterator[Problem]:
+    """Templates in an image may name params only: the image is part of what a run is (``ctl diff``,
+    pinned reruns), chosen when the run is created, not a per-step or per-attempt value."""
+    params = [name for name in known if name.startswith("params.")]
     try:
+        used = templates.names_in(image)
+    except templates.TemplateError as exc:
+        yield source.problem(path, str(exc))
+        return
+    for name in used:
+        if name in templates.BUILTINS:
+            yield source.problem(path, f"'{{{{ {name} }}}}' cannot be used in an image: image templates may name "
+                                       "params only, e.g. \"myorg/etl:{{ params.tag }}\"")
+            return
+    if params:
+        yield from _template_problem(source, path, image, params)
+    elif used:
+        yield source.problem(path, f"unknown template variable '{used[0]}'; this DAG declares no params")
+
+
+def _condition_step(name: str) -> str:
+    """The step a condition's name reads: ``STEP.exit_code``, ``steps.STEP.outputs.NAME``."""
+    if name.startswith("steps.") and name.count(".") == 3:
+        return name.split(".")[1]
+    return name.partition(".")[0]
+
+
+class _Ancestors:
+    """The steps upstream of one step, directly or not, looked for as asked: a chain of 50,000 steps has
+    1.25 billion (step, ancestor) pairs, so the sets are never all built (validation stays linear)."""
+
+    def __init__(self, upstream: Mapping[str, list[str]], step: str):
+        self.upstream, self.step = upstream, step
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and is_ancestor(self.upstream, self.step, name)
+
+
+def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each step's declared output names (the well-formed ones; the schema reports the rest)."""
+    return {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
+            if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
+            for name, step in steps.items()}
+
+
+class _OutputRefs:
+    """What a step may read as ``{{ steps.STEP.outputs.NAME }}``: the declared outputs of its ancestors."""
+
+    def __init__(self, step: str, ancestors: _Ancestors, declared: Mapping[str, list[str]],
+                 steps: Mapping[str, Any], mapped: bool = False):
+        self.step, self.ancestors, self.declared, self.steps = step, ancestors, declared, steps
+        self.mapped = mapped  # a for_each step: {{ item }}, {{ item.KEY }} and {{ index }} are known
+
+    def names(self) -> list[str]:
+        # Only steps that declare outputs are looked for upstream (most DAGs have few or none).
+        return [templates.output_name(a, o) for a in sorted(d for d, outs in self.declared.items() if outs)
+                if a in self.ancestors for o in self.declared[a]]
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` (an output reference, an item name) cannot be read here, or None when it can."""
+        if templates.is_item(name):
+            return None if self.mapped else (f"'{{{{ {name} }}}}' is only known in a step with for_each (each "
+                                             "instance's element and index)")
+        ref = templates.step_ref(name)
+        if ref is None:
+            return None
+        step, output = ref
+        if step not in self.steps:
+            close = difflib.get_close_matches(step, self.steps, n=1, cutoff=0.6)
+            return f"'{name}': no step named '{step}'" + (f"; did you mean '{close[0]}'?" if close else "")
+        if step not in self.ancestors:
+            return (f"'{name}': step '{step}' is not upstream of '{self.step}'; a step reads only the outputs of "
+                    f"steps it depends on, directly or not (add '{step}' to its depends_on)")
+        outputs = self.declared.get(step, [])
+        if output not in outputs:
+            listed = f"; its outputs: {', '.join(outputs)}" if outputs else "; it declares no outputs"
+            return f"'{name}': step '{step}' declares no output '{output}'{listed}"
+        return None
+
+
+_FOR_EACH_FORMS = "a list, '{{ steps.STEP.outputs.NAME }}' (a JSON array) or '{{ params.NAME }}' (a JSON array)"
+
+
+def for_each_source(value: Any) -> dict[str, str] | None:
+    """What a valid ``for_each`` runs over, as the store keeps it: ``{"items": JSON}``, ``{"step": S,
+    "output": N}`` or ``{"param": P}``; None for anything else."""
+    if isinstance(value, list):
+        return {"items": json.dumps(value)}
+    name = templates.only_name(value) if isinstance(value, str) else None
+    if name is None:
+        return None
+    ref = templates.step_ref(name)
+    if ref:
+        return {"step": ref[0], "output": ref[1]}
+    if name.startswith("params."):
+        return {"param": name.removeprefix("params.")}
+    return None
+
+
+def _for_each_problems(source: Source, at: tuple[Any, ...], value: Any, params: Mapping[str, Any],
+                       refs: _OutputRefs) -> Iterator[Problem]:
+    where = (*at, "for_each")
+    if not isinstance(value, str | list):
+        return  # the schema says what it should be
+    found = for_each_source(value)
+    if found is None:
+        yield source.problem(where, f"for_each takes {_FOR_EACH_FORMS}, not {_type_word(value)}")
+    elif "step" in found:
+        problem = refs.problem(templates.output_name(found["step"], found["output"]))
+        if problem:
+            yield source.problem(where, problem)
+    elif "param" in found:
+        decl = params.get(found["param"])
+        if not isinstance(decl, dict):
+            yield source.problem(where, f"unknown param '{found['param']}' in for_each")
+        elif decl.get("type", "string") != "string":
+            kind = _TYPE_NAMES.get(str(decl.get("type")), "not a list")
+            yield source.problem(where, f"param '{found['param']}' is {kind}, not a list; for_each needs a "
+                                        "string param holding a JSON array")
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "date": "a date"}
+
+
+def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: list[str],
+                      refs: _OutputRefs | None = None) -> Iterator[Problem]:
+    try:
+        if refs is not None:
+            for name in templates.names_in(text):
+                problem = refs.problem(name)
+                if problem:
+                    yield source.problem(path, problem)
+                    return
+            known = [*known, *refs.names(), *[n for n in templates.names_in(text) if templates.is_item(n)]]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
@@ -353,8 +550,8 @@ def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | N
                    global_outages: Sequence[Outage] = ()) -> Schedule | None:
     """The DAG's schedule (None without one), as the daemon and ``ctl next`` both use it: its inline
     calendars over the named ones given, its own outages plus the global ones (which apply to every DAG)."""
-    if not isinstance(document.get("schedule"), dict):
-        return None
+    if not isinstance(document.get("schedule"), dict) or "cron" not in document["schedule"]:
+        return None  # none, or only dataset triggers (schedule: {on: [...]}, scheduler/datasets.py)
     schedule = Schedule.from_spec(document["schedule"],
                                   calendars={**(calendars or {}), **document.get("calendars", {})},
                                   outages=document.get("outages", {}), batch=document.get("batch"))
@@ -363,8 +560,9 @@ def build_schedule(document: Mapping[str, Any], calendars: Mapping[str, Any] | N
     return schedule
 
 
-def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator[Problem]:
-    """Crons, timezones, calendars and outages, each placed at its own key; then the whole schedule."""
+def _schedule_problems(source: Source, calendars: Mapping[str, Any], offline: bool = False) -> Iterator[Problem]:
+    """Crons, timezones, calendars and outages, each placed at its own key; then the whole schedule.
+    Warnings (:mod:`scheduler.advice`) come out as problems of severity "warning"."""
     data = source.data
     schedule = data.get("schedule")
     found = False
@@ -380,6 +578,12 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
         except CalendarError as exc:
             found = True
             yield source.problem(("calendars", name), str(exc))
+        holidays = calendar.get("holidays") if isinstance(calendar, dict) else None
+        for index, code in enumerate(holidays if isinstance(holidays, list) else [holidays]):
+            hint = advice.uk_calendar(code) if isinstance(code, str) else None
+            if hint:
+                at = ("calendars", name, "holidays", *((index,) if isinstance(holidays, list) else ()))
+                yield _warning(source, at, hint)
     if not isinstance(schedule, dict):
         if "batch" in data and isinstance(data["batch"], str):
             try:
@@ -387,14 +591,20 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
             except ScheduleError as exc:
                 yield source.problem(("batch",), str(exc))
         return
+    if "cron" not in schedule:
+        return  # dataset triggers only (schedule: {on: [...]})
     crons = schedule.get("cron")
     for index, cron in enumerate(crons if isinstance(crons, list) else [crons]):
+        at = ("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron")
         try:
             check_cron(cron)
         except CalendarError as exc:
             found = True
-            yield source.problem(("schedule", "cron", index) if isinstance(crons, list) else ("schedule", "cron"),
-                                 str(exc))
+            yield source.problem(at, str(exc))
+            continue
+        hint = advice.quartz_cron(cron)
+        if hint:
+            yield _warning(source, at, hint)
     if isinstance(schedule.get("timezone"), str):
         try:
             zone(schedule["timezone"])
@@ -404,15 +614,24 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
     if isinstance(schedule.get("calendar"), str | dict):
         inline = data.get("calendars") if isinstance(data.get("calendars"), dict) else {}
         named = {**calendars, **inline}
+        chosen = schedule["calendar"]
+        hint = advice.uk_calendar(chosen) if isinstance(chosen, str) else None
+        if hint and chosen not in named:
+            yield _warning(source, ("schedule", "calendar"), hint)
         try:
-            resolve(schedule["calendar"], _built(named))
+            if offline and isinstance(chosen, str) and chosen not in named and not _builtin(chosen):
+                found = True  # not built in: a named calendar, which only Redis knows
+                yield _warning(source, ("schedule", "calendar"),
+                               f"named calendar {chosen!r}: cannot check offline (set REDIS_URL)")
+            else:
+                resolve(chosen, _built(named))
         except CalendarError as exc:
             found = True
             hint = "" if isinstance(schedule["calendar"], dict) else (
                 " (define it under 'calendars:' or submit it with `ctl calendar submit FILE`)")
             yield source.problem(("schedule", "calendar"), f"{exc}{hint}")
     defined = data.get("outages") if isinstance(data.get("outages"), dict) else {}
-    names = schedule.get("outages") if isinstance(schedule.get("outages"), list) else []
+    names: list[Any] = schedule["outages"] if isinstance(schedule.get("outages"), list) else []
     for index, name in enumerate(names):
         if isinstance(name, str) and name not in defined:
             found = True
@@ -424,6 +643,20 @@ def _schedule_problems(source: Source, calendars: Mapping[str, Any]) -> Iterator
             build_schedule(data, calendars)
         except ScheduleError as exc:
             yield source.problem(("schedule",), str(exc).removeprefix("schedule: "))
+
+
+def _warning(source: Source, path: tuple[Any, ...], message: str) -> Problem:
+    return replace(source.problem(path, message), severity="warning")
+
+
+def _builtin(name: str) -> bool:
+    """Whether ``name`` is (or misspells a part of) a built-in source: ``GB-XX`` is a bad subdivision of
+    GB, reported as such, not a named calendar."""
+    try:
+        canonical_source(name)
+    except CalendarError as exc:
+        return "subdivision" in str(exc)
+    return True
 
 
 def _built(named: Mapping[str, Any]) -> dict[str, Calendar]:
@@ -582,5 +815,29 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         pool=merged.get("pool"),
         pool_slots=int(merged.get("pool_slots", 1)),
         sla=seconds(raw.get("sla")),
+        outputs=tuple(raw.get("outputs", ())),
+        for_each=for_each_source(raw["for_each"]) if "for_each" in raw else None,
+        max_parallel=raw.get("max_parallel"),
+        max_items=int(raw.get("max_items", DEFAULT_MAX_ITEMS)),
+        sensor=_sensor(raw.get("sensor")),
+        wait_for=tuple(_wait(w) for w in raw.get("wait_for", ())),
+        produces=tuple(raw.get("produces", ())),
         network=merged.get("network", "bridge"),
     )
+
+
+WAIT_TIMEOUT, WAIT_INTERVAL = 6 * 3600.0, 30.0
+
+
+def _wait(raw: dict[str, Any]) -> dict[str, Any]:
+    """One ``wait_for`` entry with its defaults: the whole run, of the same logical date, in success."""
+    return {"dag": raw["dag"], "step": raw.get("step", ""), "logical_date": raw.get("logical_date", "same"),
+            "state": raw.get("state", "success"), "timeout": seconds(raw.get("timeout"), WAIT_TIMEOUT),
+            "interval": seconds(raw.get("interval"), WAIT_INTERVAL)}
+
+
+def _sensor(raw: dict[str, Any] | None) -> Sensor | None:
+    if raw is None:
+        return None
+    return Sensor(interval=seconds(raw["interval"]) or 0.0, timeout=seconds(raw.get("timeout")),
+                  not_ready_exit_code=int(raw.get("not_ready_exit_code", 100)))

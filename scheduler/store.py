@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cached_property
 from importlib import resources
@@ -24,23 +25,29 @@ import redis
 from scheduler import signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
-from scheduler.model import TERMINAL_STEP_STATES, StepPlan
+from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
 from scheduler.results import (
+    Adopted,
     Created,
     Finished,
+    Lease,
     Ready,
     RunCancel,
     SlaMiss,
     Started,
     StepCancel,
+    decode_adopted,
     decode_created,
     decode_finished,
+    decode_lease,
+    decode_poked,
     decode_ready,
     decode_run_cancel,
     decode_sla_misses,
     decode_started,
     decode_step_cancel,
+    decode_waited,
 )
 from scheduler.settings import Settings
 
@@ -94,6 +101,10 @@ class RunStore:
         self._create_steps = self.script("create_steps.lua")
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
+        self._poke = self.script("poke.lua")
+        self._wait = self.script("wait.lua")
+        self._dataset_emit = self.script("dataset_emit.lua")
+        self._dataset_seen = self.script("dataset_seen.lua")
         self._cancel = self.script("cancel.lua")
         self._lose = self.script("lose.lua")
         self._renew = self.script("renew.lua")
@@ -104,6 +115,8 @@ class RunStore:
         self._sla = self.script("sla.lua")
         self._append_log = self.script("append_log.lua")
         self._delete_run = self.script("delete_run.lua")
+        self._adopt = self.script("adopt.lua")
+        self._hand_over = self.script("hand_over.lua")
 
     def script(self, name: str) -> Any:
         """A Lua script of ``scheduler/lua`` (see :func:`lua_script`) on this store's connection."""
@@ -316,30 +329,37 @@ class RunStore:
     def _create_parts(self, plan: RunPlan, idempotency_key: str | None,
                       now: datetime | None) -> tuple[list[Any], list[list[Any]]]:
         """create.lua's ARGV but the steps, and the steps as ``[name, {field: string}]``."""
-        roots = [s for s in plan.order if not plan.upstream[s]]
+        assumed = plan.assumed  # steps not run (ctl run --only): created in their final state
+        roots = [s for s in plan.order if s not in assumed and all(u in assumed for u in plan.upstream[s])]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {
             "run_id": plan.run_id, "dag": plan.dag, "dag_version": plan.dag_version, "state": "queued",
             "params": json.dumps(plan.params), "trigger": plan.trigger.value, "priority": plan.priority.value,
             "created_at": now_iso(plan.created_at), "logical_date": iso(plan.logical_date),
             "data_interval_start": iso(plan.data_interval_start), "data_interval_end": iso(plan.data_interval_end),
-            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots), "unfinished": len(plan.order),
+            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots),
+            "unfinished": len(plan.order) - len(assumed),
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
             "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
+            "fire_date": plan.logical_date.astimezone(UTC).isoformat(),  # how other DAGs' wait_for find it
         }
         steps = []
         for name in [*plan.order, *plan.handlers]:
             step = plan.steps[name]
+            counted = sum(1 for u in plan.upstream.get(name, ()) if assumed.get(u) == "success")
             steps.append([name, {
-                "name": name, "state": "pending", "attempt": "0", "rule": step.trigger_rule,
-                "retries": str(step.retries), "up_done": "0", "up_success": "0", "up_failed": "0",
+                "name": name, "state": assumed.get(name, "pending"), "attempt": "0", "rule": step.trigger_rule,
+                "retries": str(step.retries), "up_done": str(counted), "up_success": str(counted), "up_failed": "0",
                 "upstream": json.dumps(list(plan.upstream.get(name, ()))),
                 "downstream": json.dumps(list(plan.downstream.get(name, ()))),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
                 "timeout": "" if step.timeout is None else str(step.timeout),
                 **self._signed_plan(plan.run_id, name, step),
                 **({"when": step.when} if step.when else {}),
+                **self._mapped_fields(step),
+                **({"wait_for": json.dumps([dict(w) for w in step.wait_for])} if step.wait_for else {}),
+                **({"produces": json.dumps(list(step.produces))} if step.produces else {}),
                 # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
                 # steps of a queue run at once. A pool that is not defined does not limit.
                 "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
@@ -350,6 +370,14 @@ class RunStore:
             json.dumps({k: str(v) for k, v in run.items()}),
         ], steps
 
+    @staticmethod
+    def _mapped_fields(plan: StepPlan) -> dict[str, str]:
+        """The step hash fields of a mapped step (for_each), which lib.lua's ``expand`` reads."""
+        if plan.for_each is None:
+            return {}
+        return {"for_each": json.dumps(dict(plan.for_each)), "max_parallel": str(plan.max_parallel or 0),
+                "max_items": str(plan.max_items), "output_names": json.dumps(list(plan.outputs))}
+
     def _signed_plan(self, run_id: str, step: str, plan: StepPlan) -> dict[str, str]:
         """The step hash's ``plan`` (canonical JSON) and ``plan_sig`` (empty without a key)."""
         text = signing.canonical(plan.to_json())
@@ -357,19 +385,61 @@ class RunStore:
         return {"plan": text, "plan_sig": sig}
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
-                      lease: float = DEFAULT_LEASE, now: datetime | None = None) -> Started:
-        """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once)."""
+                      lease: float = DEFAULT_LEASE, now: datetime | None = None, engine_id: str = "") -> Started:
+        """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once).
+        ``engine_id`` names the container engine that will run it (see :meth:`adopt`)."""
         return decode_started(self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid,
-                                                worker, lease]))
+                                                worker, lease, engine_id]))
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
-                       *, retry_delay: float = 0.0, now: datetime | None = None) -> Finished:
-        """End an attempt (fenced by its number) and return what became ready because of it."""
+                       *, retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
+        """End an attempt (fenced by its number and, given ``holder``, by who holds it) and return what
+        became ready because of it."""
         fields: list[Any] = []
         for key, value in record.items():
             fields += [key, "" if value is None else value]
-        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, *fields])
+        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, holder,
+                                    *fields])
         return decode_finished(result)
+
+    def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
+             record: Mapping[str, Any], retry_delay: float = 0.0, now: datetime | None = None,
+             holder: str = "") -> Finished:
+        """A sensor's "not yet": the attempt waits ``interval`` seconds holding no worker (fenced, by the
+        holder too, like :meth:`finish_attempt`), or fails with ``sensor_timeout`` once ``timeout`` seconds
+        have passed since ``since`` (its first poke)."""
+        fields: list[Any] = []
+        for key, value in record.items():
+            fields += [key, "" if value is None else value]
+        return decode_poked(self._poke(args=[self.prefix, run_id, step, attempt, now_iso(now), interval,
+                                             timeout or 0, since, retry_delay, holder, *fields]))
+
+    def wait_check(self, run_id: str, step: str, attempt: int, *, now: datetime | None = None) -> Finished | None:
+        """Check a step's ``wait_for`` before its attempt starts: None when everything it waits for holds;
+        else the attempt waits in Redis (its re-delivery in ``ready``), or failed with wait_timeout."""
+        return decode_waited(self._wait(args=[self.prefix, run_id, step, attempt, now_iso(now)]))
+
+    # --- datasets (scheduler/datasets.py) ------------------------------------------------------------
+
+    def emit_dataset(self, name: str, payload: Any = None, *, source: str = "",
+                     now: datetime | None = None) -> dict[str, Any]:
+        text = self._dataset_emit(args=[self.prefix, name, now_iso(now),
+                                        "" if payload is None else json.dumps(payload), source])
+        return json.loads(text)
+
+    def mark_datasets_seen(self, dag: str, seen: Mapping[str, int]) -> int:
+        return int(self._dataset_seen(args=[self.prefix, dag, json.dumps(dict(seen))]))
+
+    def dataset_last_events(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Each dataset's last event (all datasets with ``names`` None; a dataset never emitted is absent)."""
+        if names is None:
+            raw = self.r.hgetall(self.keys.datasets())
+        else:
+            raw = dict(zip(names, self.r.hmget(self.keys.datasets(), names), strict=True)) if names else {}
+        return {name: json.loads(text) for name, text in raw.items() if text}
+
+    def datasets_seen(self, dag: str) -> dict[str, int]:
+        return {name: int(seq) for name, seq in self.r.hgetall(self.keys.dataset_seen(dag)).items()}
 
     def condition_context(self, run_id: str) -> tuple[dict[str, Any], str | None]:
         """Names a ``when:`` condition can read: ``params.x`` and every step's ``.state``/``.exit_code``."""
@@ -379,7 +449,36 @@ class RunStore:
             last = step["attempts"][-1] if step["attempts"] else {}
             context[f"{step['name']}.state"] = step["state"]
             context[f"{step['name']}.exit_code"] = int(last["exit_code"]) if last.get("exit_code") else None
+            for name, value in json.loads(step.get("outputs") or "{}").items():
+                context[f"steps.{step['name']}.outputs.{name}"] = value
         return context, record["dag"]
+
+    def mapped_items(self, run_id: str, step: str) -> str | None:
+        """The JSON list a mapped step expanded over (its instances' items), or None."""
+        return self.r.hget(self.keys.step(run_id, step), "items")
+
+    def handler_facts(self, run_id: str) -> tuple[str, list[dict[str, Any]]]:
+        """What a handler step is told: the state its run ended in and each failed step (mapped instances
+        included) with its last attempt's number, exit code, reason and error, in run order."""
+        final = self.r.hget(self.keys.run(run_id), "final") or ""
+        failed = []
+        for step in self.step_records(run_id):
+            if step.get("state") != "failed" or int(step.get("instances") or 0):
+                continue  # a mapped step failed through its instances, listed one by one
+            last = step["attempts"][-1] if step["attempts"] else {}
+            code = last.get("exit_code")
+            failed.append({"step": step["name"], "attempt": int(step.get("attempt") or 0),
+                           "exit_code": int(code) if code not in (None, "", "None") else None,
+                           "reason": last.get("reason") or None, "error": last.get("error") or step.get("error")
+                           or None})
+        return final, failed
+
+    def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]:
+        """The outputs of each step's latest successful attempt (``{}`` for a step without any)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hget(self.keys.step(run_id, step), "outputs")
+            return {step: json.loads(raw or "{}") for step, raw in zip(steps, pipe.execute(), strict=True)}
 
     def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
@@ -407,17 +506,36 @@ class RunStore:
 
     def renew(self, run_id: str, step: str, attempt: int, lease: float = DEFAULT_LEASE) -> bool:
         """Heartbeat: False once the attempt was declared lost (the caller must stop its container)."""
-        return bool(self._renew(args=[self.prefix, member(run_id, step, attempt), lease]))
+        return self.renew_lease(run_id, step, attempt, lease) is Lease.HELD
+
+    def renew_lease(self, run_id: str, step: str, attempt: int, lease: float = DEFAULT_LEASE,
+                    holder: str = "") -> Lease:
+        """Heartbeat fenced by the holder: ``TAKEN`` once another worker adopted the attempt."""
+        return decode_lease(self._renew(args=[self.prefix, member(run_id, step, attempt), lease, holder]))
+
+    def adopt(self, entry: str, *, adopter: str, lease: float = DEFAULT_LEASE, container_id: str = "",
+              now: datetime | None = None) -> Adopted:
+        """Lease the attempt ``entry`` (``run|step|n``, its lease expired) to ``adopter``, which follows its
+        container to the end (fenced: one adopter wins; see ``adopt.lua``)."""
+        return decode_adopted(self._adopt(args=[self.prefix, entry, now_iso(now), adopter, lease, container_id]))
+
+    def hand_over(self, run_id: str, step: str, attempt: int, holder: str, *, now: datetime | None = None) -> bool:
+        """Release the lease at once, the container still running, for another worker to adopt."""
+        return bool(self._hand_over(args=[self.prefix, member(run_id, step, attempt), now_iso(now), holder]))
+
+    def attempt_fields(self, run_id: str, step: str, attempt: int, *fields: str) -> list[str | None]:
+        return self.r.hmget(self.keys.attempt(run_id, step, attempt), list(fields))
 
     def expired(self, limit: int = 100) -> list[str]:
         """Running attempts whose lease expired by Redis's clock (candidates for :meth:`lose`)."""
         now = self.r.time()
         return list(self.r.zrangebyscore(self.keys.running(), "-inf", now[0] + now[1] / 1e6, start=0, num=limit))
 
-    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True,
+    def lose(self, entry: str, *, retry_delay: float = 0.0, counts: bool = True, grace: float = 0.0,
              now: datetime | None = None) -> Finished:
-        """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins)."""
-        return decode_finished(self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts)]))
+        """Declare an attempt with an expired lease lost (fenced: a renewed lease or a finished step wins;
+        ``grace`` more seconds after the expiry leave workers that can see its container the time to adopt it)."""
+        return decode_finished(self._lose(args=[self.prefix, entry, now_iso(now), retry_delay, int(counts), grace]))
 
     def overdue_queued(self, older_than: float, limit: int = 500) -> list[tuple[str, str, int]]:
         """Queued attempts due more than ``older_than`` seconds ago (their RQ job may have vanished)."""
@@ -477,9 +595,10 @@ class RunStore:
         key = self.keys.dag_runs(dag) if dag else self.keys.runs()
         return list(self.r.zrevrange(key, 0, limit - 1))
 
-    def step_records(self, run_id: str) -> list[dict[str, Any]]:
-        """Every step of a run in order, each with its attempts, in as few round trips as possible."""
-        record = self.run_record(run_id)
+    def step_records(self, run_id: str, record: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every step of a run in order, each with its attempts, in as few round trips as possible (one
+        fewer when the caller has the run's record already)."""
+        record = record or self.run_record(run_id)
         names = json.loads(record["steps"]) + list(json.loads(record.get("handlers") or "{}"))
         with self.r.pipeline(transaction=False) as pipe:
             for name in names:
@@ -492,9 +611,34 @@ class RunStore:
             attempts = iter(pipe.execute())
         for step in steps:
             step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        if any(int(step.get("instances") or 0) for step in steps):
+            return self._with_instances(run_id, steps)
         return steps
 
+    def _with_instances(self, run_id: str, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The steps with each mapped step's instances ``STEP[i]`` (with their attempts) right after it."""
+        names = [instance_name(s["name"], i) for s in steps for i in range(int(s.get("instances") or 0))]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.step(run_id, name))
+            found = dict(zip(names, pipe.execute(), strict=True))
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, step in found.items():
+                for n in range(1, int(step.get("attempt") or 0) + 1):
+                    pipe.hgetall(self.keys.attempt(run_id, name, n))
+            attempts = iter(pipe.execute())
+        for step in found.values():
+            step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
+        result = []
+        for step in steps:
+            result.append(step)
+            result += [found[instance_name(step["name"], i)] for i in range(int(step.get("instances") or 0))]
+        return result
+
     def step_plan(self, run_id: str, step: str) -> StepPlan:
+        instance = mapped_instance(step)
+        if instance is not None and self.r.exists(self.keys.step(run_id, step)):
+            return replace(self.step_plan(run_id, instance[0]), step=step)  # an instance runs its step's plan
         raw = self.r.hget(self.keys.step(run_id, step), "plan")
         if raw is None:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")
@@ -508,6 +652,20 @@ class RunStore:
     def running_attempts(self) -> set[tuple[str, str, int]]:
         """Every attempt that holds a lease now, as ``(run_id, step, attempt)``."""
         return {parse_member(m) for m in self.r.zrange(self.keys.running(), 0, -1)}
+
+    def running_attempt_records(self) -> list[dict[str, Any]]:
+        """Every attempt that holds a lease now: ``run_id``, ``step``, ``attempt``, ``lease_until`` (epoch
+        seconds, Redis's clock) and its attempt record's fields (``host``, ``pid``, ``worker``, ``started_at``)."""
+        entries = self.r.zrange(self.keys.running(), 0, -1, withscores=True)
+        with self.r.pipeline(transaction=False) as pipe:
+            for entry, _ in entries:
+                pipe.hgetall(self.keys.attempt(*parse_member(entry)))
+            records = pipe.execute()
+        found = []
+        for (entry, expiry), record in zip(entries, records, strict=True):
+            run_id, step, attempt = parse_member(entry)
+            found.append({**record, "run_id": run_id, "step": step, "attempt": attempt, "lease_until": expiry})
+        return found
 
     def postpone_queued(self, run_id: str, step: str, attempt: int, until: datetime) -> None:
         """Mark a queued attempt as due at ``until`` (deferred past an outage), so that the reconciler
@@ -546,6 +704,15 @@ class RunStore:
     def sched_epoch(self) -> str:
         """Bumped whenever calendars or global outages change (cache key for compiled schedules)."""
         return self.r.get(self.keys.sched_epoch()) or "0"
+
+    def dag_head(self, name: str) -> tuple[int | None, str]:
+        """The DAG's latest version (None: no such DAG) and the calendar epoch, in one round trip: what a
+        cache of compiled versions needs to know whether its entry is still the one to use."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.dag(name), "latest")
+            pipe.get(self.keys.sched_epoch())
+            latest, epoch = pipe.execute()
+        return (int(latest) if latest is not None else None), epoch or "0"
 
     def dag_summaries(self, names: list[str], last: int) -> list[tuple[dict[str, str], dict[str, Any] | None,
                                                                        list[tuple[str, str | None, str | None,
@@ -596,6 +763,10 @@ class RunStore:
                 pipe.hget(self.keys.step(run_id, name), "upstream")
             ups = pipe.execute()
         return {name: json.loads(up or "[]") for name, up in zip(names, ups, strict=True)}
+
+    def attempt_ended_at(self, run_id: str, step: str, attempt: int) -> datetime | None:
+        raw = self.r.hget(self.keys.attempt(run_id, step, attempt), "ended_at")
+        return datetime.fromisoformat(raw) if raw else None
 
     def attempt_ended(self, run_id: str, step: str, attempt: int) -> bool:
         """Has this attempt ended (or been superseded)? A follow of its log stops then."""
@@ -671,8 +842,12 @@ class RunStore:
 
     # --- logs -----------------------------------------------------------------------------------
 
-    def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes) -> int:
-        return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL]))
+    def append_log(self, run_id: str, step: str, attempt: int, chunk: bytes, *, holder: str = "",
+                   raw: int | None = None) -> int:
+        """Append output; ``raw`` is how many bytes of the container's output the chunk stands for (masking
+        changes lengths). Returns the bytes kept, or -1 when ``holder`` no longer holds the attempt."""
+        return int(self._append_log(args=[self.prefix, run_id, step, attempt, chunk, self.log_cap, LOG_TTL, holder,
+                                          len(chunk) if raw is None else raw]))
 
     def read_log(self, run_id: str, step: str, attempt: int, offset: int = 0) -> bytes:
         """The attempt's stored output as raw bytes (from byte ``offset`` on)."""

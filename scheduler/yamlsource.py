@@ -182,7 +182,13 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
         problems = list(_check_nodes(root, file))
         if problems:
             raise YamlProblems(problems)
-        data = _plain(loader.construct_document(root))
+        try:
+            data = _plain(loader.construct_document(root))
+        except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
+                from None
     finally:
         loader.dispose()
     return Source(file, data, root)
@@ -219,7 +225,15 @@ def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
             if exact:
                 return None
             raise YamlProblems(problems)
-        data = _plain(loader.construct_document(root))
+        try:
+            data = _plain(loader.construct_document(root))
+        except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
+            if exact:
+                return None
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
+                from None
     finally:
         loader.dispose()
     return Source(file, data, root, recheck=exact)

@@ -9,8 +9,11 @@
 #   again is harmless and the stack keeps its password and key.
 # - DOCKER_GID empty or absent: the group of the Docker socket (DOCKER_SOCKET, default
 #   /var/run/docker.sock), when it exists.
+# - SERVER_TOKENS_FILE empty or absent: secrets/server-tokens beside FILE, made with one operator
+#   token when it does not exist (folder mode 700; the file 644, so that the server's uid 10001
+#   reads it through the read-only mount). Add `viewer TOKEN` lines for people who only watch.
 #
-# Prints the names it set (never the values).
+# Prints the names and paths it set (never the values).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,4 +53,16 @@ for name in REDIS_PASSWORD CONVEYOR_SIGNING_KEY; do
 done
 if [[ -z "$(current DOCKER_GID)" && -S "$SOCKET" ]]; then
   set_value DOCKER_GID "$(stat -c %g "$SOCKET")"
+fi
+if [[ -z "$(current SERVER_TOKENS_FILE)" ]]; then
+  secrets="$(cd "$(dirname "$ENV_FILE")" && pwd)/secrets"
+  mkdir -p "$secrets"
+  chmod 700 "$secrets"
+  if [[ ! -e "$secrets/server-tokens" ]]; then
+    printf '# ctl server tokens: one "ROLE TOKEN" a line, ROLE viewer or operator (docs/server.md)\noperator %s\n' \
+      "$(random_hex)" >"$secrets/server-tokens"
+    echo "made $secrets/server-tokens with one operator token" >&2
+  fi
+  chmod 644 "$secrets/server-tokens"
+  set_value SERVER_TOKENS_FILE "$secrets/server-tokens"
 fi

@@ -15,10 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -55,6 +60,7 @@ class Script:
     waiting: str | None = None
     pod_reason: str | None = None
     image_id: str = IMAGE_ID
+    files: Mapping[str, bytes] = field(default_factory=dict)  # written into the mount of $CONVEYOR_OUTPUTS
 
 
 def busybox(run: Exec) -> Script:
@@ -80,6 +86,28 @@ class _Container:
     deadline: float | None
     output: bytearray = field(default_factory=bytearray)
     done: threading.Event = field(default_factory=threading.Event)
+    sidecars: list[_Sidecar] = field(default_factory=list)
+    volumes: dict[str, str] = field(default_factory=dict)  # emptyDir name -> a host folder
+
+
+@dataclass
+class _Sidecar:
+    """A native sidecar (init container with ``restartPolicy: Always``) run for real: its command under
+    the host's busybox sh, its mount paths in env values mapped to the Pod's emptyDir folders. The kubelet
+    sends it SIGTERM once the step's container has exited; its stdout is its log."""
+
+    name: str
+    process: subprocess.Popen
+    log: bytes = b""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.log, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.log, _ = self.process.communicate()
 
 
 class Emulator:
@@ -124,6 +152,14 @@ class Emulator:
         yield b""  # send the headers now, even if the container prints nothing
         container = self.kubelet.containers.get(request.name) if self.kubelet else None
         if container is None:
+            return
+        wanted = request.params.get("container") if request.params else None
+        if wanted and wanted != "step":
+            while not container.done.is_set():
+                await asyncio.sleep(0.01)
+            for sidecar in container.sidecars:
+                if sidecar.name == wanted:
+                    yield sidecar.log
             return
         sent = 0
         while True:
@@ -181,6 +217,8 @@ class FakeKubelet:
         pods = {pod["metadata"]["name"]: pod for pod in json.loads(response.data)["items"]}
         for name, container in list(self.containers.items()):
             if name not in pods:
+                for sidecar in container.sidecars:
+                    sidecar.process.kill()
                 container.done.set()  # deleted: the container dies with its Pod
         for name, pod in pods.items():
             container = self.containers.get(name)
@@ -200,6 +238,9 @@ class FakeKubelet:
         container = _Container(name, script, now, now + deadline if deadline else None)
         self.containers[name] = container
         self.pods_seen.append(pod)
+        self._volumes_and_sidecars(pod, container)
+        for path, data in self._files_of(spec, container).items():
+            Path(path).write_bytes(data)
         if script.waiting:
             self._status(name, "Pending", {"waiting": {"reason": script.waiting, "message": "scripted"}},
                          image_id="")
@@ -207,6 +248,34 @@ class FakeKubelet:
         container.output += script.output
         self._status(name, "Running", {"running": {"startedAt": _now()}}, image_id=script.image_id)
         self._advance(container)
+
+    def _volumes_and_sidecars(self, pod: dict[str, Any], container: _Container) -> None:
+        """Make each emptyDir a host folder and start the native sidecars (before the step, as a kubelet does)."""
+        for volume in pod["spec"].get("volumes", []):
+            if "emptyDir" in volume:
+                container.volumes[volume["name"]] = tempfile.mkdtemp(prefix="kmock-emptydir-")
+        for init in pod["spec"].get("initContainers", []):
+            if init.get("restartPolicy") != "Always":
+                continue
+            paths = self._mounts(init, container)
+            env = {e["name"]: paths.get(e.get("value", ""), e.get("value", "")) for e in init.get("env", [])}
+            process = subprocess.Popen([shutil.which("busybox") or "busybox", *init["command"]],
+                                       env={"PATH": "/usr/bin:/bin", **env}, stdout=subprocess.PIPE)
+            container.sidecars.append(_Sidecar(init["name"], process))
+
+    @staticmethod
+    def _mounts(spec: dict[str, Any], container: _Container) -> dict[str, str]:
+        return {m["mountPath"]: container.volumes[m["name"]] for m in spec.get("volumeMounts", [])
+                if m["name"] in container.volumes}
+
+    def _files_of(self, spec: dict[str, Any], container: _Container) -> dict[str, bytes]:
+        """The script's files, placed where the step's ``CONVEYOR_OUTPUTS`` mount lives on the host."""
+        target = next((e.get("value") for e in spec.get("env", []) if e["name"] == "CONVEYOR_OUTPUTS"), None)
+        folder = self._mounts(spec, container).get(target or "")
+        if not container.script.files:
+            return {}
+        assert folder, "the script writes outputs but the Pod gives the step no CONVEYOR_OUTPUTS volume"
+        return {str(Path(folder) / name): data for name, data in container.script.files.items()}
 
     def _advance(self, container: _Container) -> None:
         script, now = container.script, time.monotonic()
@@ -224,6 +293,10 @@ class FakeKubelet:
         terminated = {"exitCode": exit_code, "reason": reason, "startedAt": _now(), "finishedAt": _now()}
         if message:
             terminated["message"] = message
+        for sidecar in container.sidecars:  # the step has exited: the kubelet stops its sidecars
+            sidecar.stop()
+        for folder in container.volumes.values():
+            shutil.rmtree(folder, ignore_errors=True)
         self._status(container.name, phase, {"terminated": terminated}, image_id=container.script.image_id,
                      pod_reason=pod_reason)
         container.done.set()

@@ -65,6 +65,31 @@ class RuntimeContract:
         assert outcome.ok and outcome.exit_code == 0 and outcome.reason is None and outcome.error is None
         assert output == b"hi from /tmp\n"
 
+    def test_declared_outputs_are_collected_at_success(self, harness: Harness) -> None:
+        value = "$(id) {{ x }}\n'q'"
+        harness.script(lambda x: Script(files={"a": value.encode() + b"\n", "empty": b""})
+                       if x.env.get("CONVEYOR_OUTPUTS") == "/conveyor/outputs" else Script(exit_code=9))
+        write = 'printf "%s\n" "$V" > $CONVEYOR_OUTPUTS/a; : > $CONVEYOR_OUTPUTS/empty'
+        step = plan(harness.image, ["sh", "-c", write], env={"V": value}, outputs=("a", "empty"))
+        outcome, _ = run(harness.runtime, step)
+        assert outcome.ok, outcome
+        assert outcome.outputs == {"a": value, "empty": ""}
+        assert harness.live() == []
+
+    def test_a_missing_output_fails_the_attempt(self, harness: Harness) -> None:
+        harness.script(lambda x: Script(files={"a": b"1"}))
+        outcome, _ = run(harness.runtime, plan(harness.image, ["sh", "-c", "echo 1 > $CONVEYOR_OUTPUTS/a"],
+                                               outputs=("a", "b")))
+        assert (outcome.exit_code, outcome.reason) == (0, "output_missing") and not outcome.ok
+        assert "did not write $CONVEYOR_OUTPUTS/b" in outcome.error
+
+    def test_an_output_over_the_cap_fails_the_attempt(self, harness: Harness, monkeypatch) -> None:
+        monkeypatch.setenv("CONVEYOR_OUTPUT_CAP", "100")
+        harness.script(lambda x: Script(files={"a": b"z" * 101}))
+        write = "head -c 101 /dev/zero > $CONVEYOR_OUTPUTS/a"
+        outcome, _ = run(harness.runtime, plan(harness.image, ["sh", "-c", write], outputs=("a",)))
+        assert outcome.reason == "output_too_large" and "101 bytes; the cap is 100" in outcome.error
+
     def test_exit_code(self, harness: Harness) -> None:
         harness.script(busybox)
         outcome, _ = run(harness.runtime, plan(harness.image, ["sh", "-c", "exit 3"]))

@@ -174,7 +174,7 @@ def test_two_scheduler_replicas_with_lease_ttl(variant):
 
 @all_variants
 def test_shared_environment(variant):
-    for name in ("scheduler", "worker"):
+    for name in ("scheduler", "worker", "server"):
         env = env_of(main_container(one(variant, "Deployment", f"-{name}"), name))
         assert {"REDIS_URL", "CONVEYOR_PREFIX", "CONVEYOR_RUNTIME"} <= env.keys()
         assert re.match(r"^(redis|rediss|unix)://", env["REDIS_URL"]["value"])
@@ -219,9 +219,11 @@ def test_external_redis_password_only_from_the_secret():
     values = VARIANTS[variant]
     secret = values["externalRedis"]["existingSecret"]
     assert not of_kind(variant, "StatefulSet"), "no bundled Redis with externalRedis"
-    # The chart renders no Secret of its own for the Redis password (the signing key's only).
-    assert [s["metadata"]["name"] for s in of_kind(variant, "Secret")] == [f"{RELEASE}-conveyor-signing"]
-    for name in ("scheduler", "worker"):
+    # The chart renders no Secret of its own for the Redis password (the signing key's and the server
+    # tokens' only).
+    assert sorted(s["metadata"]["name"] for s in of_kind(variant, "Secret")) == [
+        f"{RELEASE}-conveyor-server-tokens", f"{RELEASE}-conveyor-signing"]
+    for name in ("scheduler", "worker", "server"):
         env = env_of(main_container(one(variant, "Deployment", f"-{name}"), name))
         ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret, "key": values["externalRedis"]["existingSecretPasswordKey"]}
@@ -454,7 +456,7 @@ def test_network_policy_guards_redis(variant):
     (peer,) = rule["from"]
     exprs = {e["key"]: e["values"] for e in peer["podSelector"]["matchExpressions"]}
     # Only this release's Conveyor pods (the helm test pod runs ctl against Redis too); on by default.
-    assert exprs["app.kubernetes.io/component"] == ["scheduler", "worker", "test"]
+    assert exprs["app.kubernetes.io/component"] == ["scheduler", "worker", "server", "test"]
     assert exprs["app.kubernetes.io/instance"] == [RELEASE]
     assert np["spec"]["policyTypes"] == ["Ingress"]
     assert values_of("defaults")["networkPolicy"]["enabled"] is True
@@ -559,7 +561,7 @@ def test_generated_secrets_are_random_per_install():
     """Offline, Helm's lookup finds nothing: each render is a first install with new values. In a
     cluster, lookup returns the Secret already there, so an upgrade keeps it (see docs/deploy.md)."""
     first, second = _render({}), _render({})
-    for suffix in ("-redis-auth", "-signing"):
+    for suffix in ("-redis-auth", "-signing", "-server-tokens"):
         a, b = _named(first, "Secret", suffix), _named(second, "Secret", suffix)
         assert a["data"] != b["data"], suffix
     template = (CHART / "templates" / "_helpers.tpl").read_text()
@@ -567,10 +569,10 @@ def test_generated_secrets_are_random_per_install():
 
 
 @all_variants
-def test_signing_key_only_for_the_scheduler_and_workers(variant):
+def test_signing_key_only_for_the_scheduler_workers_and_server(variant):
     (secret,) = [s for s in of_kind(variant, "Secret") if s["metadata"]["name"].endswith("-signing")]
     assert len(secret["data"]["signing-key"]) >= 64
-    for component in ("scheduler", "worker"):
+    for component in ("scheduler", "worker", "server"):
         env = env_of(main_container(one(variant, "Deployment", f"-{component}"), component))
         ref = env["CONVEYOR_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": "signing-key"}
@@ -684,9 +686,71 @@ def test_helm_test_pod_runs_the_cli_without_the_signing_key(variant):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"  # admitted by the Redis policy
     (c,) = pod["spec"]["containers"]
-    assert c["args"] == ["runs"]  # `ctl dags` once it lands on main
+    assert c["args"] == ["dags"]
     env = env_of(c)
     assert "CONVEYOR_SIGNING_KEY" not in env
     worker = env_of(main_container(one(variant, "Deployment", "-worker"), "worker"))
     assert env["REDIS_URL"] == worker["REDIS_URL"]
     assert env.get("REDIS_PASSWORD") == worker.get("REDIS_PASSWORD")
+
+
+# --- ctl server (issue 13) ------------------------------------------------------------------
+
+
+@all_variants
+def test_server_runs_with_tokens_from_a_secret_and_health_probes(variant):
+    dep = one(variant, "Deployment", "-server")
+    c = main_container(dep, "server")
+    flags = _pairs(c["args"])
+    assert c["args"][0] == "server" and flags["--host"] == "0.0.0.0" and flags["--port"] == "8080"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # The tokens file is the generated Secret's only key, mounted read-only where --tokens-file points.
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "tokens"]
+    assert mount["readOnly"] is True and flags["--tokens-file"] == f"{mount['mountPath']}/tokens"
+    (volume,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "tokens"]
+    secret = one(variant, "Secret", "-server-tokens")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "tokens", "path": "tokens"}]
+    import base64
+
+    lines = [line for line in base64.b64decode(secret["data"]["tokens"]).decode().splitlines()
+             if not line.startswith("#")]
+    assert len(lines) == 1 and re.fullmatch(r"operator [A-Za-z0-9]{48}", lines[0])
+    # The same Redis and signing key as the scheduler: the server creates runs.
+    scheduler = env_of(main_container(one(variant, "Deployment", "-scheduler"), "scheduler"))
+    env = env_of(c)
+    for name in ("REDIS_URL", "REDIS_PASSWORD", "CONVEYOR_SIGNING_KEY", "CONVEYOR_PREFIX"):
+        assert env.get(name) == scheduler.get(name), name
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    service = one(variant, "Service", "-server")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "server"
+    assert of_kind(variant, "Ingress") == [], "no Ingress unless asked for"
+    policy = one(variant, "NetworkPolicy", "-server")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_server_ingress_existing_tokens_and_off():
+    docs = _render({"server": {"tokens": {"existingSecret": "team-tokens", "existingSecretKey": "file"},
+                               "ingress": {"enabled": True, "className": "nginx", "host": "conveyor.example.com",
+                                           "tls": [{"hosts": ["conveyor.example.com"], "secretName": "tls"}]},
+                               "networkPolicyFrom": [{"namespaceSelector": {"matchLabels": {"team": "data"}}}]}})
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-server-tokens")]
+    dep = _named(docs, "Deployment", "-server")
+    (volume,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "tokens"]
+    assert volume["secret"]["secretName"] == "team-tokens"
+    assert volume["secret"]["items"] == [{"key": "file", "path": "tokens"}]
+    ingress = _named(docs, "Ingress", "-server")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "conveyor.example.com" and ingress["spec"]["ingressClassName"] == "nginx"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": f"{RELEASE}-conveyor-server",
+                                                              "port": {"name": "http"}}
+    assert _named(docs, "NetworkPolicy", "-server")["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"team": "data"}}}]
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "Ingress", "Service", "NetworkPolicy"}:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    off = _render({"server": {"enabled": False}})
+    assert not [d for d in off if d["metadata"]["labels"].get("app.kubernetes.io/component") == "server"]

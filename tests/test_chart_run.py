@@ -1,7 +1,7 @@
 """The Helm chart, run: every ci/*-values.yaml variant is rendered (helm-python-sdk) and each workload's
 container spec is then started for real with Docker against a real Redis, the way a kubelet would:
 
-- **image**: the test image ``conveyor/chart-run:test`` stands in for ``conveyor:<tag>`` and for the
+- **image**: the test image ``conveyor/chart-run:<hash of the work tree>`` stands in for ``conveyor:<tag>`` and for the
   bundled Redis's ``redis:7.2`` (set through the chart's own ``image.*``/``redis.image.*`` values, as a
   user would point them at a registry). It is the busybox image of the other tests plus a ``ctl``
   entry point (``ENTRYPOINT ["ctl"]`` like the project image) that runs *this work tree* with the test
@@ -22,7 +22,8 @@ container spec is then started for real with Docker against a real Redis, the wa
 
 Then: the schedulers become ready, exactly one leads (``/readyz`` says ``leader``, the other
 ``standby``), a worker runs the scheduled steps of the DAG mounted from the ConfigMap (sibling
-containers through the socket), and every probe answers.
+containers through the socket), and every probe answers. The server Pod answers its probes, serves
+the scheduled run, and a run triggered through its API with the generated operator token succeeds.
 
 Not covered (no API server, no kubelet here; docs/deploy.md says so too): scheduling, Services and
 DNS (a Docker network alias stands in for each Service name), NetworkPolicies (not enforced),
@@ -36,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import re
@@ -63,7 +65,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "conveyor"
 NAMESPACE = "jobs"
 RELEASE = "demo"
-TEST_IMAGE = "conveyor/chart-run:test"
+# Tagged per work tree: the image's ctl runs the tree that built it, and engineers share one engine.
+TEST_IMAGE = f"conveyor/chart-run:{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 STEP_IMAGE = "conveyor/busybox:local"
 CI_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 PYTHON_HOME = Path(os.path.realpath(sys.executable)).parents[1]  # e.g. /root/.pyenv/versions/3.11.7
@@ -502,7 +505,9 @@ def run_variant(kubelet: Kubelet, workloads: dict[str, dict[str, Any]], values: 
 
     # The DAG came from the mounted ConfigMap (or git-sync folder) and the leader schedules it.
     leader = next(p for p in schedulers if "leading (fencing token" in p.logs())
-    assert re.search(r"chart-run\.yaml: chart-run version \d+", leader.logs()), leader.logs()
+    # Whichever scheduler synced the folder first submitted it (the other found the same content).
+    assert any(re.search(r"chart-run\.yaml: chart-run version \d+", pod.logs()) for pod in schedulers), \
+        [pod.logs() for pod in schedulers]
     if values["config"].get("runtime") == "kubernetes":
         pass  # the steps run as Pods on the kmock emulator (a scripted container: no Docker)
 
@@ -523,7 +528,50 @@ def run_variant(kubelet: Kubelet, workloads: dict[str, dict[str, Any]], values: 
         assert kubelet.fake_kubelet.pods_seen, "the steps ran as Pods created through the API"
     code, output = leader.exec("ctl", "logs", run["run_id"], "hello")
     assert "hello from the chart in" in output, output
+    if "server" in workloads:
+        serve(kubelet, workloads["server"], run, json.loads(leader.exec("ctl", "status", run["run_id"], "-o",
+                                                                          "json")[1]))
     helm_test(kubelet)
+
+
+def serve(kubelet: Kubelet, workload: dict[str, Any], scheduled: dict[str, Any], status: dict[str, Any]) -> None:
+    """The server Pod: its probes answer, it refuses a request without a token, shows the scheduled run as
+    ``ctl status`` does, and a run triggered through it with the generated operator token (so with the
+    signing key the worker checks) succeeds."""
+    server = kubelet.start(workload, 0)
+    wait_for(lambda: server.probe("readinessProbe")[0], 60, f"{server.name} ready")
+    assert json.loads(server.probe("readinessProbe")[1]) == {"ready": True}
+    ok, output = server.probe("livenessProbe")
+    assert ok and json.loads(output) == {"ok": True}, output
+    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == "tokens"]
+    tokens = kubelet.cluster.secret(volume["secret"]["secretName"])[volume["secret"]["items"][0]["key"]].decode()
+    token = next(line.split()[1] for line in tokens.splitlines() if line.startswith("operator "))
+    port = next(p["containerPort"] for p in server.spec["ports"] if p["name"] == "http")
+    base = f"http://{server.address()}:{port}/api/v1"
+
+    def call(method: str, path: str, body: dict | None = None, auth: bool = True) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{base}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if auth else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert call("GET", "/runs", auth=False)[0] == 401
+    assert call("GET", f"/runs/{scheduled['run_id']}") == (200, status)
+    code, created = call("POST", "/dags/chart-run/runs", {"params": {}})
+    assert code == 201, created
+
+    def ended() -> dict | None:
+        found = call("GET", f"/runs/{created['run_id']}")[1]
+        return found if found["state"] in {"success", "failed", "cancelled"} else None
+
+    done = wait_for(ended, 90, "the run triggered through the server to end")
+    assert done["state"] == "success" and done["trigger"] == "manual", done
+    assert token not in server.logs()
 
 
 def helm_test(kubelet: Kubelet) -> None:

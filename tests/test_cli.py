@@ -98,19 +98,20 @@ def test_ctl_run_local_leaves_nothing_behind(tmp_path: Path, image: str, docker_
 
 
 def test_ctrl_c_cancels_ctl_run_and_cleans_up(tmp_path: Path, image: str, docker_client: docker.DockerClient) -> None:
-    path = write_dag(tmp_path, "name: slow\nsteps:\n  nap: {image: conveyor/busybox:local, command: [sleep, '60']}\n")
+    path = write_dag(tmp_path, "name: ctrlc-slow\nsteps:\n"
+                               "  nap: {image: conveyor/busybox:local, command: [sleep, '60']}\n")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     process = subprocess.Popen([sys.executable, "-m", "scheduler.cli.main", "run", str(path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 30
-    while not docker_client.containers.list(filters={"label": "dev.conveyor.dag=slow"}):
+    while not docker_client.containers.list(filters={"label": "dev.conveyor.dag=ctrlc-slow"}):
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "cancelling run" in stderr and "Traceback" not in stderr
-    assert docker_client.containers.list(all=True, filters={"label": "dev.conveyor.dag=slow"}) == []
+    assert docker_client.containers.list(all=True, filters={"label": "dev.conveyor.dag=ctrlc-slow"}) == []
     assert _processes_mentioning(str(path)) == []
 
 

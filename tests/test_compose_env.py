@@ -96,3 +96,22 @@ def test_every_service_uses_the_password_and_only_conveyor_gets_the_key(config: 
         assert environment["CONVEYOR_SIGNING_KEY"] == key, name
     for name in ("prometheus", "grafana"):
         assert "CONVEYOR_SIGNING_KEY" not in (services.get(name, {}).get("environment") or {})
+
+
+def test_the_server_gets_a_tokens_file_the_password_and_the_key_on_loopback(config: dict, tmp_path: Path) -> None:
+    server, env = config["compose"]["services"]["server"], config["env"]
+    assert server["environment"]["REDIS_URL"] == f"redis://:{env['REDIS_PASSWORD']}@redis:6379/0"
+    assert server["environment"]["CONVEYOR_SIGNING_KEY"] == env["CONVEYOR_SIGNING_KEY"]
+    [port] = server["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 8080
+    [mount] = server["volumes"]
+    assert mount["read_only"] is True and mount["target"] == "/etc/conveyor/tokens"
+    assert "/readyz" in " ".join(server["healthcheck"]["test"])
+    tokens = Path(env["SERVER_TOKENS_FILE"])
+    assert mount["source"] == str(tokens) and tokens.parent == tmp_path / "secrets"
+    assert stat.S_IMODE(tokens.parent.stat().st_mode) == 0o700
+    [line] = [line for line in tokens.read_text().splitlines() if not line.startswith("#")]
+    role, token = line.split()
+    assert role == "operator" and re.fullmatch(r"[0-9a-f]{64}", token)
+    again = make_env(tmp_path / ".env")
+    assert token not in again.stdout + again.stderr and token in tokens.read_text(), "kept, never printed"

@@ -47,3 +47,40 @@ def test_a_failing_handler_does_not_change_the_run_and_exit_runs_on_cancel(store
     assert store.start_attempt(rid, "_on_exit", 1, host="h", pid=1, worker="w").status == "ok"
     store.finish_attempt(rid, "_on_exit", 1, "failed", {})
     assert store.run_record(rid)["state"] == "cancelled"
+
+
+TOLD = """
+name: data2-told
+defaults: {image: conveyor/busybox:local}
+steps:
+  good: {command: [true]}
+  bad: {command: [sh, -c, "echo broken >&2; exit 7"], depends_on: [good]}
+  never: {command: [true], depends_on: [bad]}
+on_failure:
+  command: [sh, -c, 'echo "$CONVEYOR_RUN_STATE"; echo "$FAILED"']
+  env: {FAILED: "{{ failed_steps }}"}
+"""
+
+
+def test_a_handler_is_told_the_run_state_and_what_failed(tmp_path, store, dispatcher, workers: Workers) -> None:
+    import json
+
+    submit_file(store, write_dag(tmp_path, TOLD))
+    workers.start(1)
+    rid = Engine(store, dispatcher).create_run("data2-told", {})
+    assert wait_for_run(store, rid)["state"] == "failed"
+    state, failed = store.read_log(rid, "_on_failure", 1).decode().splitlines()
+    assert state == "failed"
+    assert json.loads(failed) == [{"step": "bad", "attempt": 1, "exit_code": 7, "reason": "exit_code",
+                                  "error": json.loads(failed)[0]["error"]}]
+    assert json.loads(failed)[0]["error"]  # the runner's own words for the failure
+
+
+def test_failed_steps_is_known_only_in_handlers() -> None:
+    import pytest
+
+    from scheduler.errors import ConveyorError
+
+    with pytest.raises(ConveyorError, match="failed_steps"):
+        spec_from(TOLD.replace("good: {command: [true]}", "good: {command: [echo, '{{ failed_steps }}']}"))
+    assert spec_from(TOLD).handlers["_on_failure"].env == {"FAILED": "{{ failed_steps }}"}

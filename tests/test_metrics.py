@@ -202,3 +202,22 @@ def test_the_dashboard_uses_only_exported_metric_names(store: RunStore, settings
     used = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
             for name in re.findall(r"(conveyor_\w+?)(?:_bucket)?\b", target["expr"])}
     assert used and used <= exported, used - exported
+
+
+def test_lost_attempts_are_counted(store: RunStore, exporter: metrics.Exporter) -> None:
+    from scheduler.store import member
+
+    plan, _ = new_run(store, spec_from(DAG))
+    assert store.start_attempt(plan.run_id, "a", 1, host="h", pid=1, worker="w", lease=0.05).status == "ok"
+    time.sleep(0.2)  # the lease expires by Redis's clock
+    assert store.lose(member(plan.run_id, "a", 1)).state == "retrying"
+    samples = wait_for(exporter.port, "conveyor_attempts_lost_total", {"dag": "pipe", "step": "a"}, 1.0)
+    assert samples[("conveyor_attempts_lost_total", (("dag", "pipe"), ("step", "a")))] == 1.0
+
+
+def test_leader_gauge_follows_the_scheduler(exporter: metrics.Exporter) -> None:
+    leading = [False]
+    metrics.watch_leadership(exporter.registry, lambda: leading[0])
+    assert scrape(exporter.port)[("conveyor_scheduler_leader", ())] == 0.0
+    leading[0] = True
+    assert scrape(exporter.port)[("conveyor_scheduler_leader", ())] == 1.0

@@ -181,8 +181,10 @@ def _manifests() -> list[dict]:
                  run_id=LONG_RUN, step="Transform_Step.v2", env={"A": "1", "EMPTY": ""}, working_dir="/srv",
                  timeout=0.2, cpus=2.25, memory=3 * 2**30, pull="always")
     simple = plan("conveyor/busybox:local", ["true"])
+    producer = plan("conveyor/busybox:local", ["true"], outputs=("rows", "path"), env={"A": "1"})
     return [pod_manifest(p, labels_for(p, n, prefix), "default")
-            for p, n, prefix in ((simple, 1, "conveyor"), (weird, 40, "a prefix/with:odd chars"))]
+            for p, n, prefix in ((simple, 1, "conveyor"), (weird, 40, "a prefix/with:odd chars"),
+                                 (producer, 2, "conveyor"))]
 
 
 def test_pod_manifests_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
@@ -205,7 +207,7 @@ def test_pod_manifests_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
 
 
 def test_pod_manifest_security_and_labels() -> None:
-    simple, weird = _manifests()
+    simple, weird, _ = _manifests()
     container = simple["spec"]["containers"][0]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False,
                                              "capabilities": {"drop": ["ALL"]}}

@@ -53,8 +53,15 @@ def test_next_for_the_issue_example_file(tmp_path) -> None:
     assert reasons["2026-11-28"] == "weekend (Saturday)"
     assert reasons["2026-11-27"] == "not the last business day of the month"
     assert reasons["2027-01-01"] == "holiday: New Year's Day (NYSE)"
+    assert data["dropped_by_reason"] == {"not the last business day of the month": 58, "weekend": 25, "holiday": 4}
     table = ctl("next", str(path), "-n", "1", "--from", "2026-11-25T00:00:00+00:00")
-    assert "Thanksgiving Day" in table.stdout and "2026-11-30T17:00:00-05:00" in table.stdout
+    assert "2026-11-30T17:00:00-05:00" in table.stdout and "Thanksgiving Day" not in table.stdout
+    assert table.stdout.splitlines()[-1] == ("5 dropped: 2 not the last business day of the month, 2 weekend, "
+                                             "1 holiday (--explain lists them)")
+    explained = ctl("next", str(path), "-n", "1", "--from", "2026-11-25T00:00:00+00:00", "--explain")
+    assert "dropped: holiday: Thanksgiving Day (NYSE)" in explained.stdout
+    summary = "5 dropped: 2 not the last business day of the month, 2 weekend, 1 holiday"
+    assert explained.stdout.splitlines()[-1] == summary
 
 
 def test_next_names_the_outage_that_skips_a_fire(tmp_path) -> None:
@@ -73,8 +80,10 @@ def test_next_of_a_submitted_dag_with_a_named_calendar(tmp_path, settings) -> No
     calendars.write_text("calendars:\n  ops: {holidays: [GB], extra_holidays: ['2026-12-02']}\n")
     assert ctl("calendar", "submit", str(calendars), env=env).returncode == 0
     dag = write_dag(tmp_path, DAILY.replace("timezone: Europe/London}", "timezone: Europe/London, calendar: ops}"))
-    unknown = ctl("validate", str(dag))  # offline: the named calendar is not known without Redis
-    assert unknown.returncode == 1 and "unknown calendar 'ops'" in unknown.stderr
+    offline = ctl("validate", str(dag), env={"REDIS_URL": ""})  # without Redis, a named calendar is unknown
+    assert offline.returncode == 0 and "named calendar 'ops': cannot check offline (set REDIS_URL)" in offline.stderr
+    assert ctl("validate", str(dag), env=env).stderr == ""  # checked against Redis: known
+    assert ctl("validate", "--strict", str(dag), env={"REDIS_URL": ""}).returncode == 1
     assert ctl("submit", str(dag), env=env).returncode == 0
     data = json.loads(ctl("next", "daily", "-n", "3", "--from", "2026-12-01T12:00:00+00:00", "-o", "json",
                           env=env).stdout)

@@ -314,3 +314,18 @@ def test_without_tokens_the_server_is_open_on_loopback(settings, tmp_path, dags)
         assert cross.status_code == 403
     finally:
         running.stop()
+
+
+def test_dataset_events_from_outside_need_an_operator(server: Server, store) -> None:
+    """POST /api/v1/datasets/{name}/events: what `ctl dataset emit` does, for other systems."""
+    from scheduler.datasets import dataset_list
+
+    viewer, operator = server.client(VIEWER_TOKEN), server.client(OPERATOR_TOKEN)
+    assert server.client(None).post("/api/v1/datasets/orders/events").status_code == 401
+    assert viewer.post("/api/v1/datasets/orders/events", json={"payload": {"rows": 3}}).status_code == 403
+    first = operator.post("/api/v1/datasets/orders/events", json={"payload": {"rows": 3}})
+    second = operator.post("/api/v1/datasets/orders/events")
+    assert first.status_code == 201 and second.status_code == 201, first.text
+    assert second.json()["seq"] > first.json()["seq"]
+    [orders] = [d for d in dataset_list(store) if d["dataset"] == "orders"]
+    assert orders["last_event"]["seq"] == second.json()["seq"]

@@ -1,5 +1,5 @@
 """A step's ``network:`` (none, bridge, a named network) in both runtimes, and containers removed in the
-background once their attempt is recorded (``DockerRuntime(remove_later=True)``, as workers run it)."""
+background once their attempt is recorded (``run(keep=True)`` then ``reap_later``, as workers do)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import docker
 import kubernetes
 import pytest
 
-from runner.containers import DockerRuntime
+from runner.containers import DockerRuntime, labels_for
 from runner.kubernetes import NETWORK_LABEL, KubernetesRuntime, pod_manifest
 from scheduler.spec import load_bytes
 from tests.runtime_contract import PREFIX, plan, run
@@ -59,12 +59,13 @@ def test_kubernetes_labels_none_and_refuses_named_networks() -> None:
 
 
 def test_removed_in_the_background_after_the_result(docker_client: docker.DockerClient, image: str) -> None:
-    runtime = DockerRuntime(docker_client, remove_later=True)
-    outcome, _ = run(runtime, plan(IMAGE, ["true"]))
-    assert outcome.ok
+    runtime = DockerRuntime(docker_client)
+    step = plan(IMAGE, ["true"])
+    outcome = runtime.run(step, labels_for(step, 1, PREFIX), lambda _: None, lambda: None, keep=True)
+    assert outcome.ok and outcome.kept
     assert docker_client.containers.get(outcome.container_id).status == "exited"  # kept until recorded
     began = time.monotonic()
-    runtime.after_recorded(outcome.container_id)
+    runtime.reap_later([outcome.container_id])
     assert time.monotonic() - began < 0.05  # handed over, not waited for
     assert runtime.drain(10)
     with pytest.raises(docker.errors.NotFound):
@@ -72,12 +73,13 @@ def test_removed_in_the_background_after_the_result(docker_client: docker.Docker
 
 
 def test_removed_at_once_when_the_runtime_fails(docker_client: docker.DockerClient, image: str) -> None:
-    runtime = DockerRuntime(docker_client, remove_later=True)
+    runtime = DockerRuntime(docker_client)
 
     def boom(*_args: object) -> None:
         raise RuntimeError("the runner broke")
 
     runtime._run_container = boom  # type: ignore[method-assign]
+    step = plan(IMAGE, ["true"])
     with pytest.raises(RuntimeError):
-        run(runtime, plan(IMAGE, ["true"]))
+        runtime.run(step, labels_for(step, 1, PREFIX), lambda _: None, lambda: None, keep=True)
     assert docker_client.containers.list(all=True, filters={"label": f"dev.conveyor.prefix={PREFIX}"}) == []

@@ -61,7 +61,7 @@ def outage_add(
     """Add (or replace) a global outage: one-off (--start/--end) or recurring (--cron/--duration)."""
     if (start or end) and (cron or duration):
         raise typer.BadParameter("give --start/--end or --cron/--duration, not both")
-    spec = {"timezone": timezone}
+    spec: dict[str, str | None] = {"timezone": timezone}
     spec.update({"start": start, "end": end} if start or end else {"cron": cron, "duration": duration})
     _agenda().put_outage(name, {k: v for k, v in spec.items() if v is not None})
     views.out.print(f"outage {name}: added")

@@ -17,9 +17,13 @@ def dags_list(ctx: typer.Context, output: common.Output = common.OutputOption) -
     """List DAGs: version, file, schedule in words, timezone, paused, next fire, last run, problems."""
     if ctx.invoked_subcommand is not None:
         return
-    from scheduler.catalog import dag_rows
+    remote = common.remote()
+    if remote:
+        rows, orphans = remote.dags()
+    else:
+        from scheduler.catalog import dag_rows
 
-    rows, orphans = dag_rows(common.store())
+        rows, orphans = dag_rows(common.store())
     if output == common.Output.json:
         views.print_json({"dags": rows, "import_errors": orphans})
         return

@@ -14,6 +14,7 @@ from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
 if TYPE_CHECKING:  # imported where used: `ctl --help` and `ctl validate` never load Redis, RQ or Docker
     from scheduler.dispatch import Dispatcher
     from scheduler.engine import Engine
+    from scheduler.remote import Remote
     from scheduler.settings import Settings
     from scheduler.store import RunStore
 
@@ -40,6 +41,19 @@ def settings() -> Settings:
     # The default needs no check (which would import redis, a tenth of a second, for ctl next FILE).
     return replace(Settings.from_env("", {k: v for k, v in os.environ.items() if k != "REDIS_URL"}),
                    redis_url=DEFAULT_REDIS_URL)
+
+
+def remote() -> Remote | None:
+    """``ctl server``'s API when ``CONVEYOR_SERVER`` is set: the commands that read or drive runs ask it
+    instead of Redis (scheduler/remote.py), with the same output and exit codes."""
+    from scheduler.settings import server_from_env
+
+    endpoint = server_from_env()
+    if endpoint is None:
+        return None
+    from scheduler.remote import Remote
+
+    return Remote(endpoint)
 
 
 def store(current: Settings | None = None) -> RunStore:

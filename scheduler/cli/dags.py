@@ -1,59 +1,111 @@
-"""``ctl validate`` and ``ctl submit``: DAG files in, problems or versions out."""
+"""``ctl validate`` and ``ctl submit``: DAG files in, problems or versions out.
+
+Both report every file: its errors, its warnings (``file:line:col: warning: ...``, on stderr, never
+stored) and, for a good file, its result on stdout. One bad file does not stop the others; the exit
+code is 1 when any file was bad.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from scheduler.cli import common, views
-from scheduler.errors import SpecError
+from scheduler.errors import Problem, SpecError
 
 
 def validate(
     files: list[Path] = typer.Argument(..., help="DAG files to check.", metavar="FILE..."),
+    strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors (exit 1 when there is any)."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Check DAG files (YAML, schema, dependencies, templates) and report every problem at once."""
-    from scheduler.spec import load_file
+    """Check DAG files (YAML, schema, dependencies, templates, schedules) and report every problem at once.
 
-    problems: list[str] = []
+    Named calendars are checked against Redis when REDIS_URL is set; otherwise a calendar that is not
+    built in is a warning ("cannot check offline")."""
+    from scheduler.spec import load_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
+
+    calendars, offline = _named_calendars()
+    failed = False
     results = []
     for file in files:
+        warnings: list[Problem] = []
+        errors: list[Problem] = []
+        result: dict[str, Any] = {"file": str(file)}
         try:
-            spec, _ = load_file(file)
-            results.append({"file": str(file), "dag": spec.name, "steps": len(spec.steps), "problems": []})
+            spec, _ = load_file(file, calendars, warnings=warnings, offline=offline)
+            result.update(dag=spec.name, steps=len(spec.steps))
         except SpecError as exc:
-            problems += [str(p) for p in exc.problems]
-            results.append({"file": str(file), "problems": [vars(p) for p in exc.problems]})
+            errors = list(exc.problems)
+        if strict:
+            errors, warnings = sorted(errors + [_as_error(w) for w in warnings]), []
+        failed = failed or bool(errors)
+        results.append({**result, "problems": [vars(p) for p in errors], "warnings": [vars(w) for w in warnings]})
+        if output != common.Output.json:
+            for problem in sorted(errors + warnings):
+                views.plain(str(problem), stderr=True)
     if output == common.Output.json:
         views.print_json(results)
     else:
-        for line in problems:
-            views.plain(line, stderr=True)
         for result in results:
             if not result["problems"]:
-                views.plain(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps)")
-    if problems:
+                noted = f"; {len(result['warnings'])} warning(s)" if result["warnings"] else ""
+                views.plain(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps{noted})")
+    if failed:
         raise typer.Exit(1)
+
+
+def _named_calendars() -> tuple[dict[str, Any], bool]:
+    """The calendars submitted with ``ctl calendar submit`` when REDIS_URL is set, else none and offline."""
+    if not os.environ.get("REDIS_URL"):
+        return {}, True
+    from scheduler.agenda import Agenda
+
+    return Agenda(common.store()).calendars(), False
+
+
+def _as_error(warning: Problem) -> Problem:
+    return Problem(warning.file, warning.line, warning.col, warning.path, warning.message)
 
 
 def submit(
     files: list[Path] = typer.Argument(..., help="DAG files to register or update.", metavar="FILE..."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Register DAG files in Redis. Unchanged content is a no-op; changed content is a new version."""
+    """Register DAG files in Redis. Unchanged content is a no-op; changed content is a new version.
+
+    Every file is reported: good files are submitted even when others are bad (exit 1 then)."""
     from scheduler.service import submit_file
 
     store = common.store()
-    results = []
+    results: list[dict[str, Any]] = []
     for file in files:
-        done = submit_file(store, file)
-        results.append({"dag": done.spec.name, "version": done.version, "created": done.created,
-                        "sha256": done.sha256, "file": str(file)})
+        warnings: list[Problem] = []
+        try:
+            done = submit_file(store, file, warnings=warnings)
+        except SpecError as exc:
+            results.append({"file": str(file), "problems": [vars(p) for p in exc.problems],
+                            "warnings": [vars(w) for w in warnings]})
+            problems = sorted([*exc.problems, *warnings])
+        else:
+            results.append({"dag": done.spec.name, "version": done.version, "created": done.created,
+                            "sha256": done.sha256, "file": str(file), "warnings": [vars(w) for w in warnings]})
+            problems = warnings
+        for problem in problems:
+            views.err.print(str(problem), markup=False, highlight=False)
     if output == common.Output.json:
         views.print_json(results)
-        return
-    for r in results:
-        what = "new version" if r["created"] else "unchanged, version"
-        views.out.print(f"{r['dag']}: {what} {r['version']} (sha256 {r['sha256'][:12]})", highlight=False)
+    else:
+        for r in results:
+            if "problems" in r:
+                views.err.print(f"{r['file']}: not submitted ({len(r['problems'])} problem(s))", markup=False,
+                                highlight=False)
+                continue
+            what = "new version" if r["created"] else "unchanged, version"
+            views.out.print(f"{r['dag']}: {what} {r['version']} (sha256 {r['sha256'][:12]})", markup=False,
+                            highlight=False)
+    if any("problems" in r for r in results):
+        raise typer.Exit(1)

@@ -40,17 +40,23 @@ def run(
     param: list[str] = typer.Option(None, "--param", "-p", help="KEY=VALUE, repeatable."),
     workers: int = typer.Option(2, "--workers", "-w", min=1, max=64, help="Worker processes to start."),
     priority: Priority | None = typer.Option(None, help="Queue for the run's steps (default: high)."),
+    only: str | None = typer.Option(None, "--only", metavar="STEP[,STEP]",
+                                    help="Run just these steps: everything upstream of them counts as succeeded "
+                                         "(shown as success, never run), every other step is skipped."),
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run a DAG file once, locally, in real containers; exit 0 only if the run succeeds."""
     from scheduler.cli import watch
     from scheduler.dispatch import DelayedMover
     from scheduler.embedded import embedded_redis
+    from scheduler.plan import assume
     from scheduler.service import submit_file
     from scheduler.spec import load_file, resolve_params
 
     spec, _ = load_file(file)
     resolve_params(spec, common.parse_params(param))  # bad params fail before anything starts
+    chosen = [name.strip() for name in (only or "").split(",") if name.strip()]
+    assumed = assume(spec, chosen) if chosen else {}  # so do unknown steps
     configured = Settings.from_env()  # so do bad settings (REDIS_URL when it is set, CONVEYOR_*)...
     if runtime_kind() == "docker":
         from runner.containers import check_engine  # the CLI is where scheduler and runner meet
@@ -67,8 +73,13 @@ def run(
         forked = WorkerWatch(stack.enter_context(worker_processes(current, workers)))
         mover = DelayedMover(engine.dispatcher)
         run_id = engine.create_run(submitted.spec.name, common.parse_params(param), trigger=Trigger.MANUAL,
-                                   priority=priority, version=submitted.version, now=datetime.now(UTC))
+                                   priority=priority, version=submitted.version, now=datetime.now(UTC),
+                                   only=chosen)
         views.err.print(f"run {run_id} ({workers} workers, Redis {current.safe_url})", highlight=False)
+        if chosen:
+            upstream = [name for name, state in assumed.items() if state == "success"]
+            views.err.print(f"only {', '.join(chosen)}; treated as succeeded: {', '.join(upstream) or 'nothing'}",
+                            markup=False, highlight=False)
 
         def tick() -> None:
             mover.tick()
@@ -116,7 +127,7 @@ def worker_processes(settings: Settings, count: int):
         yield processes
     finally:
         for process in processes:
-            if process.is_alive():
+            if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join(timeout=15)

@@ -20,10 +20,13 @@ from scheduler.cli import (
     calendars,
     catalog,
     dags,
+    data,
+    datasets,
     diff,
     local,
     observe,
     pools,
+    render,
     reruns,
     runs,
     scheduling,
@@ -54,9 +57,29 @@ app = typer.Typer(
     help="Conveyor: DAGs of containers, scheduled like cron, run through Redis and RQ.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("conveyor")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown"
+        print(f"ctl (conveyor) {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print ctl's version and exit."),
+) -> None:
+    """Conveyor: DAGs of containers, scheduled like cron, run through Redis and RQ."""
 app.command()(dags.validate)
 app.command()(dags.submit)
 app.command()(runs.trigger)
@@ -64,8 +87,11 @@ app.command(name="runs")(runs.runs)
 app.command()(runs.status)
 app.command()(runs.logs)
 app.command()(runs.cancel)
+app.command()(data.outputs)
 app.command(name="run")(local.run)
+app.command()(render.render)
 app.command()(workers.worker)
+app.command(name="workers")(workers.workers)
 app.command()(scheduling.scheduler)
 app.command()(scheduling.pause)
 app.command()(scheduling.unpause)
@@ -79,6 +105,7 @@ app.command()(server.server)
 app.add_typer(calendars.calendar_app, name="calendar")
 app.add_typer(calendars.outage_app, name="outage")
 app.add_typer(pools.pool_app, name="pool")
+app.add_typer(datasets.dataset_app, name="dataset")
 app.add_typer(catalog.dags_app, name="dags")
 
 
@@ -86,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: expected failures print one message; only CONVEYOR_DEBUG=1 shows tracebacks."""
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False, prog_name="ctl")
         return code if isinstance(code, int) else 0
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1

@@ -189,7 +189,9 @@ def graph(
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", dag):
             raise ConveyorError(f"'{dag}' is neither a DAG file nor a DAG name")
         spec, _ = load_version(common.store(), dag)
-    upstream = {name: list(step.depends_on) for name, step in spec.steps.items()}
+    # A mapped step (for_each) is drawn as STEP[*]: its instances, known only at run time.
+    shown = {name: f"{name}[*]" if step.for_each is not None else name for name, step in spec.steps.items()}
+    upstream = {shown[name]: [shown[d] for d in step.depends_on] for name, step in spec.steps.items()}
     text = graphviz.render(spec.name, upstream, fmt.value)
     sys.stdout.write(text)
     sys.stdout.flush()

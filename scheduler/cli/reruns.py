@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from scheduler.cli import common, views
 from scheduler.cli.runs import finish
+
+if TYPE_CHECKING:
+    from scheduler.remote import Remote
+    from scheduler.store import RunStore
 
 
 def rerun(
@@ -22,16 +28,24 @@ def rerun(
     from scheduler.cli import watch
     from scheduler.service import plan_rerun
 
-    engine = common.engine()
-    chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
-                        latest=latest)
-    engine.rerun(chosen)
-    for note in chosen.notes:
+    remote = common.remote()
+    if remote:
+        source: RunStore | Remote = remote
+        done = remote.rerun(run_id, step=step, downstream=not no_downstream, everything=everything, latest=latest)
+        steps, version, notes = done["rerun"], done["version"], done["notes"]
+    else:
+        engine = common.engine()
+        source = engine.store
+        chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
+                            latest=latest)
+        engine.rerun(chosen)
+        steps, version, notes = chosen.steps, chosen.version, chosen.notes
+    for note in notes:
         views.err.print(note, markup=False)
     if wait:
-        finish(watch.follow(engine.store, run_id), output)
+        finish(watch.follow(source, run_id), output)
         return
     if output == common.Output.json:
-        views.print_json({"run_id": run_id, "rerun": chosen.steps, "version": chosen.version})
+        views.print_json({"run_id": run_id, "rerun": steps, "version": version})
     else:
-        views.out.print(f"run {run_id}: rerunning {', '.join(chosen.steps)}")
+        views.out.print(f"run {run_id}: rerunning {', '.join(steps)}")

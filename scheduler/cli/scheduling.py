@@ -17,7 +17,7 @@ from scheduler.errors import UnavailableError
 from scheduler.leader import DEFAULT_TTL
 from scheduler.settings import DEFAULT_LOOKAHEAD
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported by the command that uses it (test_startup keeps --help light)
     from scheduler.clock import Clock
 
 DAY = 86400.0
@@ -59,7 +59,7 @@ def scheduler(
     logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
-    observe.start_metrics(store, current, metrics_port)
+    exporter = observe.start_metrics(store, current, metrics_port)
     folder = None
     if dags:
         from scheduler.dagsync import DagFolder
@@ -69,6 +69,10 @@ def scheduler(
     clock: Clock = FakeClock(_aware(fake_clock), clock_speed) if fake_clock else Clock()
     daemon = Scheduler(Engine(store, common.dispatcher(current)), clock=clock, lease_ttl=lease_ttl,
                        history_days=history / DAY, lookahead=lookahead)
+    if exporter is not None:
+        from scheduler.metrics import watch_leadership
+
+        watch_leadership(exporter.registry, lambda: daemon.leading)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop.set())
     logging.getLogger("conveyor.scheduler").info("scheduler %s started (Redis %s)", daemon.lease.identity,
@@ -83,64 +87,84 @@ def scheduler(
 
 def pause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
     """Stop creating scheduled runs of a DAG (runs already created go on)."""
-    from scheduler.agenda import Agenda
-
-    Agenda(common.store()).set_paused(dag, True)
+    set_paused(dag, True)
     views.out.print(f"{dag}: paused")
 
 
 def unpause(dag: str = typer.Argument(..., help="A submitted DAG's name.")) -> None:
     """Create scheduled runs of a DAG again (missed ones follow the DAG's catchup setting)."""
-    from scheduler.agenda import Agenda
-
-    Agenda(common.store()).set_paused(dag, False)
+    set_paused(dag, False)
     views.out.print(f"{dag}: active")
+
+
+def set_paused(dag: str, paused: bool) -> None:
+    remote = common.remote()
+    if remote:
+        remote.set_paused(dag, paused)
+    else:
+        from scheduler.agenda import Agenda
+
+        Agenda(common.store()).set_paused(dag, paused)
 
 
 def next_(
     dag: str = typer.Argument(..., help="A submitted DAG's name, or a DAG file."),
     count: int = typer.Option(10, "-n", "--count", min=1, max=1000, help="How many fire times."),
     start: datetime | None = typer.Option(None, "--from", help="Start here instead of now (UTC unless an offset)."),
+    explain: bool = typer.Option(False, "--explain", help="List every dropped candidate time with its reason, "
+                                 "not only how many were dropped for each reason."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Show the next fire times and every candidate time that was dropped, and why."""
+    """Show the next fire times, and how many candidate times were dropped and why (--explain: each one)."""
     from scheduler.spec import load_file
-    from scheduler.upcoming import upcoming
+    from scheduler.upcoming import dropped_summary, upcoming
 
     path = Path(dag)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        calendars, outages = {}, []
-        try:
-            store = common.store_if_up()
-            if store is not None:  # a file can be checked without Redis: named calendars and global outages
-                from scheduler.agenda import Agenda  # then do not apply (nor is the store layer imported)
-
-                agenda = Agenda(store)
-                calendars, outages = agenda.calendars(), agenda.global_outages()
-        except UnavailableError:
-            pass
-        spec, _ = load_file(path, calendars)
+    after = _aware(start) if start else None
+    remote = common.remote()
+    is_file = path.suffix in {".yaml", ".yml"} or path.exists()
+    if remote and not is_file:
+        name, data = dag, remote.next_fires(dag, count, after)
     else:
-        from scheduler.agenda import Agenda
-        from scheduler.service import load_version, store_calendars
+        if is_file:
+            calendars, outages = {}, []
+            try:
+                if remote:  # a team member's ctl has no Redis to ask
+                    raise UnavailableError("through ctl server")
+                store = common.store_if_up()  # one quick try: no Redis is an instant answer, not retries
+                if store is not None:
+                    from scheduler.agenda import Agenda
 
-        store = common.store()
-        calendars = store_calendars(store)
-        spec, _ = load_version(store, dag, calendars=calendars)
-        outages = Agenda(store).global_outages()
-    after = _aware(start) if start else datetime.now(UTC)
-    found = upcoming(spec, calendars, outages, after, count)
-    schedule, fires, dropped = found.schedule, found.fires, found.dropped
-    data = found.to_json()
+                    agenda = Agenda(store)
+                    calendars, outages = agenda.calendars(), agenda.global_outages()
+            except UnavailableError:
+                pass  # a file can be checked without Redis; named calendars and global outages then do not apply
+            spec, _ = load_file(path, calendars)
+        else:
+            from scheduler.agenda import Agenda
+            from scheduler.service import load_version, store_calendars
+
+            store = common.store()
+            calendars = store_calendars(store)
+            spec, _ = load_version(store, dag, calendars=calendars)
+            outages = Agenda(store).global_outages()
+        name, data = spec.name, upcoming(spec, calendars, outages, after or datetime.now(UTC), count).to_json()
     if output == common.Output.json:
         views.print_json(data)
         return
-    events = [(f.utc, f.logical_date.isoformat(), f.utc.isoformat(),
-               f"deferred to {f.due.isoformat()} by outage {f.deferred_by}" if f.deferred_by else "") for f in fires]
-    events += [(d.utc, d.at.isoformat(), d.utc.isoformat(), f"dropped: {d.reason}") for d in dropped]
-    # Hundreds of rows (every dropped candidate): plain aligned text, which rich takes 0.2 s to lay out.
-    views.plain_table(f"{spec.name}: next {len(fires)} fire times ({schedule.tz})", ("local time", "UTC", "note"),
-                      [row[1:] for row in sorted(events)])
+    events = [(datetime.fromisoformat(f["utc"]), f["at"], f["utc"],
+               f"deferred to {f['due']} by outage {f['deferred_by']}" if f.get("deferred_by") else "")
+              for f in data["fires"]]
+    if explain:
+        events += [(datetime.fromisoformat(d["utc"]), d["at"], d["utc"], f"dropped: {d['reason']}")
+                   for d in data["dropped"]]
+    # Plain aligned text: with --explain, hundreds of rows, which rich takes 0.2 s to lay out.
+    views.plain_table(f"{name}: next {len(data['fires'])} fire times ({data['timezone']})",
+                      ("local time", "UTC", "note"), [row[1:] for row in sorted(events)])
+    if data["dropped"]:
+        hint = "" if explain else " (--explain lists them)"
+        summary = dropped_summary(len(data["dropped"]), data["dropped_by_reason"].items())
+        views.plain(f"{summary}{hint}")
 
 
 def _aware(value: datetime | None) -> datetime:

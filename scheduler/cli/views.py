@@ -77,7 +77,6 @@ def styled(state: str) -> Text:
 
 def steps_table(status: dict[str, Any]) -> Table:
     from rich.table import Table
-    from rich.text import Text
 
     title = f"{status['run_id']}  [{STATE_STYLE.get(status['state'], '')}]{status['state']}[/]"
     table = Table(title=title, title_justify="left", expand=False)
@@ -85,13 +84,28 @@ def steps_table(status: dict[str, Any]) -> Table:
         table.add_column(column)
     for step in status["steps"]:
         last = step["attempts"][-1] if step["attempts"] else {}
+        attempt = str(len(step["attempts"]) or "")
+        if last.get("adopted_by"):
+            attempt += f" (adopted by {last['adopted_by']})"
         table.add_row(
-            step["name"], styled(step["state"]), str(len(step["attempts"]) or ""),
+            ("  " if step.get("mapped_step") else "") + step["name"], styled(step["state"]),
+            attempt or (f"×{step['instances']}" if step.get("instances") else ""),
             "" if last.get("exit_code") is None else str(last["exit_code"]),
             (last.get("started_at") or "")[11:23], duration(last.get("started_at"), last.get("ended_at")),
-            Text(last.get("error") or "", style="red"),
+            _note(step, last),
         )
     return table
+
+
+def _note(step: dict[str, Any], last: dict[str, Any]) -> Text:
+    """The status table's last column: what a waiting step waits for, else the error."""
+    from rich.text import Text
+
+    if step.get("waiting_for"):
+        return Text("waits for " + "; ".join(step["waiting_for"]) + f"; next check at {step['next_check'][11:19]}")
+    if last.get("next_poke"):
+        return Text(f"sensor: {last['pokes']} poke(s) not ready; next at {last['next_poke'][11:19]}")
+    return Text(last.get("error") or step.get("error") or "", style="red")
 
 
 def runs_table(runs: list[dict[str, Any]], numbered: bool = False) -> Table:

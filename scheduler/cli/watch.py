@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from rich.live import Live
 
 from scheduler.cli import views
-
-if TYPE_CHECKING:
-    from scheduler.store import RunStore
+from scheduler.remote import POLL_SECONDS as REMOTE_POLL_SECONDS
+from scheduler.remote import Remote
+from scheduler.store import RunStore
 
 POLL_SECONDS = 0.1  # the longest wait between two looks (and two ``tick``s); a change of the run wakes it at once
 
 
-def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: float | None = None,
+def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, timeout: float | None = None,
            tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Block until the run ends (or ``timeout``); returns its final status object. ``tick`` runs every poll."""
-    from rich.live import Live
-
+    """Block until the run ends (or ``timeout``); returns its final status object. ``tick`` runs every poll.
+    ``source`` is Redis, or ``ctl server`` (polled less often: every request goes over the network)."""
     live = views.err.is_terminal if live is None else live
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
-    after = store.last_event_id()
-    status = views.status_object(store, run_id)
+    poll = REMOTE_POLL_SECONDS if isinstance(source, Remote) else POLL_SECONDS
+
+    def load() -> dict[str, Any]:
+        return source.status(run_id) if isinstance(source, Remote) else views.status_object(source, run_id)
+
+    after = None if isinstance(source, Remote) else source.last_event_id()
+    status = load()
     display = Live(views.steps_table(status), console=views.err, refresh_per_second=8) if live else None
     try:
         if display:
@@ -31,7 +37,7 @@ def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: f
         while True:
             if tick:
                 tick()
-            status = views.status_object(store, run_id)
+            status = load()
             if display:
                 display.update(views.steps_table(status))
             else:
@@ -46,7 +52,10 @@ def follow(store: RunStore, run_id: str, *, live: bool | None = None, timeout: f
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 return status
-            after = wait_for_change(store, run_id, after, POLL_SECONDS)
+            if after is None:
+                time.sleep(poll)
+            else:
+                after = wait_for_change(source, run_id, after, poll)
     finally:
         if display:
             display.stop()

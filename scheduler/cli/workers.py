@@ -1,9 +1,11 @@
-"""``ctl worker``: take step attempts from the queues and run them as containers."""
+"""``ctl worker``: take step attempts from the queues and run them as containers; ``ctl workers``: who
+does."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -36,15 +38,43 @@ def worker(
     if unknown or not chosen:
         raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}",
                                  param_hint="--queues")
-    current = replace(
-        common.settings(),
-        **({"allowed_mounts": tuple(str(p) for p in allow_mount)} if allow_mount else {}),
-        **({"default_cpus": default_cpus} if default_cpus else {}),
-        **({"default_memory": parse_size(default_memory, "--default-memory")} if default_memory else {}),
-    )
+    changes: dict[str, Any] = {}
+    if allow_mount:
+        changes["allowed_mounts"] = tuple(str(p) for p in allow_mount)
+    if default_cpus:
+        changes["default_cpus"] = default_cpus
+    if default_memory:
+        changes["default_memory"] = parse_size(default_memory, "--default-memory")
+    current = replace(common.settings(), **changes)
     if runtime_kind() == "docker":
         check_engine()  # one clear line, before anything starts, when no engine answers at DOCKER_HOST
     logs.setup(log_level.value, log_format.value)
     store = common.store(current)  # fail early and clearly when Redis is unreachable
     observe.start_metrics(store, current, metrics_port)
     work(current, chosen, burst=burst, name=name, log_level=log_level.value, concurrency=concurrency)
+
+
+def workers(output: common.Output = common.OutputOption) -> None:
+    """List the workers: host, pid, name, queues, state, the attempt each runs, last heartbeat."""
+    from rich.table import Table
+
+    from scheduler.cli import views
+    from scheduler.workerview import workers as worker_rows
+
+    current = common.settings()
+    rows = worker_rows(common.store(current), current.connect(decode=False))
+    if output == common.Output.json:
+        views.print_json(rows)
+        return
+    table = Table(expand=False)
+    for column in ("name", "host", "pid", "queues", "state", "current attempt", "last heartbeat"):
+        table.add_column(column)
+    for row in rows:
+        doing = row["current"]
+        table.add_row(row["name"], row["host"], str(row["pid"] or ""), ",".join(row["queues"]),
+                      views.styled(row["state"]),
+                      f"{doing['run_id']} {doing['step']} #{doing['attempt']}" if doing else "",
+                      (row["last_heartbeat"] or "")[:19])
+    views.out.print(table)
+    if not rows:
+        views.err.print("no workers (start one with `ctl worker`)")

@@ -14,7 +14,9 @@ local ready = {}
 for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps'))) do
   local sk = step_key(rid, s)
   local st = redis.call('HGET', sk, 'state')
-  if STEP_WAITING[st] and redis.call('HGET', sk, 'rule') ~= 'always' then
+  if st == 'running' and redis.call('HEXISTS', sk, 'for_each') == 1 then
+    running = running + cancel_instances(rid, s, now, ready)  -- a mapped step: its instances
+  elseif STEP_WAITING[st] and redis.call('HGET', sk, 'rule') ~= 'always' then
     release_pool(rid, s, now, ready)
     settle(rid, s, 'cancelled', now)
     propagate(rid, s, 'cancelled', now, ready)  -- 'always' steps (cleanup) still run once upstream is done

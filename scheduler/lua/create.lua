@@ -21,4 +21,5 @@ local existing = insert_run(rid, now, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8
 if existing then return {'exists', existing} end  -- the caller deletes the steps it wrote ahead
 local ready = {}
 start_or_wait(rid, now, ready)
+maybe_end_run(rid, now, ready)  -- nothing to run (every root a fan-out over an empty list): it ends now
 return {'created', ready}

@@ -41,24 +41,33 @@ function K.queued() return P .. ':queued' end
 function K.delayed() return P .. ':delayed' end
 function K.sla() return P .. ':sla' end
 function K.jobs_refused() return P .. ':jobs_refused' end
+function K.datasets() return P .. ':datasets' end
+function K.dataset_events(name) return P .. ':dataset:' .. name .. ':events' end
+function K.dataset_seen(d) return P .. ':dag:' .. d .. ':datasets_seen' end
 function K.events() return P .. ':events' end
 local run_key, step_key, attempt_key = K.run, K.step, K.attempt
 
 -- The state vocabulary, mirrored from scheduler/model.py (a test compares them).
 local STEP_STATES = {'pending', 'queued', 'running', 'retrying', 'success', 'failed', 'upstream_failed',
-  'skipped', 'cancelled'}
+  'skipped', 'cancelled', 'waiting'}
 local RUN_STATES = {'queued', 'running', 'success', 'failed', 'cancelled'}
 local STEP_DONE = {success = true, failed = true, upstream_failed = true, skipped = true, cancelled = true}
-local STEP_WAITING = {pending = true, queued = true, retrying = true}  -- not started: cancel settles these
+-- Not running now: cancel settles these ('waiting': a sensor between pokes).
+local STEP_WAITING = {pending = true, queued = true, retrying = true, waiting = true}
 local RUN_DONE = {success = true, failed = true, cancelled = true}
 local FAILED = {failed = true, upstream_failed = true}  -- failures for trigger rules
 
--- Is this step told to stop? Its own cancel flag, or its run's (except 'always' steps: cleanup).
+-- Is this step told to stop? Its own cancel flag, its mapped step's (for an instance STEP[i]), or its
+-- run's (except 'always' steps: cleanup).
 local function cancel_requested(rid, s)
-  local sk = step_key(rid, s)
-  if redis.call('HGET', sk, 'cancel') == '1' then return true end
-  return redis.call('HGET', run_key(rid), 'cancel') == '1' and redis.call('HGET', sk, 'rule') ~= 'always'
+  local h = redis.call('HMGET', step_key(rid, s), 'cancel', 'rule', 'parent')
+  if h[1] == '1' then return true end
+  if h[3] and redis.call('HGET', step_key(rid, h[3]), 'cancel') == '1' then return true end
+  return redis.call('HGET', run_key(rid), 'cancel') == '1' and h[2] ~= 'always'
 end
+
+-- A mapped step's instances are steps named STEP[0], STEP[1], ... (step names cannot hold '[').
+local function instance_name(s, i) return s .. '[' .. i .. ']' end
 
 -- Redis's own clock (seconds): leases and the queued index use it, so workers' clocks need not agree.
 local function server_time()
@@ -69,9 +78,44 @@ end
 -- Members of the running (lease) and queued indexes: one per attempt.
 local function member(rid, s, n) return rid .. '|' .. s .. '|' .. n end
 
+-- An attempt's RQ job id, exactly as scheduler/dispatch.py's job_id makes it ([A-Za-z0-9_-] only).
+local function job_id(rid, s, n)
+  local parent, index = string.match(s, '^(.*)%[(%d+)%]$')
+  if parent then return rid .. '-' .. parent .. '-' .. n .. '-i' .. index end
+  return rid .. '-' .. s .. '-' .. n
+end
+
+-- Who holds an attempt's lease: its adopter once adopted (see adopt.lua), else the worker that
+-- started it. '' after a hand-over, until another worker adopts it.
+local function holder_of(ak)
+  local h = redis.call('HGET', ak, 'holder')
+  if h then return h end
+  return redis.call('HGET', ak, 'worker') or ''
+end
+
+-- May ``who`` act for the attempt (renew, log, finish)? An empty ``who`` asks for no fence (old callers).
+local function held_by(ak, who)
+  return who == nil or who == '' or holder_of(ak) == who
+end
+
 local function event(rid, kind, step, state, attempt, now)
   redis.call('XADD', K.events(), 'MAXLEN', '~', 10000, '*',
     'run', rid, 'kind', kind, 'step', step or '', 'state', state or '', 'attempt', attempt or '', 'at', now)
+end
+
+-- Record an event of a dataset (a producer step succeeded, or ctl dataset emit): numbered per dataset,
+-- kept as its last event and in its capped list of recent ones. Returns the event's JSON.
+local function record_dataset(name, event_fields)
+  local last = redis.call('HGET', K.datasets(), name)
+  event_fields['seq'] = (last and cjson.decode(last)['seq'] or 0) + 1
+  event_fields['dataset'] = name
+  local text = cjson.encode(event_fields)
+  redis.call('HSET', K.datasets(), name, text)
+  redis.call('LPUSH', K.dataset_events(name), text)
+  redis.call('LTRIM', K.dataset_events(name), 0, 99)
+  redis.call('RPUSH', K.wake(), 'dataset')  -- the scheduler looks at its consumers at once
+  redis.call('LTRIM', K.wake(), -100, -1)
+  return text
 end
 
 -- Queue a step's next attempt (1 at first; after a rerun, the numbering goes on); returns the entry
@@ -85,12 +129,20 @@ local function queue_step(rid, s, now)
   return {rid, s, n, redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
 end
 
+-- A step may run: queue its first attempt, or, for a mapped step (for_each), expand it into its
+-- instances (see expand below, defined once settle and propagate exist).
+local expand
+local function start_step(rid, s, now, ready)
+  if redis.call('HEXISTS', step_key(rid, s), 'for_each') == 1 then return expand(rid, s, now, ready) end
+  table.insert(ready, queue_step(rid, s, now))
+end
+
 -- Take one of the DAG's active slots and queue the run's root steps.
 local function activate(rid, now, ready)
   local rk = run_key(rid)
   redis.call('SADD', K.dag_active(redis.call('HGET', rk, 'dag')), rid)
   for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'roots'))) do
-    table.insert(ready, queue_step(rid, s, now))
+    start_step(rid, s, now, ready)
   end
 end
 
@@ -197,9 +249,10 @@ end
 -- What a pending step's trigger rule says, given how its upstream steps ended so far:
 -- 'run', a terminal state to settle it in ('skipped', 'upstream_failed', 'cancelled'), or nil (wait).
 local function decide(rid, dk)
-  local h = redis.call('HMGET', dk, 'up_done', 'up_success', 'up_failed', 'rule', 'upstream')
+  local h = redis.call('HMGET', dk, 'up_done', 'up_success', 'up_failed', 'rule', 'upstream', 'up_extra')
   local done, succ, fail = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
-  local rule, total = h[4] or 'all_success', #cjson.decode(h[5])
+  -- A mapped upstream step counts once per instance (up_extra: the instances beyond one each).
+  local rule, total = h[4] or 'all_success', #cjson.decode(h[5]) + tonumber(h[6] or '0')
   if cancel_requested(rid, redis.call('HGET', dk, 'name')) then return 'cancelled' end
   local all = done >= total
   if rule == 'all_success' then
@@ -223,13 +276,22 @@ local function decide(rid, dk)
   return nil
 end
 
+local instance_ended  -- fan-out bookkeeping, defined below
+
 -- A step reached a terminal state: count it at each direct downstream step and follow what their
--- trigger rules decide (queue them, or settle them, which in turn tells their own downstream).
+-- trigger rules decide (queue them, or settle them, which in turn tells their own downstream). An
+-- instance STEP[i] of a mapped step counts at its mapped step's downstream steps, once per instance.
 local function propagate(rid, s, state, now, ready)
   local todo = {{s, state}}
   while #todo > 0 do
     local item = table.remove(todo, 1)
-    for _, d in ipairs(cjson.decode(redis.call('HGET', step_key(rid, item[1]), 'downstream'))) do
+    local from = item[1]
+    local parent = redis.call('HGET', step_key(rid, from), 'parent')
+    if parent then
+      instance_ended(rid, parent, item[2], now, ready)
+      from = parent
+    end
+    for _, d in ipairs(cjson.decode(redis.call('HGET', step_key(rid, from), 'downstream'))) do
       local dk = step_key(rid, d)
       if redis.call('HGET', dk, 'state') == 'pending' then
         redis.call('HINCRBY', dk, 'up_done', 1)
@@ -237,7 +299,7 @@ local function propagate(rid, s, state, now, ready)
         elseif FAILED[item[2]] then redis.call('HINCRBY', dk, 'up_failed', 1) end
         local decision = decide(rid, dk)
         if decision == 'run' then
-          table.insert(ready, queue_step(rid, d, now))
+          start_step(rid, d, now, ready)
         elseif decision then
           settle(rid, d, decision, now)
           table.insert(todo, {d, decision})
@@ -245,6 +307,165 @@ local function propagate(rid, s, state, now, ready)
       end
     end
   end
+end
+
+-- Cancel the waiting instances of a mapped step (they settle, counted as usual); returns how many of
+-- its instances are running (their workers stop them).
+local function cancel_instances(rid, s, now, ready)
+  local running = 0
+  for i = 0, tonumber(redis.call('HGET', step_key(rid, s), 'instances') or '0') - 1 do
+    local name = instance_name(s, i)
+    local st = redis.call('HGET', step_key(rid, name), 'state')
+    if STEP_WAITING[st] and cancel_requested(rid, name) then
+      release_pool(rid, name, now, ready)
+      settle(rid, name, 'cancelled', now)
+      propagate(rid, name, 'cancelled', now, ready)
+    elseif st == 'running' then running = running + 1 end
+  end
+  return running
+end
+
+-- Fan-out -----------------------------------------------------------------------------------------
+-- A mapped step (its hash has 'for_each': {"items": JSON}, {"step": S, "output": N} or {"param": P})
+-- expands, in the transition that makes it ready, into instances STEP[0..n-1]: step hashes of their own
+-- (attempts, retries, logs, pool) with 'parent' and 'index', at most max_parallel of them queued at a
+-- time. The mapped step keeps the list's JSON ('items': the worker reads its element there) and counts
+-- its instances (map_done, map_success, map_failed); it ends when they all have, with their outputs
+-- gathered as JSON arrays in index order. An empty list skips it; anything but a list fails it.
+
+-- A JSON string literal (cjson would escape '/' as well).
+local function json_string(text)
+  return '"' .. string.gsub(text, '[%c"\\]', function(c)
+    if c == '"' then return '\\"' elseif c == '\\' then return '\\\\' end
+    return string.format('\\u%04x', string.byte(c))
+  end) .. '"'
+end
+
+-- Keep each downstream step's count of upstream results right: a mapped step counts 'extra' times more.
+local function set_extra(rid, s, extra)
+  local sk = step_key(rid, s)
+  local delta = extra - tonumber(redis.call('HGET', sk, 'map_extra') or '0')
+  if delta == 0 then return end
+  redis.call('HSET', sk, 'map_extra', extra)
+  for _, d in ipairs(cjson.decode(redis.call('HGET', sk, 'downstream'))) do
+    redis.call('HINCRBY', step_key(rid, d), 'up_extra', delta)
+  end
+end
+
+-- The list a mapped step runs over, as its JSON text, or nil and why not.
+local function for_each_list(rid, s)
+  local source = cjson.decode(redis.call('HGET', step_key(rid, s), 'for_each'))
+  local text
+  if source['items'] then
+    text = source['items']
+  elseif source['step'] then
+    local outputs = redis.call('HGET', step_key(rid, source['step']), 'outputs')
+    text = outputs and cjson.decode(outputs)[source['output']]
+    if type(text) ~= 'string' then
+      return nil, "step '" .. source['step'] .. "' has no output '" .. source['output'] .. "' to run over"
+    end
+  else
+    local value = cjson.decode(redis.call('HGET', run_key(rid), 'params'))[source['param']]
+    if type(value) ~= 'string' then return nil, "param '" .. source['param'] .. "' is not a JSON list" end
+    text = value
+  end
+  if not string.match(text, '^%s*%[') then return nil, 'for_each: not a JSON list: ' .. string.sub(text, 1, 80) end
+  local ok, items = pcall(cjson.decode, text)
+  if not ok or type(items) ~= 'table' then return nil, 'for_each: not a JSON list: ' .. string.sub(text, 1, 80) end
+  return text, nil, #items
+end
+
+-- Settle a mapped step that did not expand ('skipped' for an empty list, 'failed' with why) and tell
+-- its downstream steps, as for any step.
+local function settle_unexpanded(rid, s, state, why, now, ready)
+  local sk = step_key(rid, s)
+  set_extra(rid, s, 0)
+  redis.call('HSET', sk, 'instances', 0, 'error', why or '')
+  if not redis.call('HGET', sk, 'attempt') then redis.call('HSET', sk, 'attempt', 0) end
+  settle(rid, s, state, now)
+  propagate(rid, s, state, now, ready)
+end
+
+expand = function(rid, s, now, ready)
+  local sk = step_key(rid, s)
+  local text, why, count = for_each_list(rid, s)
+  local limit = tonumber(redis.call('HGET', sk, 'max_items') or '1000')
+  if text and count > limit then
+    text, why = nil, 'for_each: ' .. count .. ' items; the limit is ' .. limit .. ' (max_items)'
+  end
+  if not text then return settle_unexpanded(rid, s, 'failed', why, now, ready) end
+  if count == 0 then return settle_unexpanded(rid, s, 'skipped', 'for_each: the list is empty', now, ready) end
+  local f = {}
+  local h = redis.call('HGETALL', sk)
+  for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+  local parallel = tonumber(f['max_parallel'] or '0')
+  if parallel <= 0 then parallel = count end
+  redis.call('HSET', sk, 'state', 'running', 'started_at', now, 'items', text, 'instances', count,
+    'instances_max', math.max(count, tonumber(f['instances_max'] or '0')), 'map_done', 0, 'map_success', 0,
+    'map_failed', 0, 'map_next', math.min(count, parallel), 'error', '')
+  redis.call('HINCRBY', run_key(rid), 'unfinished', count)
+  set_extra(rid, s, count - 1)
+  event(rid, 'step', s, 'running', '', now)
+  for i = 0, count - 1 do
+    local name = instance_name(s, i)
+    local ik = step_key(rid, name)
+    local attempt = redis.call('HGET', ik, 'attempt') or '0'  -- a rerun's instances number attempts on
+    redis.call('HSET', ik, 'name', name, 'parent', s, 'index', i, 'state', 'pending', 'attempt', attempt,
+      'max_attempts', tonumber(attempt) + tonumber(f['retries'] or '0') + 1, 'retries', f['retries'] or '0',
+      'rule', f['rule'] or 'all_success', 'queue', f['queue'], 'timeout', f['timeout'] or '',
+      'pool', f['pool'] or '', 'pool_slots', f['pool_slots'] or '1', 'upstream', '[]', 'downstream', '[]',
+      'cancel', '0')
+    if f['when'] then redis.call('HSET', ik, 'when', f['when']) end
+    redis.call('HDEL', ik, 'ended_at', 'started_at', 'outputs')
+    if i < parallel then table.insert(ready, queue_step(rid, name, now)) end
+  end
+end
+
+-- An instance of a mapped step ended: count it, queue the next one waiting for max_parallel, and end
+-- the mapped step once every instance has (its state, its outputs as JSON arrays). The mapped step is
+-- settled without being propagated: its instances were counted downstream one by one.
+instance_ended = function(rid, s, state, now, ready)
+  local sk = step_key(rid, s)
+  redis.call('HINCRBY', sk, 'map_done', 1)
+  if state == 'success' then redis.call('HINCRBY', sk, 'map_success', 1)
+  elseif FAILED[state] then redis.call('HINCRBY', sk, 'map_failed', 1) end
+  local count = tonumber(redis.call('HGET', sk, 'instances'))
+  local nxt = tonumber(redis.call('HGET', sk, 'map_next'))
+  while nxt < count do
+    local name = instance_name(s, nxt)
+    if redis.call('HGET', step_key(rid, name), 'state') ~= 'pending' then
+      nxt = nxt + 1
+    elseif cancel_requested(rid, name) then
+      break  -- the canceller settles the waiting instances
+    else
+      nxt = nxt + 1
+      table.insert(ready, queue_step(rid, name, now))
+      break
+    end
+  end
+  redis.call('HSET', sk, 'map_next', nxt)
+  if tonumber(redis.call('HGET', sk, 'map_done')) < count then return end
+  local seen = {}
+  for i = 0, count - 1 do seen[redis.call('HGET', step_key(rid, instance_name(s, i)), 'state')] = true end
+  local final = 'skipped'
+  if seen['failed'] or seen['upstream_failed'] then final = 'failed'
+  elseif seen['cancelled'] then final = 'cancelled'
+  elseif seen['success'] then final = 'success' end
+  local names = cjson.decode(redis.call('HGET', sk, 'output_names') or '[]')
+  if #names > 0 then
+    local gathered = {}
+    for _, name in ipairs(names) do
+      local values = {}
+      for i = 0, count - 1 do
+        local raw = redis.call('HGET', step_key(rid, instance_name(s, i)), 'outputs')
+        local value = raw and cjson.decode(raw)[name]
+        table.insert(values, type(value) == 'string' and json_string(value) or 'null')
+      end
+      table.insert(gathered, json_string(name) .. ':' .. json_string('[' .. table.concat(values, ',') .. ']'))
+    end
+    redis.call('HSET', sk, 'outputs', '{' .. table.concat(gathered, ',') .. '}')
+  end
+  settle(rid, s, final, now)
 end
 
 -- End the run once no step is left; hand its active slot to the next waiting run.
@@ -282,6 +503,7 @@ local function maybe_end_run(rid, now, ready)
       if not nxt then break end
       if redis.call('HGET', run_key(nxt), 'state') == 'queued' then
         activate(nxt, now, ready)
+        maybe_end_run(nxt, now, ready)  -- a run whose roots all settled at once (empty fan-outs)
         break
       end
     end
@@ -326,6 +548,11 @@ local function run_step_names(rid)
   local rk = run_key(rid)
   local names = cjson.decode(redis.call('HGET', rk, 'steps') or '[]')
   for h, _ in pairs(cjson.decode(redis.call('HGET', rk, 'handlers') or '{}')) do table.insert(names, h) end
+  for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'steps') or '[]')) do
+    for i = 0, tonumber(redis.call('HGET', step_key(rid, s), 'instances_max') or '0') - 1 do
+      table.insert(names, instance_name(s, i))
+    end
+  end
   return names
 end
 

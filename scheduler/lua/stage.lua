@@ -20,9 +20,10 @@ local existing = insert_run(rid, now, dag, ARGV[5], ARGV[6], ARGV[7], ARGV[8], A
 if existing then return {'exists', existing} end
 local ready = {}
 activate(rid, now, ready)
+maybe_end_run(rid, now, ready)
 local held = {}
 for _, e in ipairs(ready) do
-  local list, job = K.staged_list(e[4], due), e[1] .. '-' .. e[2] .. '-' .. e[3]
+  local list, job = K.staged_list(e[4], due), job_id(e[1], e[2], e[3])
   redis.call('RPUSH', list, job)
   redis.call('ZADD', K.staged(), due, e[4] .. '|' .. due)
   table.insert(held, {list, job})

@@ -74,12 +74,19 @@ class Ops:
     def compiled(self, name: str, record: dict[str, Any] | None = None, epoch: str | None = None) -> Compiled:
         """A stored DAG version validated again (as the daemon does), cached per version and calendar epoch;
         a version that no longer validates carries its problems (``file:line:col: message``)."""
-        record = record or self.store.dag_version(name)
-        key = (name, int(record["version"]), epoch or self._epoch())
+        if record is None:  # the trigger path: one round trip when the cached version is still current
+            version, current_epoch = self.store.dag_head(name)
+            if version is None:
+                raise NotFoundError(self.store.unknown_dag(name))
+            epoch = epoch or current_epoch
+        else:
+            version = int(record["version"])
+        key = (name, version, epoch or self._epoch())
         with self._lock:
             found = self._compiled.get(key)
         if found is not None:
             return found
+        record = record or self.store.dag_version(name, version)
         calendars = store_calendars(self.store)
         try:
             spec, _ = load_version(self.store, name, int(record["version"]), calendars=calendars)
@@ -141,6 +148,17 @@ class Ops:
             })
         return result
 
+    def catalog(self) -> dict[str, Any]:
+        """``ctl dags -o json``: :func:`scheduler.catalog.dag_rows`."""
+        from scheduler.catalog import dag_rows
+
+        rows, orphans = dag_rows(self.store)
+        return {"dags": rows, "import_errors": orphans}
+
+    def dag_error(self, name: str) -> tuple[str, str] | None:
+        """Why the scheduler cannot evaluate or plan this DAG now, and since when."""
+        return self.store.dag_error(name)
+
     def dag(self, name: str) -> dict[str, Any]:
         """One DAG: the :meth:`dags` entry plus its params, steps and dependencies."""
         if name not in self.store.dag_names():
@@ -173,6 +191,10 @@ class Ops:
     def set_paused(self, name: str, paused: bool) -> None:
         Agenda(self.store).set_paused(name, paused)
 
+    def emit_dataset(self, name: str, payload: Any, who: str) -> dict[str, Any]:
+        """``ctl dataset emit``: an event of a dataset from outside Conveyor."""
+        return self.engine.emit_dataset(name, payload, source=who)
+
     # --- runs -----------------------------------------------------------------------------------
 
     def trigger(self, dag: str, params: Mapping[str, Any], priority: Priority | None = None) -> str:
@@ -193,12 +215,12 @@ class Ops:
         after_id = None
         if cursor:
             try:
-                score, after_id = cursor.split(":", 1)
-                top = float(score)
+                mark, after_id = cursor.split(":", 1)
+                top = float(mark)
             except ValueError:
                 raise BadInput(f"invalid cursor {cursor!r}: pass the next_cursor of the previous page") from None
         found: list[dict[str, Any]] = []
-        last: tuple[float, str] | None = None
+        last: tuple[float | str, str] | None = None
         offset, batch = 0, max(limit * 2, 50)
         while len(found) < limit:
             chunk = self.store.runs_page(dag, top, offset, batch)

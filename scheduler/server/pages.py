@@ -185,7 +185,7 @@ def dag_context(request: Request, name: str) -> dict[str, Any]:
                        "key": f.utc} for f in found.fires]
             events += [{"kind": "dropped", "at": d.at.isoformat(), "utc": d.utc.isoformat(), "note": d.reason,
                         "key": d.utc} for d in found.dropped]
-            upcoming = {"timezone": str(found.schedule.tz), "events": sorted(events, key=lambda e: e["key"]),
+            upcoming = {"timezone": str(found.schedule.tz), "events": sorted(events, key=lambda e: str(e["key"])),
                         "fires": len(found.fires), "dropped": len(found.dropped)}
         except ConveyorError as exc:
             upcoming_error = str(exc)

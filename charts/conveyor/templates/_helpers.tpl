@@ -132,6 +132,19 @@ redis-password
 {{- default (include "conveyor.signing.generatedSecret" .) .Values.signing.existingSecret -}}
 {{- end -}}
 
+{{/* Name of the Secret the chart generates for the server's tokens file. */}}
+{{- define "conveyor.server.generatedSecret" -}}
+{{- printf "%s-server-tokens" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "conveyor.server.tokensSecret" -}}
+{{- default (include "conveyor.server.generatedSecret" .) .Values.server.tokens.existingSecret -}}
+{{- end -}}
+
+{{- define "conveyor.server.tokensKey" -}}
+{{- ternary .Values.server.tokens.existingSecretKey "tokens" (ne .Values.server.tokens.existingSecret "") -}}
+{{- end -}}
+
 {{- define "conveyor.signing.key" -}}
 {{- ternary .Values.signing.existingSecretKey "signing-key" (ne .Values.signing.existingSecret "") -}}
 {{- end -}}
@@ -246,11 +259,11 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The default liveness probe: /healthz on the metrics port (the process answers). */}}
+{{/* The default liveness probe: /healthz on the metrics port, or the podSpec's portName (the process answers). */}}
 {{- define "conveyor.defaultLivenessProbe" -}}
 httpGet:
   path: /healthz
-  port: metrics
+  port: {{ .portName | default "metrics" }}
 initialDelaySeconds: 10
 periodSeconds: 20
 timeoutSeconds: 5
@@ -261,17 +274,18 @@ failureThreshold: 3
 {{- define "conveyor.defaultReadinessProbe" -}}
 httpGet:
   path: /readyz
-  port: metrics
+  port: {{ .portName | default "metrics" }}
 periodSeconds: 10
 timeoutSeconds: 5
 failureThreshold: 3
 {{- end -}}
 
 {{/*
-The pod spec shared by the scheduler and the worker Deployments.
+The pod spec shared by the scheduler, worker and server Deployments.
 (dict "root" $ "component" "worker" "values" .Values.worker "args" (list ...)
       "env" (list ...) "volumes" (list ...) "mounts" (list ...) "initContainers" (list ...)
-      "sidecars" (list ...) "supplementalGroups" (list ...) "automountToken" bool)
+      "sidecars" (list ...) "supplementalGroups" (list ...) "automountToken" bool
+      "port" N "portName" NAME)   (the one port; default: values.metricsPort named "metrics")
 */}}
 {{- define "conveyor.podSpec" -}}
 {{- $root := .root -}}
@@ -316,8 +330,8 @@ containers:
       {{- toYaml . | nindent 6 }}
       {{- end }}
     ports:
-      - name: metrics
-        containerPort: {{ $v.metricsPort }}
+      - name: {{ .portName | default "metrics" }}
+        containerPort: {{ .port | default $v.metricsPort }}
         protocol: TCP
     livenessProbe:
       {{- toYaml (default (include "conveyor.defaultLivenessProbe" . | fromYaml) $v.livenessProbe) | nindent 6 }}

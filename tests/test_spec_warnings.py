@@ -1,0 +1,92 @@
+"""Golden warning tests: valid DAG files that probably do not mean what they say.
+
+``tests/specs/warnings/NN-name.yaml`` loads, with exactly the warnings of ``NN-name.expected``
+(``file:line:col: warning: path: message``). ``ctl validate`` prints them on stderr and exits 0;
+``ctl validate --strict`` prints them as errors and exits 1. ``UPDATE_GOLDEN=1`` rewrites the
+``.expected`` files: review every changed line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import Problem, SpecError
+from scheduler.spec import load_file
+from tests.test_specs_golden import _ctl
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path("tests/specs/warnings")
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+CASES = sorted(p.stem for p in (ROOT / CORPUS).glob("*.yaml"))
+
+
+def _rel(name: str) -> str:
+    return f"{CORPUS.as_posix()}/{name}.yaml"
+
+
+def _expected(name: str) -> list[str]:
+    path = ROOT / CORPUS / f"{name}.expected"
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def test_corpus_is_complete() -> None:
+    assert len(CASES) >= 4
+    assert {p.stem for p in (ROOT / CORPUS).glob("*.expected")} == set(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_load_file_warns_exactly(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    warnings: list[Problem] = []
+    spec, _ = load_file(_rel(name), warnings=warnings, offline=True)
+    lines = [str(w) for w in warnings]
+    if UPDATE:
+        (ROOT / CORPUS / f"{name}.expected").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    assert lines == _expected(name)
+    assert lines and all(w.is_warning and ": warning: " in str(w) for w in warnings)
+    assert spec.name == "demo"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_ctl_validate_prints_warnings_and_succeeds(name: str) -> None:
+    done = _ctl(["validate", _rel(name)], ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == _expected(name)
+    count = len(_expected(name))
+    assert done.stdout == f"{_rel(name)}: ok (demo, 1 steps; {count} warning(s))\n"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_ctl_validate_strict_turns_warnings_into_errors(name: str) -> None:
+    done = _ctl(["validate", "--strict", _rel(name)], ROOT)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [line.replace(": warning: ", ": ", 1) for line in _expected(name)]
+
+
+def test_ctl_validate_json_keeps_warnings_apart() -> None:
+    name = CASES[0]
+    done = _ctl(["validate", "-o", "json", _rel(name), "examples/etl.yaml"], ROOT)
+    assert done.returncode == 0
+    first, second = json.loads(done.stdout)
+    assert first["problems"] == [] and second == {"file": "examples/etl.yaml", "dag": "etl", "steps": 4,
+                                                  "problems": [], "warnings": []}
+    assert [w["severity"] for w in first["warnings"]] == ["warning"] * len(_expected(name))
+    strict = json.loads(_ctl(["validate", "-o", "json", "--strict", _rel(name)], ROOT).stdout)[0]
+    assert strict["warnings"] == [] and {p["severity"] for p in strict["problems"]} == {"error"}
+
+
+def test_the_named_calendar_is_an_error_when_the_caller_knows_the_calendars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``offline`` is what makes an unknown name a warning; with the calendars given, it is an error."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SpecError) as caught:
+        load_file(_rel("04-named-calendar-offline"), {})
+    assert "unknown calendar 'ops-london'" in str(caught.value)
+    warnings: list[Problem] = []
+    spec, _ = load_file(_rel("04-named-calendar-offline"), {"ops-london": {"holidays": ["GB-ENG"]}},
+                        warnings=warnings)
+    assert warnings == [] and spec.name == "demo"
