@@ -397,10 +397,13 @@ class _Ancestors:
 
 
 def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each step's declared output names (the well-formed ones; the schema reports the rest)."""
-    return {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
-            if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
-            for name, step in steps.items()}
+    """The declared output names of each step that declares some (the well-formed ones; the schema reports
+    the rest). Steps without outputs are left out: the lookups that follow are per step, so they stay
+    proportional to the few steps with outputs, not to the DAG."""
+    found = {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
+             if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
+             for name, step in steps.items()}
+    return {name: outputs for name, outputs in found.items() if outputs}
 
 
 class _OutputRefs:
@@ -413,8 +416,8 @@ class _OutputRefs:
 
     def names(self) -> list[str]:
         # Only steps that declare outputs are looked for upstream (most DAGs have few or none).
-        return [templates.output_name(a, o) for a in sorted(d for d, outs in self.declared.items() if outs)
-                if a in self.ancestors for o in self.declared[a]]
+        return [templates.output_name(a, o) for a in sorted(self.declared) if a in self.ancestors
+                for o in self.declared[a]]
 
     def problem(self, name: str) -> str | None:
         """Why ``name`` (an output reference, an item name) cannot be read here, or None when it can."""
@@ -486,12 +489,20 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
                       refs: _OutputRefs | None = None) -> Iterator[Problem]:
     try:
         if refs is not None:
-            for name in templates.names_in(text):
+            used = templates.names_in(text)
+            for name in used:
                 problem = refs.problem(name)
                 if problem:
                     yield source.problem(path, problem)
                     return
-            known = [*known, *refs.names(), *[n for n in templates.names_in(text) if templates.is_item(n)]]
+            # The output references and item names it uses passed refs.problem: known. Every readable
+            # output (an upstream search per producer) is listed only to word a problem (suggestions).
+            items = [n for n in used if templates.is_item(n)]
+            try:
+                templates.check(text, [*known, *[n for n in used if templates.step_ref(n)], *items])
+                return
+            except templates.TemplateError:
+                known = [*known, *refs.names(), *items]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
