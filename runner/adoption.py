@@ -41,6 +41,7 @@ import requests.exceptions
 
 from runner.attempt_log import AttemptLog
 from runner.containers import (
+    DETACH_REASONS,
     LABEL_PREFIX,
     DockerRuntime,
     Outcome,
@@ -53,13 +54,17 @@ from runner.containers import (
 from runner.context import WorkerContext
 from runner.lease import LeaseKeeper
 from scheduler.logs import attempt_context, bind
-from scheduler.model import StepPlan
+from scheduler.model import AttemptOutcome, StepPlan
+from scheduler.outputs import OutputUnavailable
 from scheduler.reaper import Sighting
 from scheduler.results import Adopted, StartStatus
 from scheduler.store import parse_member
 
 log = logging.getLogger("conveyor.runner")
 ENGINE_PATIENCE_SECONDS = 120.0  # how long a worker waits for its lost engine before the step is retried
+# A container that ended this shortly before its engine was found gone was stopped by the engine's shutdown.
+SHUTDOWN_SLACK_SECONDS = 2.0
+ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container was followed
 ADOPTABLE = frozenset({"running", "exited", "paused", "restarting"})  # Docker states with something to follow
 
 
@@ -119,6 +124,8 @@ class Adopter:
         return adoption_for(self.context.runtime)
 
     def consider(self, entry: str) -> Sighting:
+        from runner.job import plan_refusal  # job imports this module lazily: no cycle at import time
+
         context = self.context
         key = parse_member(entry)
         if key in context.following:
@@ -139,8 +146,13 @@ class Adopter:
             return Sighting.GONE if ran_on and ran_on == mine else Sighting.UNSEEN
         adopted = context.engine.adopt(entry, adopter=context.holder, lease=context.settings.attempt_lease,
                                        container_id=found.id)
-        if adopted.status is not StartStatus.OK or adopted.plan is None:
+        if adopted.status is not StartStatus.OK:
             return Sighting.BUSY  # renewed in time, adopted by another worker first, or ended meanwhile
+        refusal = plan_refusal(adopted, key[0], key[1], context.settings.signing_key,
+                               "its container was removed and nothing of it collected")
+        if refusal is not None or adopted.plan is None:
+            self._refuse(key, found, refusal or "no plan")
+            return Sighting.BUSY  # ended here: nothing left for the reaper
         context.following.add(key)
         log.warning("%s %s attempt %d adopted: its worker stopped renewing the lease, its container %s is %s",
                     *key, found.id[:12], found.status)
@@ -150,8 +162,20 @@ class Adopter:
         thread.start()
         return Sighting.ADOPTED
 
+    def _refuse(self, key: tuple[str, str, int], found: Found, refusal: str) -> None:
+        """The stored plan was changed since a worker verified it and started the container: follow
+        nothing of it (its timeout, secrets, outputs), stop the container and fail the attempt, as a
+        starting worker refuses such a plan (``plan_signature``)."""
+        from runner.job import _with_redis_retries
+
+        log.error("%s %s attempt %d: adoption refused: %s", *key, refusal)
+        self.runtime.remove(found.id)
+        _with_redis_retries(lambda: self.context.engine.finish(
+            *key, AttemptOutcome.FAILED, {"reason": "plan_signature", "error": refusal, "container_id": found.id},
+            holder=self.context.holder))
+
     def _follow(self, key: tuple[str, str, int], found: Found, adopted: Adopted) -> None:
-        from runner.job import record_result  # job imports this module lazily: no cycle at import time
+        from runner.job import _render_late, record_result  # job imports this module lazily: no cycle
 
         run_id, step, attempt = key
         plan = adopted.plan
@@ -160,11 +184,17 @@ class Adopter:
             bind(dag=plan.dag)
             try:
                 began = time.perf_counter()
+                try:  # the argv and env it runs with, rendered again as its worker did (upstream outputs are final)
+                    plan, rendered = _render_late(self.context.store, plan, step)
+                except OutputUnavailable:
+                    rendered = {}
                 outcome = follow_adopted(self.context, self.runtime, key, plan, found, adopted.log_bytes)
                 if outcome.detached:
                     log.info("%s %s attempt %d: %s; its container runs on", run_id, step, attempt, outcome.reason)
                     return
-                record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4))
+                started = adopted.started_at and datetime.fromisoformat(adopted.started_at).timestamp()
+                record_result(self.context, key, plan, outcome, round(time.perf_counter() - began, 4), rendered,
+                              started or None)
                 self.runtime.remove(found.id)  # only now: dying before the result leaves it to adopt again
             except Exception:
                 log.error("%s %s attempt %d: following the adopted container failed\n%s", run_id, step, attempt,
@@ -183,8 +213,10 @@ def follow_adopted(context: WorkerContext, runtime: AdoptionRuntime, key: tuple[
         output.mask_with(prepare(plan, context.settings)[1])
     except StepRefused as exc:  # the secrets cannot be resolved here: store nothing they could appear in
         output.withhold(f"[conveyor: output after adoption withheld: {exc}]\n")
+    should_stop = LeaseKeeper(context, key, context.settings.attempt_lease)
     try:
-        return runtime.follow(found, plan, output, LeaseKeeper(context, key, context.settings.attempt_lease), offset)
+        outcome = runtime.follow(found, plan, output, should_stop, offset)
+        return through_engine_loss(context, key, plan, outcome, output, should_stop, offset=offset)
     finally:
         output.close()
 
@@ -241,7 +273,7 @@ class DockerAdoption:
             with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
                 rest = self.client.api.logs(found.id, stdout=True, stderr=True, stream=True, follow=False)
                 pump_in_batches(_SkipFirst(rest, offset + followed.passed), on_output)
-        return outcome
+        return DockerRuntime._collect_outputs(container, plan, outcome)  # the plan's declared outputs, at success
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
@@ -256,6 +288,20 @@ class DockerAdoption:
 
     def live_restore(self) -> bool:
         return bool(self.client.info().get("LiveRestoreEnabled"))
+
+    def drop_connections(self) -> None:
+        """Forget the connections kept alive: the next call connects afresh (to the engine now listening)."""
+        with contextlib.suppress(Exception):
+            self.client.api.close()  # idle pooled connections only; the session stays usable
+
+    def answers_afresh(self) -> bool:
+        """Whether the engine answers a new connection (a dying engine has closed its socket already)."""
+        self.drop_connections()
+        try:
+            self.client.api.ping()
+            return True
+        except (docker.errors.APIError, requests.exceptions.RequestException, docker.errors.DockerException):
+            return False
 
 
 class _SkipFirst:
@@ -305,49 +351,80 @@ def docker_time(value: str | None) -> float | None:
 # --- the engine going away mid-step ------------------------------------------------------------------
 
 
+def through_engine_loss(context: WorkerContext, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome,
+                        output: AttemptLog, should_stop: LeaseKeeper, *, offset: int = 0) -> Outcome:
+    """``outcome`` as it stands, unless the Docker engine went away while the container ran: then what
+    :func:`after_engine_loss` makes of it. A container that exited non-zero while its engine was shutting
+    down (a wait answered on a connection the dying engine still served) counts as such a loss too."""
+    runtime = adoption_for(context.runtime)
+    if not isinstance(runtime, DockerAdoption) or not outcome.container_id or outcome.detached:
+        return outcome
+    if outcome.reason in ENGINE_LOST or (outcome.reason == "exit_code" and not runtime.answers_afresh()):
+        return after_engine_loss(context, key, plan, outcome, output, should_stop, offset=offset)
+    return outcome
+
+
 def after_engine_loss(context: WorkerContext, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome,
-                      output: AttemptLog, should_stop: LeaseKeeper,
+                      output: AttemptLog, should_stop: LeaseKeeper, *, offset: int = 0,
                       patience: float = ENGINE_PATIENCE_SECONDS) -> Outcome:
     """The Docker engine went away while the container ran. Wait for it with back-off (renewing the
     lease meanwhile), then follow the container if it survived (``live-restore``, or it had ended before
     the engine went) or, when the engine's restart took it down, end with reason ``engine_restarted``
     (a failed try, so the step is retried). Past ``patience``, or if the attempt was taken from us
-    meanwhile, the outcome stands as it was."""
+    meanwhile, the outcome stands as it was. An engine lost again while followed is waited for again.
+    ``output`` took the container's output from byte ``offset`` on (an adopter's starts past the stored log)."""
     runtime = adoption_for(context.runtime)
-    if not isinstance(runtime, DockerAdoption) or not outcome.container_id:
-        return outcome
+    assert isinstance(runtime, DockerAdoption) and outcome.container_id
     run_id, step, attempt = key
-    lost_at = time.time()
+    while True:
+        lost_at = time.time()
+        log.warning("%s %s attempt %d: lost the Docker engine (%s); waiting for it", run_id, step, attempt,
+                    outcome.error)
+        back = _engine_back(runtime, outcome.container_id, should_stop, patience)
+        if isinstance(back, str):  # the lease, a cancel or this worker's shutdown ended the wait
+            return Outcome(None, back, f"the Docker engine was away, then: {back}", container_id=outcome.container_id,
+                           detached=back in DETACH_REASONS)
+        if back is None:
+            return outcome  # past patience: the engine is still away
+        state, live_restore = back
+        away = time.time() - lost_at
+        restarted = Outcome(None, "engine_restarted", f"the Docker engine restarted while the step ran (away "
+                            f"{away:.0f}s) and took its container down; the step is retried",
+                            container_id=outcome.container_id)
+        if state is None:
+            return restarted
+        status = str(state.get("Status", "")).lower()
+        finished = docker_time(state.get("FinishedAt"))
+        if status not in ADOPTABLE or (status == "exited" and not live_restore and finished
+                                       and finished >= lost_at - SHUTDOWN_SLACK_SECONDS):
+            runtime.remove(outcome.container_id)
+            return restarted  # without live-restore, the engine's shutdown stopped it: its own end is unknown
+        log.warning("%s %s attempt %d: the Docker engine is back after %.0fs and the container is %s: following it",
+                    run_id, step, attempt, away, status)
+        found = Found(outcome.container_id, status)
+        result = runtime.follow(found, plan, output.resume(), should_stop, offset + output.accounted)
+        if result.detached or result.reason not in ENGINE_LOST:
+            return result if result.detached else replace(result, kept=True)  # removed once recorded
+        outcome = result  # lost again (the engine answered while shutting down): wait again
+
+
+def _engine_back(runtime: DockerAdoption, container_id: str, should_stop: LeaseKeeper,
+                 patience: float) -> tuple[dict | None, bool] | str | None:
+    """Wait for the engine (back-off, at most a third of the lease between two renewals): the container's
+    ``State`` (None: gone) and whether the engine has live-restore; a ``should_stop`` reason that ends the
+    wait; or None past ``patience``. Only fresh connections count: one kept alive to an engine that is
+    shutting down still answers."""
     deadline = time.monotonic() + patience
     delay = 0.5
-    log.warning("%s %s attempt %d: lost the Docker engine (%s); waiting for it", run_id, step, attempt, outcome.error)
     while True:
         stop = should_stop()
-        if stop in ("lost", "adopted_elsewhere", "cancelled"):
-            return Outcome(None, stop, f"the Docker engine was away, then: {stop}", container_id=outcome.container_id,
-                           detached=stop == "adopted_elsewhere")
+        if stop is not None:
+            return stop
+        runtime.drop_connections()
         try:
-            state = runtime.inspect(outcome.container_id)
-            live_restore = runtime.live_restore()
-            break
+            return runtime.inspect(container_id), runtime.live_restore()
         except (docker.errors.APIError, requests.exceptions.RequestException, docker.errors.DockerException):
             if time.monotonic() > deadline:
-                return outcome
-            time.sleep(delay)
+                return None
+            time.sleep(min(delay, should_stop.lease / 3))
             delay = min(delay * 2, 5.0)
-    away = time.time() - lost_at
-    restarted = Outcome(None, "engine_restarted", f"the Docker engine restarted while the step ran (away "
-                        f"{away:.0f}s) and took its container down; the step is retried",
-                        container_id=outcome.container_id)
-    if state is None:
-        return restarted
-    status = str(state.get("Status", "")).lower()
-    finished = docker_time(state.get("FinishedAt"))
-    if status not in ADOPTABLE or (status == "exited" and not live_restore and finished and finished >= lost_at - 1):
-        runtime.remove(outcome.container_id)
-        return restarted  # without live-restore, the engine's shutdown stopped it: its own end is unknown
-    log.warning("%s %s attempt %d: the Docker engine is back after %.0fs and the container is %s: following it",
-                run_id, step, attempt, away, status)
-    found = Found(outcome.container_id, status)
-    result = runtime.follow(found, plan, output.resume(), should_stop, output.accounted)
-    return result if result.detached else replace(result, kept=True)  # the caller removes it once recorded

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from runner import outputs
+from runner import checkpoints, outputs
 from scheduler.errors import UnavailableError
 from scheduler.model import StepPlan
 
@@ -195,8 +195,11 @@ class DockerRuntime:
             self._version = str(self.client.version().get("Version", "unknown"))
         return self._version
 
+    supports_checkpoints = True  # run() takes ``checkpoint`` (runner/checkpoints.py)
+
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
-            should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
+            should_stop: Callable[[], str | None], *, keep: bool = False,
+            checkpoint: checkpoints.Checkpoint | None = None) -> Outcome:
         try:
             image = self._image(plan)
         except docker.errors.ImageNotFound:
@@ -214,7 +217,8 @@ class DockerRuntime:
             container = self.client.containers.create(
                 image_id,
                 command=list(plan.argv),
-                environment=dict(plan.env) | outputs_env(plan),
+                environment=dict(plan.env) | outputs_env(plan)
+                | ({checkpoints.CHECKPOINT_ENV: checkpoints.CHECKPOINT_PATH} if checkpoint else {}),
                 working_dir=plan.working_dir,
                 labels=dict(labels),
                 nano_cpus=int(plan.cpus * 1e9) if plan.cpus else None,
@@ -230,16 +234,26 @@ class DockerRuntime:
         except requests.exceptions.ConnectionError as exc:
             return Outcome(None, "docker_unreachable", f"cannot reach the Docker engine: {exc}", **base)
         outcome: Outcome | None = None
+        saver = checkpoints.DockerSaver(container, checkpoint) if checkpoint else None
         try:
-            if plan.outputs:
+            if saver is not None:
+                try:
+                    checkpoints.docker_prepare(container, saver.checkpoint.initial)
+                except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                    outcome = Outcome(None, "create_failed", f"cannot put the checkpoint in place: {exc}",
+                                      container_id=container.id, **base)
+                should_stop = saver.watching(should_stop)
+            if outcome is None and plan.outputs:
                 try:
                     outputs.docker_prepare(container)
                 except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
                     outcome = Outcome(None, "create_failed", f"cannot make the outputs directory: {exc}",
                                       container_id=container.id, **base)
             if outcome is None:
-                outcome = self._collect_outputs(container, plan,
-                                                self._run_container(container, plan, on_output, should_stop, base))
+                ended = self._run_container(container, plan, on_output, should_stop, base)
+                if saver is not None and not ended.detached:
+                    saver.final()
+                outcome = self._collect_outputs(container, plan, ended)
         finally:
             if outcome is None or not (outcome.detached or keep):
                 with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
@@ -485,7 +499,9 @@ class _LogPump:
         self.thread.start()
 
     def _pump(self) -> None:
-        pump_in_batches(self.stream, self.on_output, (docker.errors.APIError, requests.exceptions.RequestException))
+        # A stream cut by the engine going away ends as an error, or as a read on a closed socket.
+        pump_in_batches(self.stream, self.on_output,
+                        (docker.errors.APIError, requests.exceptions.RequestException, ValueError, OSError))
 
     def join(self, timeout: float = 10) -> None:
         self.thread.join(timeout=timeout)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import redis
 
 from runner.attempt_log import AttemptLog
+from runner.checkpoints import Checkpoint
 from runner.containers import Outcome, labels_for
 from runner.context import current
 from runner.lease import LeaseKeeper
@@ -22,12 +23,11 @@ from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
 from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
-from scheduler.results import Started, StartStatus
+from scheduler.results import Adopted, Started, StartStatus
 from scheduler.settings import Settings
 
 log = logging.getLogger("conveyor.runner")
 REDIS_PATIENCE = 120.0
-ENGINE_LOST = frozenset({"docker_error"})  # the engine went away while the container ran
 
 
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
@@ -66,7 +66,7 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         log.info("%s %s attempt %s not started: %s", run_id, step, attempt, started.status)
         return started.status
     plan = started.plan
-    refusal = _plan_refusal(started, run_id, _signed_step(step), ctx.settings.signing_key)
+    refusal = plan_refusal(started, run_id, step, ctx.settings.signing_key)
     if refusal is not None or plan is None:
         # Nothing of this plan runs: no container is created. (A Redis writer without the key wrote it.)
         log.error("%s %s attempt %s refused: %s", run_id, step, attempt, refusal)
@@ -99,12 +99,12 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
     try:
         prepared, secret_values = prepare(plan, ctx.settings)
         output.mask_with(secret_values)
+        extra = {"checkpoint": _checkpoint(ctx, key)} if getattr(ctx.runtime, "supports_checkpoints", False) else {}
         outcome = ctx.runtime.run(prepared, labels_for(plan, attempt, ctx.settings.prefix, ctx.store.store_id),
-                                  output, should_stop, keep=True)
-        if outcome.reason in ENGINE_LOST and outcome.container_id:
-            from runner.adoption import after_engine_loss  # the engine went away mid-step: wait for it
+                                  output, should_stop, keep=True, **extra)
+        from runner.adoption import through_engine_loss  # the engine went away mid-step: wait for it
 
-            outcome = after_engine_loss(ctx, key, plan, outcome, output, should_stop)
+        outcome = through_engine_loss(ctx, key, plan, outcome, output, should_stop)
     except StepRefused as exc:
         outcome = Outcome(None, exc.reason, str(exc))
     except Exception as exc:
@@ -119,6 +119,13 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
         # in the background where the runtime can (the next step is queued: nothing waits for the removal)
         getattr(ctx.runtime, "reap_later", ctx.runtime.reap)([outcome.container_id])
     return state
+
+
+def _checkpoint(ctx, key: tuple[str, str, int]) -> Checkpoint:
+    """The step's last saved checkpoint to put in place, and how this attempt saves a new one (fenced)."""
+    run_id, step, attempt = key
+    return Checkpoint(ctx.store.checkpoint(run_id, step),
+                      lambda data: ctx.store.save_checkpoint(run_id, step, attempt, data, holder=ctx.holder))
 
 
 def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outcome, container_seconds: float,
@@ -183,17 +190,19 @@ def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, 
     return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}
 
 
-def _plan_refusal(started: Started, run_id: str, step: str, key: bytes | None) -> str | None:
-    """Why this worker must not run the stored plan, or None. Without a key plans are not checked
-    (the worker warns at start); with one, only a plan signed with it for this run and step runs."""
+def plan_refusal(started: Started | Adopted, run_id: str, step: str, key: bytes | None,
+                 consequence: str = "nothing was run") -> str | None:
+    """Why this worker must not run (or adopt) the stored plan, or None. Without a key plans are not
+    checked (the worker warns at start); with one, only a plan signed with it for this run and step runs
+    (for a mapped instance STEP[i], STEP's plan)."""
     if started.plan is None:
-        return "the stored plan is not a plan Conveyor wrote; nothing was run"
+        return f"the stored plan is not a plan Conveyor wrote; {consequence}"
     if key is None:
         return None
     if not started.signature:
-        return "the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); nothing was run"
-    if not signing.verify(key, run_id, step, started.plan_json, started.signature):
-        return "the plan's signature does not verify: it was changed after it was signed; nothing was run"
+        return f"the plan has no signature and this worker verifies plans (CONVEYOR_SIGNING_KEY); {consequence}"
+    if not signing.verify(key, run_id, _signed_step(step), started.plan_json, started.signature):
+        return f"the plan's signature does not verify: it was changed after it was signed; {consequence}"
     return None
 
 

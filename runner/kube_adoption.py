@@ -28,7 +28,8 @@ class KubernetesAdoption:
         run_id, step, attempt = key
         wanted = {"prefix": prefix, "store": store_id, "run": run_id, "step": step, "attempt": str(attempt)}
         selector = ",".join(f"{LABEL_PREFIX}.{name}={label_value(value)}" for name, value in wanted.items())
-        pods = self.runtime.core.list_namespaced_pod(self.runtime.namespace, label_selector=selector).items
+        pods = self.runtime.core.list_namespaced_pod(self.runtime.namespace, label_selector=selector,
+                                                     _request_timeout=self.runtime.timeout).items
         for pod in pods:  # the selector may match a hash stand-in (and an emulator may ignore it): check exactly
             exact = pod.metadata.annotations or {}
             if all(exact.get(f"{LABEL_PREFIX}.{name}") == value for name, value in wanted.items()):
@@ -42,7 +43,8 @@ class KubernetesAdoption:
                should_stop: Callable[[], str | None], offset: int) -> Outcome:
         """Follow the Pod as the worker that created it would have; the kubelet counts its
         ``activeDeadlineSeconds`` from the Pod's start, so the timeout keeps counting from there."""
-        return _Attempt(self.runtime, plan, found.id, _skip_first(on_output, offset), should_stop).follow()
+        outcome = _Attempt(self.runtime, plan, found.id, _skip_first(on_output, offset), should_stop).follow()
+        return self.runtime._collect_outputs(found.id, plan, outcome)  # the plan's declared outputs, at success
 
     def remove(self, found_id: str) -> None:
         with contextlib.suppress(ApiException):

@@ -42,6 +42,7 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 import urllib3.exceptions
+import urllib3.util
 from kubernetes.client.exceptions import ApiException
 
 from runner import outputs
@@ -64,6 +65,14 @@ POLL_SECONDS = 0.5
 DEADLINE_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 600.0
 API_ERROR_PATIENCE_SECONDS = 30.0
+# Every API call gives up after this long (a read timeout raises like a dropped connection): an API
+# server that accepts a request and never answers must not hang a step's poll, nor a worker's reaper
+# thread, which would then neither adopt nor judge any expired attempt. A followed log has no read
+# timeout (a quiet step sends nothing for minutes); only its connection is bounded.
+REQUEST_TIMEOUT_SECONDS = 10.0
+# urllib3 would try a timed-out read 3 more times (4 x the timeout per call): a read is tried once, a
+# refused connection twice. The callers retry in their own loops (the poll, the next sweep).
+RETRIES = urllib3.util.Retry(total=1, connect=1, read=0, redirect=0, status=0, other=0)
 PULL_POLICIES = {"never": "Never", "if-not-present": "IfNotPresent", "always": "Always"}
 # Waiting reasons that mean the image will not come (the kubelet would only back off and retry).
 IMAGE_WAITING_REASONS = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
@@ -224,13 +233,17 @@ class KubernetesRuntime:
 
     def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str = "default", *,
                  poll_seconds: float = POLL_SECONDS, start_timeout: float = START_TIMEOUT_SECONDS,
-                 outputs_image: str = OUTPUTS_IMAGE):
+                 request_timeout: float = REQUEST_TIMEOUT_SECONDS, outputs_image: str = OUTPUTS_IMAGE):
         self.api_client = api_client
+        pools = api_client.rest_client.pool_manager
+        pools.connection_pool_kw["retries"] = RETRIES  # for the pools made from now on
+        pools.clear()
         self.outputs_image = outputs_image  # the reader sidecar's image (a busybox: sh, wc, base64, sleep)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.namespace = namespace
         self.poll_seconds = poll_seconds
         self.start_timeout = start_timeout
+        self.timeout = request_timeout  # every call's _request_timeout
         self._version: str | None = None
 
     @classmethod
@@ -251,7 +264,8 @@ class KubernetesRuntime:
 
     def engine_version(self) -> str:
         if self._version is None:
-            self._version = str(kubernetes.client.VersionApi(self.api_client).get_code().git_version)
+            self._version = str(kubernetes.client.VersionApi(self.api_client).get_code(
+                _request_timeout=self.timeout).git_version)
         return self._version
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
@@ -267,7 +281,7 @@ class KubernetesRuntime:
             if secrets:
                 self._create_secret(secret_manifest(name, secrets, labels, self.namespace))
             try:
-                pod = self.core.create_namespaced_pod(self.namespace, manifest)
+                pod = self.core.create_namespaced_pod(self.namespace, manifest, _request_timeout=self.timeout)
             except BaseException:
                 if secrets:
                     self.delete_secret(name)
@@ -299,7 +313,7 @@ class KubernetesRuntime:
             return outcome
         try:
             log = self.core.read_namespaced_pod_log(name, self.namespace, container=OUTPUTS_CONTAINER,
-                                                    _preload_content=False).data
+                                                    _preload_content=False, _request_timeout=self.timeout).data
         except (ApiException, *_Transport) as exc:
             return replace(outcome, reason="outputs_unreadable", error=f"cannot read the outputs: {exc}")
         found = outputs.parse_dump(log.decode("utf-8", "replace"))
@@ -314,13 +328,13 @@ class KubernetesRuntime:
 
     def _create_secret(self, manifest: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_secret(self.namespace, manifest)
+            self.core.create_namespaced_secret(self.namespace, manifest, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             # A leftover of this very attempt (a worker died between create and delete): replace it.
             self.delete_secret(manifest["metadata"]["name"])
-            self.core.create_namespaced_secret(self.namespace, manifest)
+            self.core.create_namespaced_secret(self.namespace, manifest, _request_timeout=self.timeout)
 
     def _own_secret(self, name: str, pod: Any) -> None:
         """Make the Pod the Secret's owner, so that the cluster deletes the Secret with the Pod."""
@@ -329,23 +343,25 @@ class KubernetesRuntime:
             return
         owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid, "blockOwnerDeletion": False}
         with contextlib.suppress(ApiException, *_Transport):
-            self.core.patch_namespaced_secret(name, self.namespace, {"metadata": {"ownerReferences": [owner]}})
+            self.core.patch_namespaced_secret(name, self.namespace, {"metadata": {"ownerReferences": [owner]}},
+                                              _request_timeout=self.timeout)
 
     def delete_secret(self, name: str) -> None:
         """Delete the attempt's Secret; one already gone is fine."""
         with contextlib.suppress(ApiException, *_Transport):
-            self.core.delete_namespaced_secret(name, self.namespace)
+            self.core.delete_namespaced_secret(name, self.namespace, _request_timeout=self.timeout)
 
     def delete(self, name: str) -> None:
         """Delete a Pod at once (zero grace, dependents first); a Pod already gone is fine."""
         with contextlib.suppress(ApiException, *_Transport):
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0,
-                                            propagation_policy="Foreground")
+                                            propagation_policy="Foreground", _request_timeout=self.timeout)
 
     def orphans(self, prefix: str, live_attempts: Collection[AttemptKey] = ()) -> list[Leftover]:
         """The Pods carrying ``prefix`` whose attempt is not in ``live_attempts`` (for the reaper)."""
         selector = f"{LABEL_PREFIX}.prefix={label_value(prefix)}"
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector,
+                                             _request_timeout=self.timeout).items
         found = []
         for pod in pods:
             meta = pod.metadata
@@ -402,7 +418,8 @@ class _Attempt:
                 self.kill()
                 return self.outcome(None, reason, f"stopped: {reason}")
             try:
-                pod = self.runtime.core.read_namespaced_pod(self.name, self.runtime.namespace)
+                pod = self.runtime.core.read_namespaced_pod(self.name, self.runtime.namespace,
+                                                            _request_timeout=self.runtime.timeout)
                 last_ok = time.monotonic()
             except ApiException as exc:
                 if exc.status == 404:
@@ -534,7 +551,8 @@ class _LogPump:
     def _pump(self) -> None:
         try:
             self.response = self.runtime.core.read_namespaced_pod_log(
-                self.name, self.runtime.namespace, container=CONTAINER, follow=True, _preload_content=False)
+                self.name, self.runtime.namespace, container=CONTAINER, follow=True, _preload_content=False,
+                _request_timeout=(self.runtime.timeout, None))
         except Exception:  # the Pod went away or the API dropped us: no log to follow
             return
         # The stream ends when the container does, or raises when the Pod goes away or we close it.

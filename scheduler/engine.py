@@ -38,6 +38,7 @@ class Rerun:
     plans: Mapping[str, Any]  # step -> StepPlan
     notes: list[str]
     version: int | None = None  # the DAG version the rerun uses, when pinned
+    resume: bool = False  # the steps find their last saved checkpoints (ctl rerun --resume)
 
 
 class Engine:
@@ -127,7 +128,8 @@ class Engine:
         return result
 
     def rerun(self, rerun: Rerun, *, now: datetime | None = None) -> None:
-        self._enqueue(self.store.rerun(rerun.run_id, rerun.steps, plans=rerun.plans, now=now))
+        self._enqueue(self.store.rerun(rerun.run_id, rerun.steps, plans=rerun.plans, now=now,
+                                            resume=rerun.resume))
 
     def set_pool(self, name: str, slots: int | None) -> None:
         """Define, resize or (``None``) remove a pool; waiting steps that now fit are enqueued."""

@@ -95,6 +95,9 @@ class Keys:
     def attempt(self, run_id: str, step: str, number: int) -> str:  # hash: one attempt's record
         return f"{self.prefix}:run:{run_id}:step:{step}:a:{number}"
 
+    def checkpoint(self, run_id: str, step: str) -> str:  # hash: the step's last saved checkpoint (data, bytes, at)
+        return f"{self.prefix}:run:{run_id}:step:{step}:checkpoint"
+
     def log(self, run_id: str, step: str, number: int) -> str:  # string: capped output of an attempt
         return f"{self.prefix}:log:{run_id}:{step}:{number}"
 

@@ -78,9 +78,11 @@ class Adopted:
     else the fence that refused it (another worker renewed or adopted it first, or it moved on)."""
 
     status: StartStatus | Fence
-    plan: StepPlan | None = None
+    plan: StepPlan | None = None  # with OK (None if the stored plan is not one: the adopter refuses it)
     log_bytes: int = 0
     started_at: str = ""
+    plan_json: str = ""  # the plan exactly as stored, and its signature: checked as a starting worker does
+    signature: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,12 +190,17 @@ def decode_lease(reply: int) -> Lease:
 
 
 def decode_adopted(reply: Sequence[Any]) -> Adopted:
-    """adopt.lua: {'ok', plan_json, log_bytes, started_at} | {'alive'} | {'stale'}."""
+    """adopt.lua: {'ok', plan_json, log_bytes, started_at, signature} | {'alive'} | {'stale'}."""
     import json
 
     if reply[0] != "ok":
         return Adopted(Fence(reply[0]))
-    return Adopted(StartStatus.OK, StepPlan.from_json(json.loads(reply[1])), int(reply[2] or 0), reply[3] or "")
+    try:
+        plan = StepPlan.from_json(json.loads(reply[1]))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        plan = None  # not a plan Conveyor wrote: the adopter refuses it (see runner/adoption.py)
+    return Adopted(StartStatus.OK, plan, int(reply[2] or 0), reply[3] or "", reply[1] or "",
+                   reply[4] if len(reply) > 4 else "")
 
 
 def decode_created(run_id: str, reply: Sequence[Any]) -> Created:

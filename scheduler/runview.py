@@ -84,6 +84,7 @@ def status_object(store: RunStore, run_id: str) -> dict[str, Any]:
             "attempts": [attempt_object(a) for a in step["attempts"]],
             **_mapped_object(step),
             **_waiting_object(step),
+            **_checkpoint_object(step),
         }
         for step in store.step_records(run_id, record)
     ]
@@ -99,6 +100,14 @@ def _mapped_object(step: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {"instances": _int(step.get("instances")), "error": _none(step.get("error")),
             "outputs": json.loads(step["outputs"]) if step.get("outputs") else None}
+
+
+def _checkpoint_object(step: dict[str, Any]) -> dict[str, Any]:
+    """The step's last saved checkpoint (runner/checkpoints.py): its size and when it was saved."""
+    if "checkpoint_bytes" not in step:
+        return {}
+    at = datetime.fromtimestamp(step["checkpoint_at"], UTC).isoformat(timespec="milliseconds")
+    return {"checkpoint_bytes": step["checkpoint_bytes"], "checkpoint_at": at}
 
 
 def _waiting_object(step: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Definitions (docs/operations.md repeats them):
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,23 @@ class Run:
 
 
 # --- reading ------------------------------------------------------------------------------------
+
+
+def since_epoch(value: str, *, now: float | None = None) -> float:
+    """``ctl stats --since`` and the API's ``since``: ``7d``/``12h`` back from now, or a date/time (UTC
+    unless it has an offset), as epoch seconds. A value that is neither is an InputError."""
+    from scheduler.durations import DurationError, parse_duration
+    from scheduler.errors import InputError
+
+    try:
+        return (time.time() if now is None else now) - parse_duration(value).total_seconds()
+    except DurationError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"since: {value!r} is neither a duration (7d, 12h) nor a date/time") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _epoch(value: str | None) -> float | None:

@@ -10,9 +10,11 @@ through :mod:`scheduler.engine`, which also enqueues what a transition made read
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
 from scheduler.plan import RunPlan
+from scheduler.replicas import ReplicaWait
 from scheduler.results import (
     Adopted,
     Created,
@@ -117,6 +120,8 @@ class RunStore:
         self._delete_run = self.script("delete_run.lua")
         self._adopt = self.script("adopt.lua")
         self._hand_over = self.script("hand_over.lua")
+        self._checkpoint = self.script("checkpoint.lua")
+        self.replicated = ReplicaWait(client)  # start, finish, adopt: confirmed on a replica (replicas.py)
 
     def script(self, name: str) -> Any:
         """A Lua script of ``scheduler/lua`` (see :func:`lua_script`) on this store's connection."""
@@ -388,8 +393,8 @@ class RunStore:
                       lease: float = DEFAULT_LEASE, now: datetime | None = None, engine_id: str = "") -> Started:
         """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once).
         ``engine_id`` names the container engine that will run it (see :meth:`adopt`)."""
-        return decode_started(self._start(args=[self.prefix, run_id, step, attempt, now_iso(now), host, pid,
-                                                worker, lease, engine_id]))
+        return decode_started(self.replicated.run(self._start, [self.prefix, run_id, step, attempt, now_iso(now),
+                                                                host, pid, worker, lease, engine_id], "start"))
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
                        *, retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
@@ -398,8 +403,8 @@ class RunStore:
         fields: list[Any] = []
         for key, value in record.items():
             fields += [key, "" if value is None else value]
-        result = self._finish(args=[self.prefix, run_id, step, attempt, outcome, now_iso(now), retry_delay, holder,
-                                    *fields])
+        result = self.replicated.run(self._finish, [self.prefix, run_id, step, attempt, outcome, now_iso(now),
+                                                    retry_delay, holder, *fields], "finish")
         return decode_finished(result)
 
     def poke(self, run_id: str, step: str, attempt: int, *, interval: float, timeout: float | None, since: float,
@@ -517,7 +522,8 @@ class RunStore:
               now: datetime | None = None) -> Adopted:
         """Lease the attempt ``entry`` (``run|step|n``, its lease expired) to ``adopter``, which follows its
         container to the end (fenced: one adopter wins; see ``adopt.lua``)."""
-        return decode_adopted(self._adopt(args=[self.prefix, entry, now_iso(now), adopter, lease, container_id]))
+        return decode_adopted(self.replicated.run(self._adopt, [self.prefix, entry, now_iso(now), adopter, lease,
+                                                                container_id], "adoption"))
 
     def hand_over(self, run_id: str, step: str, attempt: int, holder: str, *, now: datetime | None = None) -> bool:
         """Release the lease at once, the container still running, for another worker to adopt."""
@@ -569,8 +575,9 @@ class RunStore:
         return step_flag == "1" or (run_flag == "1" and rule != "always")
 
     def rerun(self, run_id: str, steps: list[str], *, plans: Mapping[str, StepPlan] | None = None,
-              now: datetime | None = None) -> tuple[Ready, ...]:
-        """Rerun ``steps`` (topological order) of an ended run, optionally with new plans (``--latest``)."""
+              now: datetime | None = None, resume: bool = False) -> tuple[Ready, ...]:
+        """Rerun ``steps`` (topological order) of an ended run, optionally with new plans (``--latest``);
+        ``resume`` keeps their saved checkpoints, else they start clean."""
         if plans:
             with self.r.pipeline() as pipe:
                 for name, plan in plans.items():
@@ -578,10 +585,34 @@ class RunStore:
                         **self._signed_plan(run_id, name, plan), "retries": plan.retries, "queue": plan.queue,
                         "timeout": "" if plan.timeout is None else plan.timeout, "rule": plan.trigger_rule})
                 pipe.execute()
-        result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps)])
+        result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps), "1" if resume else "0"])
         if result[0] == "running":
             raise ConveyorError(f"run {run_id} has not ended; cancel it first (ctl cancel {run_id})")
         return decode_ready(result[1])
+
+    # --- checkpoints (runner/checkpoints.py) ------------------------------------------------------
+
+    def save_checkpoint(self, run_id: str, step: str, attempt: int, data: bytes, *, holder: str = "",
+                        at: float | None = None) -> bool:
+        """Keep ``data`` as the step's checkpoint, fenced: False when ``attempt`` is no longer the step's
+        current one or another worker holds it (nothing is written)."""
+        at = time.time() if at is None else at
+        return bool(self._checkpoint(args=[self.prefix, run_id, step, attempt, holder,
+                                           base64.b64encode(data).decode("ascii"), len(data), f"{at:.3f}"]))
+
+    def checkpoint(self, run_id: str, step: str) -> bytes | None:
+        """The step's last saved checkpoint, None when it has none."""
+        text = self.r.hget(self.keys.checkpoint(run_id, step), "data")
+        return None if text is None else base64.b64decode(text)
+
+    def _checkpoint_facts(self, run_id: str, steps: list[dict[str, Any]]) -> None:
+        """Add ``checkpoint_bytes`` and ``checkpoint_at`` (epoch seconds) to the steps that have one."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hmget(self.keys.checkpoint(run_id, step.get("name", "")), "bytes", "at")
+            for step, (size, at) in zip(steps, pipe.execute(), strict=True):
+                if size is not None:
+                    step["checkpoint_bytes"], step["checkpoint_at"] = int(size), float(at)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -612,7 +643,8 @@ class RunStore:
         for step in steps:
             step["attempts"] = [a for a in (next(attempts) for _ in range(int(step.get("attempt") or 0))) if a]
         if any(int(step.get("instances") or 0) for step in steps):
-            return self._with_instances(run_id, steps)
+            steps = self._with_instances(run_id, steps)
+        self._checkpoint_facts(run_id, steps)
         return steps
 
     def _with_instances(self, run_id: str, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,12 @@ Succeeded or Failed with ``containerStatuses`` as a kubelet would. It enforces
 ``activeDeadlineSeconds`` (``DeadlineExceeded``) and serves each Pod's log (``pods/log``, followed)
 from a kmock reaction. What kmock does not do, and the runtime must not rely on: label and field
 selectors (lists return every Pod of the namespace), graceful deletion, admission and validation.
+
+kmock keeps every request it served, for assertions, and matches each new request against its
+reactions by walking that whole history: a request costs time in proportion to the requests before
+it, and a busy emulator (the chaos bench: a kubelet listing Pods 50 times a second, workers polling)
+grinds to a halt within minutes, its clients' calls hanging. This emulator keeps only the last
+``HISTORY`` requests (no test here asserts on kmock's history).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-kmock", "gitCommi
            "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23",
            "compiler": "gc", "platform": "linux/amd64"}
 IMAGE_ID = "docker.io/conveyor/busybox@sha256:" + "c0" * 32
+HISTORY = 200  # requests kmock keeps (see above); far more than can be in flight at once
+TRIM_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,13 @@ class Emulator:
             self._stop, self._loop = asyncio.Event(), asyncio.get_running_loop()
             self.url = str(server.url).rstrip("/")
             self._ready.set()
-            await self._stop.wait()
+            while not self._stop.is_set():
+                # kmock's own lists (the server's, each reaction's): there is no public way to forget requests.
+                for history in (k8s._requests, *(payload._requests for payload in k8s._payloads)):
+                    if len(history) > HISTORY:
+                        del history[:-HISTORY]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), TRIM_SECONDS)
 
     async def _log(self, request: kmock.Request):
         """Follow one Pod's output as the fake kubelet writes it; end when its container ends."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -158,6 +159,23 @@ def test_an_exited_container_not_yet_removed_is_adopted_with_its_exit_code(
     gone(docker_client, run_id)
 
 
+def test_an_adopted_container_s_declared_outputs_are_collected(
+        tmp_path: Path, store: RunStore, dispatcher: Dispatcher, pool: NamedWorkers,
+        docker_client: docker.DockerClient) -> None:
+    run_id = create(store, dispatcher, tmp_path, """
+        name: adopt-test
+        steps:
+          produce: {image: conveyor/busybox:local, retries: 0, outputs: [answer],
+                    command: [sh, -c, "sleep 2; echo 42 > $CONVEYOR_OUTPUTS/answer"]}
+    """)
+    pool.named("first", "second")
+    start_and_kill_its_worker(pool, store, run_id, "produce", after=0.3)
+    assert wait_for_run(store, run_id, timeout=60)["state"] == "success", pool.output()
+    [only] = attempts(store, run_id, "produce")
+    assert only["adopted_by"] and json.loads(only["outputs"]) == {"answer": "42"}
+    gone(docker_client, run_id)
+
+
 def test_cancel_kills_an_adopted_container(tmp_path: Path, store: RunStore, dispatcher: Dispatcher,
                                            pool: NamedWorkers, docker_client: docker.DockerClient) -> None:
     run_id = create(store, dispatcher, tmp_path, """
@@ -293,6 +311,48 @@ def test_the_reaper_declares_lost_only_what_no_worker_can_adopt(
     wait_for(lambda: store.step_records(rid)[0]["state"] == "failed", what="the adopted attempt's end")
     here = store.step_records(rid)[0]["attempts"][0]
     assert here["exit_code"] == "137" and here["reason"] == "exit_code"
+    gone(docker_client, rid)
+
+
+def test_an_adopter_refuses_a_plan_changed_since_it_was_signed(
+        settings: Settings, store: RunStore, image: str, docker_client: docker.DockerClient) -> None:
+    """As a starting worker does: a plan whose signature does not verify is not followed (its timeout,
+    secrets, outputs are someone else's now); the container is removed and nothing of it collected."""
+    assert settings.signing_key, "the suite signs and verifies plans"
+    context = WorkerContext(settings, name="adopter")
+    plan, _ = new_run(store, spec_from("""
+        name: adopt-signed
+        steps:
+          honest: {image: conveyor/busybox:local, command: [sh, -c, "echo honest; sleep 30"], retries: 0}
+          changed: {image: conveyor/busybox:local, command: [sh, -c, "echo changed; sleep 30"], retries: 0}
+    """))
+    rid = plan.run_id
+    containers = {}
+    for step in ("honest", "changed"):
+        assert store.start_attempt(rid, step, 1, host="h", pid=1, worker="dead", lease=0.1,
+                                   engine_id=Adopter(context).runtime.engine_id()).status is StartStatus.OK
+        step_plan = store.step_plan(rid, step)
+        containers[step] = docker_client.containers.run(
+            image, list(step_plan.argv), detach=True, labels=labels_for(step_plan, 1, settings.prefix,
+                                                                        store.store_id))
+    # A Redis writer without the key rewrites the stored plan (a longer timeout, a secret to read...).
+    stored = json.loads(store.r.hget(store.keys.step(rid, "changed"), "plan"))
+    stored["timeout"] = 86400
+    store.r.hset(store.keys.step(rid, "changed"), "plan", json.dumps(stored))
+    time.sleep(0.3)
+    adopter = Adopter(context)
+    assert adopter.consider(member(rid, "changed", 1)) is Sighting.BUSY  # ended here, not followed
+    assert adopter.consider(member(rid, "honest", 1)) is Sighting.ADOPTED
+    [refused] = attempts(store, rid, "changed")
+    assert refused["state"] == "failed" and refused["reason"] == "plan_signature"
+    assert "does not verify" in refused["error"] and "nothing of it collected" in refused["error"]
+    assert refused["adopted_by"] == "adopter"  # it took the lease, so that no one else follows it either
+    assert store.read_log(rid, "changed", 1) == b""  # nothing collected
+    wait_for(lambda: not docker_client.api.containers(all=True, filters={"id": containers["changed"].id}),
+             what="the refused container's removal")
+    containers["honest"].kill()
+    wait_for(lambda: attempts(store, rid, "honest")[0]["state"] == "failed", what="the honest attempt's end")
+    assert store.read_log(rid, "honest", 1) == b"honest\n"
     gone(docker_client, rid)
 
 

@@ -49,6 +49,8 @@ INTERNAL = {
     "scheduler.yamlsource._TooDeep": "becomes a YAML problem",
     "runner.job.StepRefused": "becomes the attempt's outcome (reason and error)",
     "runner.admission.JobRefused": "the worker moves the job to RQ's failed registry with the reason, and logs it",
+    "runner.outputs.OutputFailure": "becomes the attempt's outcome (output_missing, output_too_large, ...)",
+    "scheduler.outputs.OutputUnavailable": "becomes the attempt's outcome (output_unavailable)",
 }
 
 

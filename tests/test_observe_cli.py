@@ -213,3 +213,40 @@ def test_scheduler_serves_metrics_and_logs_json(settings: Settings, store: RunSt
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert lines and all(line["logger"] for line in lines)
     assert any("scheduler" in line["message"] and "started" in line["message"] for line in lines)
+
+
+LINEAGE = {
+    "lg-orders": "name: lg-orders\nsteps: {pull: {image: i, command: [c], produces: [lg.orders]}}\n",
+    "lg-prices": ("name: lg-prices\nsteps: {a: {image: i, command: [c], produces: [lg.prices]},\n"
+                  "  b: {image: i, command: [c], produces: [lg.prices], depends_on: [a]}}\n"),
+    "lg-report": ("name: lg-report\nschedule: {on: [lg.orders, lg.prices]}\n"
+                  "steps: {sum: {image: i, command: [c], produces: [lg.summary]}}\n"),
+    "lg-alone": "name: lg-alone\nsteps: {x: {image: i, command: [c]}}\n",
+}
+
+
+def test_graph_datasets_draws_producer_dag_dataset_consumer_dag(cli, store: RunStore, tmp_path: Path) -> None:
+    for name, text in LINEAGE.items():
+        submit_file(store, write_dag(tmp_path, text, f"{name}.yaml"))
+    plain = cli("graph", "--datasets")
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == ("lg-orders (pull) --> [lg.orders] --> lg-report\n"
+                            "lg-prices (a, b) --> [lg.prices] --> lg-report\n"
+                            "lg-report (sum) --> [lg.summary] --> (no consumer)\n")
+    dot = cli("graph", "--datasets", "-f", "dot")
+    assert dot.exit_code == 0 and dot.stdout.startswith("digraph datasets {")
+    assert '    "dag:lg-prices" -> "dataset:lg.prices" [label="a, b"];\n' in dot.stdout
+    assert '    "dataset:lg.prices" -> "dag:lg-report";\n' in dot.stdout
+    assert '"dataset:lg.summary" [label="lg.summary", shape=cylinder];' in dot.stdout
+    assert "lg-alone" not in dot.stdout  # no dataset: not drawn
+    mermaid = cli("graph", "--datasets", "--format", "mermaid")
+    lines = mermaid.stdout.splitlines()
+    ids = {line.split("[")[0].strip(): line for line in lines if "[" in line and "--" not in line}
+    dag = {n: i for i, line in ids.items() for n in ("lg-orders", "lg-report") if f'["{n}"]' in line}
+    data = next(i for i, line in ids.items() if '[("lg.orders")]' in line)
+    assert f'    {dag["lg-orders"]} -->|"pull"| {data}' in lines and f"    {data} --> {dag['lg-report']}" in lines
+    around = cli("graph", "lg-orders", "--datasets")
+    assert around.stdout == "lg-orders (pull) --> [lg.orders] --> lg-report\n"
+    missing = cli("graph", "lg-nope", "--datasets")
+    assert missing.exit_code == 1 and "no DAG 'lg-nope'" in str(missing.exception)
+    assert cli("graph").exit_code == 1

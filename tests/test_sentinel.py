@@ -18,12 +18,15 @@ import redis
 from scheduler.dispatch import Dispatcher
 from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
+from scheduler.model import AttemptOutcome
 from scheduler.redis_url import parse, redact
+from scheduler.replicas import WAIT_TIMEOUT_MS
+from scheduler.results import StartStatus
 from scheduler.service import submit_file
 from scheduler.settings import Settings, signing_key_from_env
-from scheduler.store import RunStore
+from scheduler.store import RunStore, member
 from tests.conftest import TEST_PREFIX, Workers, free_port, wait_for_run
-from tests.helpers import write_dag
+from tests.helpers import new_run, spec_from, write_dag
 
 SERVICE = "conveyor"
 DOWN_AFTER_MS = 1000  # the documented Sentinel timeouts: see README, "Redis failover"
@@ -57,8 +60,9 @@ def _wait_ping(port: int) -> None:
 
 
 @pytest.fixture
-def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list[int]]]:
-    """Primary, replica and three Sentinels; yields the URL, the primary's process and the data ports."""
+def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list[int], subprocess.Popen]]:
+    """Primary, replica and three Sentinels; yields the URL, the primary's process, the data ports and the
+    replica's process."""
     binary = shutil.which("redis-server")
     assert binary
     processes: list[subprocess.Popen] = []
@@ -89,7 +93,7 @@ def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list
         assert time.monotonic() < deadline, "the Sentinel group did not form"
         time.sleep(0.1)
     url = "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in sentinels) + f"/{SERVICE}/0"
-    yield url, processes[0], [primary, replica]
+    yield url, processes[0], [primary, replica], processes[1]
     for process in processes:
         if process.poll() is None:
             process.terminate()
@@ -99,7 +103,7 @@ def sentinel_group(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, list
 
 def test_a_primary_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, image: str,
                                                              sentinel_group) -> None:
-    url, primary, (_primary_port, replica_port) = sentinel_group
+    url, primary, (_primary_port, replica_port), _replica = sentinel_group
     settings = Settings(url, prefix=f"{TEST_PREFIX}-sentinel", signing_key=signing_key_from_env())
     store = RunStore.connect(settings)
     dispatcher = Dispatcher(settings.connect(decode=False), settings.prefix)
@@ -147,3 +151,33 @@ def test_a_primary_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, imag
         assert store.read_log(run_id, step["name"], len(step["attempts"])) == f"{step['name']}\n".encode()
     assert first_transition < 10, f"{first_transition:.1f} s from the kill to the first transition"
     assert "Traceback" not in output
+
+
+def test_start_finish_and_adopt_are_on_a_replica_before_the_worker_acts(sentinel_group) -> None:
+    """The transitions whose loss in a failover would run a step twice return only once the replica has
+    them (``WAIT 1``); with the replica stalled they wait for the timeout and say so."""
+    url, _primary, (_primary_port, replica_port), replica = sentinel_group
+    store = RunStore.connect(Settings(url, prefix=f"{TEST_PREFIX}-wait", signing_key=signing_key_from_env()))
+    plan, _ = new_run(store, spec_from("""
+        name: wait-test
+        steps:
+          a: {image: conveyor/busybox:local, command: ["true"]}
+          b: {image: conveyor/busybox:local, command: ["true"]}
+    """))
+    rid, on_replica = plan.run_id, redis.Redis(port=replica_port, decode_responses=True)
+    assert store.replicated.replicas() == 1
+    assert store.start_attempt(rid, "a", 1, host="h", pid=1, worker="w", lease=30).status is StartStatus.OK
+    assert on_replica.hget(store.keys.attempt(rid, "a", 1), "state") == "running"  # there when start returned
+    assert store.adopt(member(rid, "a", 1), adopter="x", lease=30).status is not StartStatus.OK  # lease held
+    store.finish_attempt(rid, "a", 1, AttemptOutcome.SUCCESS, {"exit_code": 0})
+    assert on_replica.hget(store.keys.attempt(rid, "a", 1), "state") == "success"
+    assert store.replicated.unconfirmed == 0
+    replica.send_signal(signal.SIGSTOP)  # a replica that does not acknowledge
+    try:
+        began = time.monotonic()
+        assert store.start_attempt(rid, "b", 1, host="h", pid=1, worker="w", lease=30).status is StartStatus.OK
+        waited = time.monotonic() - began
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    assert waited >= WAIT_TIMEOUT_MS / 1000 * 0.9  # it waited for the replica, then went on (and says so)
+    assert store.replicated.unconfirmed == 1

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from scheduler.cli import common, views
-from scheduler.durations import DurationError, parse_duration
-from scheduler.errors import ConveyorError, UnavailableError
+from scheduler.errors import ConveyorError, InputError, NotFoundError, UnavailableError
 
 if TYPE_CHECKING:
     from scheduler.settings import Settings
@@ -64,16 +63,11 @@ def start_metrics(store: RunStore, current: Settings, port: int | None, addr: st
 
 
 def _since(value: str) -> float:
-    try:
-        return time.time() - parse_duration(value).total_seconds()
-    except DurationError:
-        pass
-    try:
-        from datetime import UTC, datetime
+    from scheduler.stats import since_epoch
 
-        parsed = datetime.fromisoformat(value)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
+    try:
+        return since_epoch(value)
+    except InputError:
         raise typer.BadParameter(f"{value!r} is neither a duration (7d, 12h) nor a date/time",
                                  param_hint="--since") from None
 
@@ -170,14 +164,23 @@ def stats_tables(data: dict[str, Any]) -> list[Any]:
 
 
 def graph(
-    dag: str = typer.Argument(..., help="A submitted DAG's name, or a DAG file."),
+    dag: str | None = typer.Argument(None, help="A submitted DAG's name, or a DAG file (with --datasets: "
+                                     "optional, only that DAG's datasets)."),
     fmt: GraphFormat = typer.Option(GraphFormat.ascii, "--format", "-f", help="ascii, mermaid or dot."),
+    datasets: bool = typer.Option(False, "--datasets", help="Draw the submitted DAGs and their datasets: "
+                                  "producer DAG -> dataset -> consumer DAG."),
 ) -> None:
-    """Draw a DAG's steps and dependencies (ASCII tree, Mermaid or Graphviz dot)."""
+    """Draw a DAG's steps and dependencies (ASCII tree, Mermaid or Graphviz dot), or with --datasets the
+    DAGs and the datasets between them."""
     from scheduler import graphviz
     from scheduler.service import load_version, store_calendars
     from scheduler.spec import load_file
 
+    if datasets:
+        _dataset_graph(dag, fmt)
+        return
+    if dag is None:
+        raise ConveyorError("name a DAG (or a DAG file) to draw, or use --datasets")
     path = Path(dag)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         calendars: dict[str, Any] = {}
@@ -194,4 +197,23 @@ def graph(
     upstream = {shown[name]: [shown[d] for d in step.depends_on] for name, step in spec.steps.items()}
     text = graphviz.render(spec.name, upstream, fmt.value)
     sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _dataset_graph(dag: str | None, fmt: GraphFormat) -> None:
+    """``ctl graph --datasets``: every submitted DAG's latest version (one that cannot load is left out,
+    with a note), with its datasets."""
+    from scheduler import lineage
+    from scheduler.service import load_version
+
+    store = common.store()
+    specs = {}
+    for name in store.dag_names():
+        try:
+            specs[name], _ = load_version(store, name)
+        except ConveyorError as exc:
+            views.err.print(f"{name}: left out: {exc}", markup=False)
+    if dag is not None and dag not in specs:
+        raise NotFoundError(f"no DAG '{dag}'; DAGs: {', '.join(sorted(specs)) or '(none)'}")
+    sys.stdout.write(lineage.render(lineage.lineage(specs, dag), fmt.value))
     sys.stdout.flush()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import typer
 
 from scheduler.cli import common, views
 from scheduler.cli.runs import finish
+from scheduler.errors import ConveyorError
 
 if TYPE_CHECKING:
     from scheduler.remote import Remote
@@ -21,6 +23,8 @@ def rerun(
     everything: bool = typer.Option(False, "--all", help="Rerun every step."),
     latest: bool = typer.Option(False, "--latest", help="Use the DAG's latest version and image tags instead of "
                                 "the run's pinned version and image ids."),
+    resume: bool = typer.Option(False, "--resume", help="The steps find their last saved checkpoints "
+                                "($CONVEYOR_CHECKPOINT) in place; without it they start clean."),
     wait: bool = typer.Option(False, "--wait", help="Follow the run and exit 0 only if it succeeds."),
     output: common.Output = common.OutputOption,
 ) -> None:
@@ -30,6 +34,9 @@ def rerun(
 
     remote = common.remote()
     if remote:
+        if resume:
+            raise ConveyorError("ctl rerun --resume is not available through the server yet; run it against "
+                                "Redis (without CONVEYOR_SERVER)")
         source: RunStore | Remote = remote
         done = remote.rerun(run_id, step=step, downstream=not no_downstream, everything=everything, latest=latest)
         steps, version, notes = done["rerun"], done["version"], done["notes"]
@@ -38,7 +45,7 @@ def rerun(
         source = engine.store
         chosen = plan_rerun(engine.store, run_id, step=step, downstream=not no_downstream, everything=everything,
                             latest=latest)
-        engine.rerun(chosen)
+        engine.rerun(replace(chosen, resume=resume))
         steps, version, notes = chosen.steps, chosen.version, chosen.notes
     for note in notes:
         views.err.print(note, markup=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,26 @@ def steps_table(status: dict[str, Any]) -> Table:
 
 
 def _note(step: dict[str, Any], last: dict[str, Any]) -> Text:
-    """The status table's last column: what a waiting step waits for, else the error."""
+    """The status table's last column: what a waiting step waits for, else the error; and the step's
+    saved checkpoint, if any."""
+    note = _waiting_or_error(step, last)
+    if step.get("checkpoint_at"):
+        note.append(("; " if note.plain else "") + checkpoint_note(step), style="")
+    return note
+
+
+def checkpoint_note(step: dict[str, Any]) -> str:
+    """``checkpoint 1.2 KiB, saved 3m ago`` (from ``checkpoint_bytes``, ``checkpoint_at`` of status)."""
+    saved = datetime.fromisoformat(step["checkpoint_at"])
+    age = max(0.0, (datetime.now(UTC) - saved).total_seconds())
+    size = step["checkpoint_bytes"]
+    shown = (f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB" if size < 1024 ** 2
+             else f"{size / 1024 ** 2:.1f} MiB")
+    ago = f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m" if age < 7200 else f"{age / 3600:.0f}h"
+    return f"checkpoint {shown}, saved {ago} ago"
+
+
+def _waiting_or_error(step: dict[str, Any], last: dict[str, Any]) -> Text:
     from rich.text import Text
 
     if step.get("waiting_for"):

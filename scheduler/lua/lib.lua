@@ -32,6 +32,7 @@ function K.runs() return P .. ':runs' end
 function K.run(rid) return P .. ':run:' .. rid end
 function K.step(rid, s) return P .. ':run:' .. rid .. ':step:' .. s end
 function K.attempt(rid, s, n) return P .. ':run:' .. rid .. ':step:' .. s .. ':a:' .. n end
+function K.checkpoint(rid, s) return P .. ':run:' .. rid .. ':step:' .. s .. ':checkpoint' end
 function K.log(rid, s, n) return P .. ':log:' .. rid .. ':' .. s .. ':' .. n end
 function K.pools() return P .. ':pools' end
 function K.pool_used() return P .. ':pool_used' end
@@ -556,7 +557,7 @@ local function run_step_names(rid)
   return names
 end
 
--- Delete a run and every key of it: the run hash, each step's hash, attempts and logs (handlers
+-- Delete a run and every key of it: the run hash, each step's hash and checkpoint, attempts and logs (handlers
 -- included), its entries in the run, queued, running, SLA and active indexes, and the DAG's fires
 -- and intervals entries that still name it. The one way a run is deleted (retention, unstaging).
 local function delete_run(rid, fallback_fire)
@@ -574,6 +575,7 @@ local function delete_run(rid, fallback_fire)
       if pool and pool ~= '' then redis.call('ZREM', K.pool_waiting(pool), member(rid, s, n)) end
     end
     table.insert(doomed, step_key(rid, s))
+    table.insert(doomed, K.checkpoint(rid, s))
     for a = 1, n do
       table.insert(doomed, attempt_key(rid, s, a))
       table.insert(doomed, K.log(rid, s, a))

@@ -1,6 +1,7 @@
 -- Rerun steps of an ended run: new attempts in the same run, history kept (attempt numbers go on).
 -- ARGV: 1 prefix, 2 run_id, 3 now, 4 steps to rerun (JSON list, in topological order; an instance
---       STEP[i] of a mapped step may be rerun alone, a mapped step itself expands again)
+--       STEP[i] of a mapped step may be rerun alone, a mapped step itself expands again), 5 '1' to
+--       resume: the steps keep their saved checkpoints (else they start clean)
 -- Returns: {'running'} when the run has not ended | {'ok', ready entries}
 local rid, now = ARGV[2], ARGV[3]
 local rk = run_key(rid)
@@ -59,6 +60,7 @@ for _, s in ipairs(chosen) do
   redis.call('HSET', sk, 'state', 'pending', 'up_done', done, 'up_success', succ, 'up_failed', fail,
     'max_attempts', attempt + tonumber(redis.call('HGET', sk, 'retries') or '0') + 1, 'cancel', '0')
   redis.call('HDEL', sk, 'ended_at', 'started_at')
+  if ARGV[5] ~= '1' then redis.call('DEL', K.checkpoint(rid, s)) end
 end
 -- The run is open again: count what is left and what already failed among the kept steps.
 local failed = 0

@@ -3,7 +3,6 @@ the matching ``ctl ... -o json`` prints; errors are ``{"detail": message}`` with
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from scheduler.durations import DurationError, parse_duration
+from scheduler import stats as history
+from scheduler.errors import InputError
 from scheduler.model import Priority
 from scheduler.server import streams
 from scheduler.server.access import Principal, api_reader, api_writer
@@ -200,13 +200,8 @@ def events(request: Request, run: str | None = None, last_event_id: str | None =
 
 
 def since_epoch(value: str) -> float:
-    """``7d``/``12h`` back from now, or a date/time (UTC unless it has an offset)."""
+    """``since`` as ``ctl stats --since`` reads it (one parser: :func:`scheduler.stats.since_epoch`)."""
     try:
-        return time.time() - parse_duration(value).total_seconds()
-    except DurationError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
-        raise BadInput(f"since: {value!r} is neither a duration (7d, 12h) nor a date/time") from None
+        return history.since_epoch(value)
+    except InputError as exc:
+        raise BadInput(str(exc)) from None
