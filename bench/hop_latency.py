@@ -1,6 +1,6 @@
 """Per-hop overhead of a chain of steps, against bare container runs measured in the same process run.
 
-    .venv/bin/python bench/hop_latency.py [--steps 20] [--chains 3] [--startup-runs 5]
+    .venv/bin/python bench/hop_latency.py [--steps 20] [--chains 3] [--startup-runs 5] [--network none]
 
 1. Baseline: ``--steps`` bare runs of ``true`` in the busybox image through the same docker SDK calls
    the runner makes (``DockerRuntime.run``: inspect image, create, attach, start, wait, inspect, remove).
@@ -12,6 +12,13 @@
    printed: each hop minus the time its step spent inside ``DockerRuntime.run`` (recorded by the
    runner as ``container_seconds``), which does not depend on how long containers took.
 3. Start-up: ``ctl run`` of a one-step DAG as a separate process: wall time minus the step's own time.
+4. The container's own critical path (issue #16), with the SDK's low-level calls: create, start, wait
+   and remove of ``true``, median of each, on the default bridge and with ``--network none``. Workers
+   now remove a container in the background once its result is recorded, so a hop is create + start
+   + wait (the runner's ``container_seconds`` no longer includes the removal). Creating the next
+   step's container while its upstream runs could save at most the create time of each hop: printed
+   as a share of the hop, which is what decides whether that is worth its complexity.
+Chains and bare runs use ``--network`` (default ``none``; ``bridge`` for the default network).
 Targets (issue #2): median overhead <= 10 ms per hop, p99 <= 30 ms; start-up <= 1.5 s.
 """
 
@@ -47,27 +54,53 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def bare_runs(count: int, runtime: DockerRuntime) -> list[float]:
+def bare_runs(count: int, runtime: DockerRuntime, network: str = "none") -> list[float]:
+    """The runner's own calls, as a worker makes them (its runtime removes containers after the result)."""
     plan = StepPlan(run_id="bench", dag="bench", step="bare", image=IMAGE, argv=("true",), env={}, working_dir=None,
                     timeout=None, cpus=None, memory=None, pull="never", queue="high", retries=0, backoff=Backoff(),
-                    tags={})
+                    tags={}, network=network)
     times = []
     for _ in range(count):
         began = time.perf_counter()
-        outcome = runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None)
+        outcome = runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None, keep=True)
         times.append(time.perf_counter() - began)
         assert outcome.ok, outcome
+        runtime.reap_later([outcome.container_id])
+    runtime.drain()
     return times
 
 
-def interleaved(steps: int, chains: int, folder: Path) -> tuple[list[float], ...]:
+def phases(count: int, network: str) -> dict[str, float]:
+    """Median milliseconds of create, start, wait and remove of ``true`` through the low-level API."""
+    import docker
+
+    api = docker.from_env().api
+    image = api.inspect_image(IMAGE)["Id"]
+    found: dict[str, list[float]] = {"create": [], "start": [], "wait": [], "remove": []}
+    for _ in range(count):
+        t0 = time.perf_counter()
+        cid = api.create_container(image, ["true"], labels={"dev.conveyor.prefix": "bench"},
+                                   host_config=api.create_host_config(network_mode=network))["Id"]
+        t1 = time.perf_counter()
+        api.start(cid)
+        t2 = time.perf_counter()
+        api.wait(cid)
+        t3 = time.perf_counter()
+        api.remove_container(cid, force=True)
+        t4 = time.perf_counter()
+        for key, value in zip(found, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            found[key].append(value * 1000)
+    return {key: statistics.median(values) for key, values in found.items()}
+
+
+def interleaved(steps: int, chains: int, folder: Path, network: str) -> tuple[list[float], ...]:
     """Rounds of (bare runs, then one chain), so both see the same machine load; returns (bare times,
     hop times, per-hop overheads against the round's bare median, per-hop time outside the container
     calls, chain wall times)."""
     lines = ["name: chain", "steps:"]
     for i in range(steps):
         deps = f", depends_on: [s{i - 1}]" if i else ""
-        lines.append(f"  s{i}: {{image: {IMAGE}, command: ['true']{deps}}}")
+        lines.append(f"  s{i}: {{image: {IMAGE}, command: ['true'], network: {network}{deps}}}")
     dag = folder / "chain.yaml"
     dag.write_text("\n".join(lines) + "\n")
     bare: list[float] = []
@@ -76,7 +109,7 @@ def interleaved(steps: int, chains: int, folder: Path) -> tuple[list[float], ...
     exact: list[float] = []
     walls: list[float] = []
     runtime = DockerRuntime()
-    bare_runs(2, runtime)  # warm the client and the engine's caches
+    bare_runs(2, runtime, network)  # warm the client and the engine's caches
     with embedded_redis() as url:
         settings = Settings(url, prefix="bench")
         store = RunStore.connect(settings)
@@ -85,7 +118,7 @@ def interleaved(steps: int, chains: int, folder: Path) -> tuple[list[float], ...
         with worker_processes(settings, 2):
             time.sleep(0.5)  # workers up and blocking on their queues
             for _ in range(chains):
-                round_bare = bare_runs(steps, runtime)
+                round_bare = bare_runs(steps, runtime, network)
                 bare += round_bare
                 began = time.perf_counter()
                 run_id = Engine(store, dispatcher).create_run("chain", {})
@@ -124,13 +157,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--chains", type=int, default=5)
     parser.add_argument("--startup-runs", type=int, default=5)
+    parser.add_argument("--network", default="none", help="none or bridge, for the chains and bare runs")
     args = parser.parse_args()
+    split = {network: phases(10, network) for network in ("bridge", "none")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        bare, hops, overhead, exact, walls = interleaved(args.steps, args.chains, folder)
+        bare, hops, overhead, exact, walls = interleaved(args.steps, args.chains, folder, args.network)
         starts = startup(args.startup_runs, folder)
     bare_median = statistics.median(bare)
-    print(f"when: {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"when: {datetime.now(UTC).isoformat(timespec='seconds')}; load average {os.getloadavg()[0]:.1f}; "
+          f"network {args.network}")
+    for network, ms in split.items():
+        total = sum(ms.values())
+        print(f"container phases ({network:6}, median of 10): create {ms['create']:.0f} ms, "
+              f"start {ms['start']:.0f} ms, wait {ms['wait']:.0f} ms, remove {ms['remove']:.0f} ms "
+              f"(total {total:.0f}; now on a hop's path: {total - ms['remove']:.0f})")
+    ms = split[args.network]
+    print(f"pre-creating the next container could save at most its create, {ms['create']:.0f} ms: "
+          f"{ms['create'] / (statistics.median(hops) * 1000):.1%} of a median hop")
     print(f"bare container run (same SDK calls): median {bare_median * 1000:.1f} ms, p99 {pct(bare, .99) * 1000:.1f} ms"
           f" ({len(bare)} runs)")
     print(f"conveyor hop (step end -> next step end): median {statistics.median(hops) * 1000:.1f} ms, "

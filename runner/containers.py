@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -62,7 +63,11 @@ class ContainerRuntime(Protocol):
     - The container carries ``labels``, is killed at ``plan.timeout`` (reason ``timeout``) and
       is removed afterwards, whatever happened, except when ``should_stop()`` says one of
       ``DETACH_REASONS``: then the runtime stops following it, leaves it running for the worker
-      that adopts it, and returns an outcome with ``detached=True``.
+      that adopts it, and returns an outcome with ``detached=True``. (The runner runs with
+      ``keep=True`` and removes the container once the result is recorded: with ``reap_later`` where
+      the runtime has it, in the background.)
+    - ``plan.network``: ``bridge`` (the default network), ``none`` or a named network, where the
+      runtime can honour it; where it cannot, the attempt fails with reason ``network_unsupported``.
     """
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
@@ -121,15 +126,69 @@ def labels_for(plan: StepPlan, attempt: int, prefix: str, store_id: str | None =
     }
 
 
+DOCKER_POOL = 64  # connections to the engine kept per process (urllib3 opens them only when needed)
+
+
+class _Remover:
+    """Removes finished containers in a thread of its own, so that removing one (~15 ms, more under load)
+    is not on the path from one step's end to the next one's start. A container whose removal is lost
+    (the worker killed meanwhile) is removed by the reaper's orphan sweep: its attempt holds no lease."""
+
+    def __init__(self, client: docker.DockerClient):
+        self.client = client
+        self.todo: queue.Queue[str] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="container-remover", daemon=True)
+                self._thread.start()
+        self.todo.put(container_id)
+
+    def _loop(self) -> None:
+        while True:
+            cid = self.todo.get()
+            try:
+                with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                    self.client.api.remove_container(cid, force=True)
+            finally:
+                self.todo.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the removals asked so far; True when none is left."""
+        deadline = time.monotonic() + timeout
+        while self.todo.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.todo.unfinished_tasks
+
+
 class DockerRuntime:
-    """The docker SDK behind :class:`ContainerRuntime`."""
+    """The docker SDK behind :class:`ContainerRuntime`.
+
+    A container that :meth:`run` kept (``keep=True``: the runner's way, so that its result is recorded
+    before it goes) is removed by :meth:`reap_later` in a background thread: the next step is queued
+    before the removal starts and never waits for it."""
 
     def __init__(self, client: docker.DockerClient | None = None):
         try:
-            self.client = client or docker.from_env()  # asks the engine its API version: fails when it is away
+            # Asks the engine its API version: fails when it is away. The pool holds a connection per
+            # attempt running at once (its output stream) and then some: ctl worker --concurrency N.
+            self.client = client or docker.from_env(max_pool_size=DOCKER_POOL)
         except docker.errors.DockerException as exc:
             raise unreachable(exc) from None
         self._version: str | None = None
+        self._remover = _Remover(self.client)
+
+    def reap_later(self, ids: Iterable[str]) -> None:
+        """:meth:`reap`, in the background: for a kept container whose attempt's result is recorded."""
+        for cid in ids:
+            self._remover.remove(cid)
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Finish the background removals (a stopping worker leaves nothing it could have removed)."""
+        return self._remover.drain(timeout)
 
     def engine_version(self) -> str:
         if self._version is None:
@@ -168,6 +227,7 @@ class DockerRuntime:
                 volumes={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in plan.mounts}
                 or None,
                 detach=True,
+                **network_options(plan.network),
             )
         except docker.errors.APIError as exc:
             return Outcome(None, "create_failed", f"cannot create the container: {_explain(exc)}", **base)
@@ -323,6 +383,17 @@ def wait_for_exit(container, deadline: float | None, stopper: _Stopper) -> dict 
         if deadline is not None and time.monotonic() >= deadline and stopper.reason is None:
             stopper.stop("timeout")
             return container.wait(timeout=30)
+
+
+def network_options(network: str) -> dict[str, str]:
+    """``containers.create`` arguments for a step's network: none (no interface but loopback), bridge
+    (the engine's default: nothing to say) or a named network (created beforehand: one that does not
+    exist fails the attempt with ``start_failed`` naming it: the engine looks it up at start)."""
+    if network == "none":
+        return {"network_mode": "none"}
+    if network in ("", "bridge"):
+        return {}
+    return {"network": network}
 
 
 def check_engine(timeout: float = ENGINE_CHECK_SECONDS) -> None:

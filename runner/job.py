@@ -115,8 +115,9 @@ def _follow(ctx, key: tuple[str, str, int], plan: StepPlan, lease: float, render
         log.info("%s %s attempt %s: %s; its container runs on", run_id, step, attempt, outcome.reason)
         return str(outcome.reason)
     state = record_result(ctx, key, plan, outcome, round(time.perf_counter() - began, 4), rendered, began_at)
-    if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted)
-        ctx.runtime.reap([outcome.container_id])
+    if outcome.kept and outcome.container_id:  # removed only once its result is recorded (else: adopted),
+        # in the background where the runtime can (the next step is queued: nothing waits for the removal)
+        getattr(ctx.runtime, "reap_later", ctx.runtime.reap)([outcome.container_id])
     return state
 
 

@@ -79,6 +79,11 @@ IMAGE_WAITING_REASONS = frozenset({"ErrImageNeverPull", "ImagePullBackOff", "Err
 # Waiting reasons that mean the container cannot be made from this spec.
 CREATE_WAITING_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 MANAGED_BY = {"app.kubernetes.io/managed-by": "conveyor"}
+# A Pod has no "no network" switch: a step with ``network: none`` gets this label, and the chart's
+# NetworkPolicy (templates/networkpolicy-steps.yaml) denies such Pods all traffic, in and out, where the
+# cluster's network plugin enforces NetworkPolicies. ``bridge`` is the Pod network; named networks do
+# not exist in Kubernetes and are refused (reason ``network_unsupported``).
+NETWORK_LABEL = "dev.conveyor.network"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _Transport = (urllib3.exceptions.HTTPError, OSError)
 
@@ -189,7 +194,8 @@ def pod_manifest(plan: StepPlan, labels: Mapping[str, str], namespace: str, *,
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**MANAGED_BY, **{key: label_value(str(value)) for key, value in labels.items()}},
+            "labels": {**MANAGED_BY, **{key: label_value(str(value)) for key, value in labels.items()},
+                       **({NETWORK_LABEL: "none"} if plan.network == "none" else {})},
             "annotations": {key: str(value) for key, value in labels.items()},
         },
         "spec": spec,
@@ -264,6 +270,9 @@ class KubernetesRuntime:
 
     def run(self, plan: StepPlan, labels: Mapping[str, str], on_output: Callable[[bytes], None],
             should_stop: Callable[[], str | None], *, keep: bool = False) -> Outcome:
+        if plan.network not in ("", "bridge", "none"):
+            return Outcome(None, "network_unsupported", f"network {plan.network!r}: the Kubernetes runtime runs "
+                           "steps on the Pod network (bridge) or with none; a named network is Docker's")
         manifest = pod_manifest(plan, labels, self.namespace, outputs_image=self.outputs_image,
                                 output_cap=outputs.output_cap())
         name = manifest["metadata"]["name"]

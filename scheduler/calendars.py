@@ -26,12 +26,14 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from types import ModuleType
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-import holidays
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
-
 from scheduler.errors import InputError
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -50,6 +52,29 @@ ALIASES = {
 
 class CalendarError(InputError):
     """A calendar that cannot be built; the message is meant for people."""
+
+
+def _holidays() -> ModuleType:
+    """The ``holidays`` package, imported on first use: it costs more to import than most commands take."""
+    import holidays
+
+    return holidays
+
+
+@functools.cache
+def _codes() -> tuple[frozenset[str], frozenset[str]]:
+    """(financial market codes, country codes), aliases included, read from the package's registry
+    without importing its 250 country and market modules (listing them with subdivisions costs 0.2 s)."""
+    try:
+        from holidays.registry import EntityLoader
+
+        return frozenset(EntityLoader.get_financial_codes()), frozenset(EntityLoader.get_country_codes())
+    except (ImportError, AttributeError):  # another layout of the package: the public, slower lists
+        return frozenset(_holidays().list_supported_financial()), frozenset(_holidays().list_supported_countries())
+
+
+def _subdivisions(country: str) -> list[str]:
+    return list(getattr(_holidays(), country).subdivisions)
 
 
 # --------------------------------------------------------------------------- civil time
@@ -116,6 +141,8 @@ def is_repeat(t: datetime) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _parsed(expr: str) -> croniter:
+    from croniter import croniter  # imported on first use, like holidays
+
     return croniter(expr, datetime(2000, 1, 1))
 
 
@@ -133,6 +160,8 @@ def cron_times(expr: str, after_wall: datetime) -> Iterator[datetime]:
     Five fields, or six with seconds as the last field (croniter's default). Ends quietly
     when croniter finds no further match (``0 0 30 2 *``).
     """
+    from croniter import CroniterBadDateError
+
     it = _croniter(expr, after_wall)
     while True:
         try:
@@ -143,6 +172,8 @@ def cron_times(expr: str, after_wall: datetime) -> Iterator[datetime]:
 
 def cron_times_before(expr: str, before_wall: datetime) -> Iterator[datetime]:
     """Naive wall-clock times matching ``expr`` strictly before ``before_wall``, newest first."""
+    from croniter import CroniterBadDateError
+
     it = _croniter(expr, before_wall)
     while True:
         try:
@@ -159,6 +190,8 @@ def check_cron(expr: object) -> str:
     if not isinstance(expr, str):
         raise CalendarError(f"{expr!r} is not a cron expression (a string of 5 fields, or 6 with seconds last); "
                             f"{cron_example('')}")
+    from croniter import CroniterBadCronError, croniter
+
     try:
         croniter(expr)
     except (CroniterBadCronError, ValueError) as exc:
@@ -191,18 +224,19 @@ def canonical_source(name: str) -> str:
     code = name.strip().upper()
     code = ALIASES.get(code, code)
     country, _, subdiv = code.partition("-")
-    if code in holidays.list_supported_financial():
+    financial, countries = _codes()
+    if code in financial:
         return code
-    countries = holidays.list_supported_countries()
-    if country in countries and (not subdiv or subdiv in countries[country]):
+    if country in countries and (not subdiv or subdiv in _subdivisions(country)):
         return code
     if country in countries:
-        raise CalendarError(f"unknown subdivision {subdiv!r} of {country}; known: {', '.join(countries[country])}")
+        raise CalendarError(f"unknown subdivision {subdiv!r} of {country}; known: {', '.join(_subdivisions(country))}")
     raise CalendarError(f"unknown calendar {name!r}{_suggest(name)}")
 
 
 def _suggest(name: str, named: Iterable[str] = ()) -> str:
-    known = [*named, *ALIASES, *holidays.list_supported_financial(), *holidays.list_supported_countries()]
+    financial, countries = _codes()
+    known = [*named, *ALIASES, *sorted(financial), *sorted(countries)]
     close = difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=5, cutoff=0.5)
     by_upper = {k.upper(): k for k in known}
     close = list(dict.fromkeys(by_upper[c] for c in close))
@@ -213,10 +247,10 @@ def _suggest(name: str, named: Iterable[str] = ()) -> str:
 def source_holidays(source: str, year: int) -> Mapping[date, str]:
     """Holidays of one canonical source in one year, as {date: name}; cached."""
     country, _, subdiv = source.partition("-")
-    if source in holidays.list_supported_financial():
-        found = holidays.financial_holidays(source, years=year)
+    if source in _codes()[0]:
+        found = _holidays().financial_holidays(source, years=year)
     else:
-        found = holidays.country_holidays(country, subdiv=subdiv or None, years=year)
+        found = _holidays().country_holidays(country, subdiv=subdiv or None, years=year)
     return {d: name for d, name in found.items() if d.year == year}
 
 

@@ -46,6 +46,7 @@ from scheduler.plan import RunPlan, plan_run
 from scheduler.reaper import Reaper
 from scheduler.schedules import Fire, OutagePolicy, Schedule
 from scheduler.service import load_version
+from scheduler.settings import DEFAULT_LOOKAHEAD  # how far ahead runs are staged (see scheduler/staging.py)
 from scheduler.spec import build_schedule, resolve_params
 from scheduler.staging import Staging
 
@@ -53,7 +54,6 @@ log = logging.getLogger("conveyor.scheduler")
 RETRY_LATER = timedelta(seconds=60)  # a DAG whose evaluation failed is tried again after this, then 2x, 4x...
 MAX_RETRY_LATER = timedelta(minutes=30)
 MAX_BLOCK = 1.0
-DEFAULT_LOOKAHEAD = 60.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
 STAGE_MARGIN = timedelta(seconds=1)  # a fire closer than this is created at its time, not staged
 HOUSEKEEPING_GAP = 0.5  # real seconds: no reaping or pruning this close to a staged due time
 RELEASE_POLL = 0.25  # real seconds: the releaser looks for newly staged runs at least this often

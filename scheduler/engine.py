@@ -17,6 +17,7 @@ from typing import Any
 
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import ParamError
+from scheduler.gcpause import paused_gc
 from scheduler.model import DagSpec, Priority, StepState, Trigger
 from scheduler.plan import RunPlan, plan_run
 from scheduler.results import Adopted, Created, Finished, Ready, RunCancel, SlaMiss, Started, StepCancel
@@ -89,14 +90,15 @@ class Engine:
         size = len(json.dumps(params))
         if size > MAX_PARAMS_BYTES:  # one bad run must not fill Redis: every step plan carries the params
             raise ParamError(f"{spec.name}: the params take {size:,} bytes; the limit is {MAX_PARAMS_BYTES:,}")
-        plan = plan_run(
-            spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
-            priority=priority, logical_date=logical_date, interval=interval, only=only, datasets=datasets,
-            provenance={"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
-                        "git_dirty": record.get("git_dirty"), "dag_path": record.get("path"),
-                        **({"due_at": due_at.isoformat()} if due_at else {})},
-        )
-        created = self.store.create_run(plan, idempotency_key=idempotency_key)
+        with paused_gc():  # a large DAG's plan is millions of objects (scheduler/gcpause.py)
+            plan = plan_run(
+                spec, version=record["version"], params=params, now=now or datetime.now(UTC), trigger=trigger,
+                priority=priority, logical_date=logical_date, interval=interval, only=only, datasets=datasets,
+                provenance={"dag_sha256": record["sha256"], "git_commit": record.get("git_commit"),
+                            "git_dirty": record.get("git_dirty"), "dag_path": record.get("path"),
+                            **({"due_at": due_at.isoformat()} if due_at else {})},
+            )
+            created = self.store.create_run(plan, idempotency_key=idempotency_key)
         self._enqueue(created.ready)
         return created.run_id
 

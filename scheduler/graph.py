@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 
@@ -48,10 +49,10 @@ def topological_order(upstream: Mapping[str, Iterable[str]]) -> list[str]:
     """Steps in an order where every step comes after its upstreams (stable: declaration order)."""
     remaining = {name: set(ups) for name, ups in upstream.items()}
     down = downstream_map(upstream)
-    ready = [name for name, ups in remaining.items() if not ups]
+    ready = deque(name for name, ups in remaining.items() if not ups)
     order: list[str] = []
     while ready:
-        name = ready.pop(0)
+        name = ready.popleft()
         order.append(name)
         for child in down[name]:
             remaining[child].discard(name)
@@ -60,6 +61,20 @@ def topological_order(upstream: Mapping[str, Iterable[str]]) -> list[str]:
     if len(order) != len(upstream):
         raise ValueError("graph has a cycle")
     return order
+
+
+def is_ancestor(upstream: Mapping[str, Iterable[str]], step: str, candidate: str) -> bool:
+    """Whether ``candidate`` is upstream of ``step``, directly or not: a search that stops when found."""
+    seen: set[str] = set()
+    todo = list(upstream.get(step, ()))
+    while todo:
+        name = todo.pop()
+        if name == candidate:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo += upstream.get(name, ())
+    return False
 
 
 def descendants(upstream: Mapping[str, Iterable[str]], start: str) -> list[str]:

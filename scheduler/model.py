@@ -113,6 +113,14 @@ TRIGGER_PRIORITY = {Trigger.MANUAL: Priority.HIGH, Trigger.SCHEDULE: Priority.DE
                     Trigger.DATASET: Priority.DEFAULT}
 
 
+class Reprocess(StrEnum):
+    """Which intervals of a backfill that already have a run get a new one."""
+
+    none = "none"  # only intervals with no run yet
+    failed = "failed"  # also intervals whose latest run failed or was cancelled
+    all = "all"  # every interval
+
+
 def memory_bytes(value: str | int | None) -> int | None:
     """``256m``, ``1g``, ``512k``, ``100b`` or plain bytes (the schema checks the form)."""
     if value in (None, ""):
@@ -182,6 +190,7 @@ class StepSpec:
     # Other DAGs' runs (or steps) this step waits for: {dag, step, logical_date, state, timeout, interval}.
     wait_for: tuple[Mapping[str, Any], ...] = ()
     produces: tuple[str, ...] = ()  # datasets a successful attempt records an event for
+    network: str = "bridge"  # bridge (the engine's default), none, or a named network
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,7 @@ class StepPlan:
     sensor: Sensor | None = None
     wait_for: tuple[Mapping[str, Any], ...] = ()
     produces: tuple[str, ...] = ()
+    network: str = "bridge"  # bridge (the engine's default), none, or a named network (see StepSpec)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}

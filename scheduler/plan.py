@@ -126,6 +126,7 @@ def plan_run(
             when=step.when,
             pool=step.pool,
             pool_slots=step.pool_slots,
+            network=step.network,
             outputs=step.outputs,
             for_each=step.for_each,
             max_parallel=step.max_parallel,

@@ -9,10 +9,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from scheduler import model
 from scheduler.agenda import Agenda
 from scheduler.backfill import plan_batches, plan_schedule_aligned
 from scheduler.calendars import zone
@@ -138,10 +138,7 @@ def _when(value: str | None) -> datetime | None:
 # --- backfill -------------------------------------------------------------------------------------
 
 
-class Reprocess(StrEnum):
-    none = "none"  # only intervals with no run yet
-    failed = "failed"  # also intervals whose latest run failed or was cancelled
-    all = "all"  # every interval
+Reprocess = model.Reprocess  # its home is the model (the CLI's options need it without this module)
 
 
 @dataclass

@@ -16,15 +16,18 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import redis
 
 from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
 from scheduler.errors import ConfigError
 from scheduler.model import memory_bytes
 
+if TYPE_CHECKING:  # redis is imported where a connection is made: commands that need none start faster
+    import redis
+
 DEFAULT_LOG_CAP = 1024 * 1024
+DEFAULT_LOOKAHEAD = 60.0  # seconds: how far ahead runs are staged (see scheduler/staging.py)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 REDIS_FORMS = ("redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH/TO/redis.sock[?db=N]")
 RUNTIMES = ("docker", "kubernetes")
@@ -79,6 +82,7 @@ class Settings:
 
     def connect(self, *, decode: bool = True) -> redis.Redis:
         """A client for this URL (``redis://``, ``rediss://``, ``unix://``) with retries on blips."""
+        import redis
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
@@ -238,6 +242,8 @@ def _redis_url_problem(url: str) -> str | None:
         db = parts.path.strip("/")
         if db and not db.isdigit():
             return f"the database {db!r} is not a number"
+    import redis
+
     try:
         redis.ConnectionPool.from_url(url).make_connection()  # builds the connection; connects to nothing
     except TypeError as exc:

@@ -12,18 +12,15 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
-
-from scheduler import advice, conditions, templates
+from scheduler import advice, conditions, schemacheck, templates
 from scheduler.calendars import Calendar, CalendarError, canonical_source, check_cron, resolve, zone
 from scheduler.durations import DURATION_PATTERN, DurationError, seconds
 from scheduler.errors import Problem, SpecError
-from scheduler.graph import find_cycle
+from scheduler.gcpause import paused_gc
+from scheduler.graph import find_cycle, is_ancestor
 from scheduler.model import (
     HANDLERS,
     Backoff,
@@ -39,6 +36,10 @@ from scheduler.outages import Outage, OutageError, OutageSet
 from scheduler.schedules import Batch, Schedule, ScheduleError
 from scheduler.yamlsource import Source, YamlProblems, parse
 
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
+
 PARAM_TYPES = ("string", "int", "float", "bool", "date")
 DEFAULT_MAX_ITEMS = 1000  # instances of one mapped step (for_each), unless the step says max_items
 _TYPE_WORDS = {
@@ -49,11 +50,13 @@ _TYPE_WORDS = {
 
 @cache
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("schemas").joinpath("dag.schema.json").read_text())
+    return json.loads(schemacheck.schema_bytes())
 
 
 @cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # only for documents the compiled check rejects (its import alone costs 50 ms)
+
     cls = jsonschema.validators.validator_for(schema())
     cls.check_schema(schema())
     return cls(schema())
@@ -83,10 +86,33 @@ def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None 
     make the file invalid. ``offline``: the named calendars are unknown (no Redis to ask), so a
     calendar name that is not built in is a warning instead of an error.
     """
+    with paused_gc():  # a large DAG is millions of objects and no cycles (scheduler/gcpause.py)
+        source, problems = _read(raw, file, calendars, offline)
+    if warnings is not None:
+        warnings += sorted({p for p in problems if p.is_warning})
+    problems = [p for p in problems if not p.is_warning]
+    if problems:
+        raise SpecError(sorted(set(problems)))
+    with paused_gc():
+        return _build(source.data)
+
+
+def _read(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None,
+          offline: bool) -> tuple[Source, list[Problem]]:
+    """The parsed document and its problems (warnings included), placed as the pure-Python composer
+    places them: a document libyaml read is parsed again when it has any (yamlsource.parse)."""
     try:
         source = parse(raw, file)
+        problems = _problems(source, calendars, offline)
+        if problems and source.recheck:
+            source = parse(raw, file, fast=False)
+            problems = _problems(source, calendars, offline)
     except YamlProblems as exc:
         raise SpecError(exc.problems) from None
+    return source, problems
+
+
+def _problems(source: Source, calendars: Mapping[str, Any] | None, offline: bool) -> list[Problem]:
     if not isinstance(source.data, dict):
         raise SpecError([source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
                                              f"not {_type_word(source.data)}")])
@@ -95,18 +121,17 @@ def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None 
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
     problems += [p for p in _schedule_problems(source, calendars or {}, offline) if p.path.split(".")[0] not in noisy]
-    if warnings is not None:
-        warnings += sorted({p for p in problems if p.is_warning})
-    problems = [p for p in problems if not p.is_warning]
-    if problems:
-        raise SpecError(sorted(set(problems)))
-    return _build(source.data)
+    return problems
 
 
 # --- schema ---------------------------------------------------------------------------------------
 
 
 def _schema_problems(source: Source) -> Iterator[Problem]:
+    """Every schema problem, worded by jsonschema's structured fields; the compiled check answers
+    first, so a valid document (the common case, and the large one) never reaches jsonschema."""
+    if schemacheck.fast_valid(source.data):
+        return
     for error in _validator().iter_errors(source.data):
         yield from _reword(source, error)
 
@@ -203,6 +228,8 @@ def _pattern_message(path: tuple[Any, ...], value: Any) -> str:
         return f"{value!r} is not a memory size like 256m or 1g"
     if last == "working_dir":
         return f"{value!r} must be an absolute path (starting with /)"
+    if last == "network":
+        return f"{value!r} is not a network: use bridge, none or a network's name (letters, digits, '_', '.', '-')"
     if len(path) >= 2 and path[-2] == "depends_on":
         return f"{value!r} is not a valid step name"
     return f"{value!r} does not have the expected form"
@@ -238,7 +265,7 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         if not isinstance(step, dict):
             continue
         at = ("steps", name)
-        refs = _OutputRefs(name, _ancestors(graph, name), declared, list(steps), "for_each" in step)
+        refs = _OutputRefs(name, _Ancestors(graph, name), declared, steps, "for_each" in step)
         if "for_each" in step:
             yield from _for_each_problems(source, at, step["for_each"], params, refs)
         for key in ("max_parallel", "max_items"):
@@ -269,8 +296,10 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
             upstream[name] = []
     for name, step in steps.items():
         if isinstance(step, dict) and isinstance(step.get("when"), str):
-            try:
-                conditions.check(step["when"], params, _ancestors(upstream, name), declared)
+            try:  # only the steps the condition names are looked for upstream (linear in the DAG's size)
+                named = {_condition_step(n) for n in conditions.names(step["when"])} & upstream.keys()
+                conditions.check(step["when"], params, {n for n in named if is_ancestor(upstream, name, n)},
+                                 declared)
             except conditions.ConditionError as exc:
                 yield source.problem(("steps", name, "when"), str(exc))
     for key in HANDLERS:
@@ -319,6 +348,10 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
         if isinstance(value, str):
             env_at = (*at, "env", key) if key in own_env else ("defaults", "env", key)
             yield from _template_problem(source, env_at, value, known, refs)
+    if isinstance(merged.get("network"), str) and merged["network"].lower() == "host":
+        yield source.problem((*at, "network") if "network" in step else ("defaults", "network"),
+                             "network 'host' is not allowed: a step would share the worker host's network "
+                             "(its loopback services, Redis included); use bridge, none or a named network")
     backoff = merged.get("retry_backoff")
     if isinstance(backoff, dict):
         backoff_at = (*at, "retry_backoff") if "retry_backoff" in step else ("defaults", "retry_backoff")
@@ -345,34 +378,46 @@ def _image_problems(source: Source, path: tuple[Any, ...], image: str, known: li
         yield source.problem(path, f"unknown template variable '{used[0]}'; this DAG declares no params")
 
 
-def _ancestors(upstream: Mapping[str, list[str]], name: str) -> set[str]:
-    seen: set[str] = set()
-    todo = list(upstream.get(name, []))
-    while todo:
-        step = todo.pop()
-        if step not in seen:
-            seen.add(step)
-            todo += upstream.get(step, [])
-    return seen
+def _condition_step(name: str) -> str:
+    """The step a condition's name reads: ``STEP.exit_code``, ``steps.STEP.outputs.NAME``."""
+    if name.startswith("steps.") and name.count(".") == 3:
+        return name.split(".")[1]
+    return name.partition(".")[0]
+
+
+class _Ancestors:
+    """The steps upstream of one step, directly or not, looked for as asked: a chain of 50,000 steps has
+    1.25 billion (step, ancestor) pairs, so the sets are never all built (validation stays linear)."""
+
+    def __init__(self, upstream: Mapping[str, list[str]], step: str):
+        self.upstream, self.step = upstream, step
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and is_ancestor(self.upstream, self.step, name)
 
 
 def _declared_outputs(steps: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each step's declared output names (the well-formed ones; the schema reports the rest)."""
-    return {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
-            if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
-            for name, step in steps.items()}
+    """The declared output names of each step that declares some (the well-formed ones; the schema reports
+    the rest). Steps without outputs are left out: the lookups that follow are per step, so they stay
+    proportional to the few steps with outputs, not to the DAG."""
+    found = {name: list(dict.fromkeys(o for o in step.get("outputs") or [] if isinstance(o, str)))
+             if isinstance(step, dict) and isinstance(step.get("outputs"), list) else []
+             for name, step in steps.items()}
+    return {name: outputs for name, outputs in found.items() if outputs}
 
 
 class _OutputRefs:
     """What a step may read as ``{{ steps.STEP.outputs.NAME }}``: the declared outputs of its ancestors."""
 
-    def __init__(self, step: str, ancestors: set[str], declared: Mapping[str, list[str]], steps: list[str],
-                 mapped: bool = False):
+    def __init__(self, step: str, ancestors: _Ancestors, declared: Mapping[str, list[str]],
+                 steps: Mapping[str, Any], mapped: bool = False):
         self.step, self.ancestors, self.declared, self.steps = step, ancestors, declared, steps
         self.mapped = mapped  # a for_each step: {{ item }}, {{ item.KEY }} and {{ index }} are known
 
     def names(self) -> list[str]:
-        return [templates.output_name(a, o) for a in sorted(self.ancestors) for o in self.declared.get(a, ())]
+        # Only steps that declare outputs are looked for upstream (most DAGs have few or none).
+        return [templates.output_name(a, o) for a in sorted(self.declared) if a in self.ancestors
+                for o in self.declared[a]]
 
     def problem(self, name: str) -> str | None:
         """Why ``name`` (an output reference, an item name) cannot be read here, or None when it can."""
@@ -444,12 +489,20 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
                       refs: _OutputRefs | None = None) -> Iterator[Problem]:
     try:
         if refs is not None:
-            for name in templates.names_in(text):
+            used = templates.names_in(text)
+            for name in used:
                 problem = refs.problem(name)
                 if problem:
                     yield source.problem(path, problem)
                     return
-            known = [*known, *refs.names(), *[n for n in templates.names_in(text) if templates.is_item(n)]]
+            # The output references and item names it uses passed refs.problem: known. Every readable
+            # output (an upstream search per producer) is listed only to word a problem (suggestions).
+            items = [n for n in used if templates.is_item(n)]
+            try:
+                templates.check(text, [*known, *[n for n in used if templates.step_ref(n)], *items])
+                return
+            except templates.TemplateError:
+                known = [*known, *refs.names(), *items]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
@@ -780,6 +833,7 @@ def _step(name: str, raw: dict[str, Any], defaults: dict[str, Any]) -> StepSpec:
         sensor=_sensor(raw.get("sensor")),
         wait_for=tuple(_wait(w) for w in raw.get("wait_for", ())),
         produces=tuple(raw.get("produces", ())),
+        network=merged.get("network", "bridge"),
     )
 
 

@@ -85,6 +85,10 @@ def lua_script(client: redis.Redis, name: str) -> Any:
     return client.register_script(_lua("lib.lua") + _lua(name))
 
 
+CREATE_CHUNK = 500  # steps per script when a run is created in chunks (~15 ms of Redis time each)
+AHEAD_TTL = 3600  # seconds: steps written ahead of their run expire unless the run is created
+
+
 class RunStore:
     """DAG versions, runs, steps, attempts, events and logs under one key prefix."""
 
@@ -97,6 +101,7 @@ class RunStore:
         self.prefix = prefix
         self.log_cap = log_cap
         self._create = self.script("create.lua")
+        self._create_steps = self.script("create_steps.lua")
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
         self._poke = self.script("poke.lua")
@@ -283,18 +288,52 @@ class RunStore:
         With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
         key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
         """
-        return decode_created(plan.run_id, self._create(args=self.create_args(plan, idempotency_key, now)))
+        head, steps = self._create_parts(plan, idempotency_key, now)
+        if len(steps) <= CREATE_CHUNK:
+            return decode_created(plan.run_id, self._create(args=[*head, json.dumps(steps)]))
+        # Steps ahead in chunks (other clients' commands run between them), then the run in one script.
+        with self.r.pipeline(transaction=False) as pipe:
+            for i in range(0, len(steps), CREATE_CHUNK):
+                self._create_steps(args=[self.prefix, plan.run_id, AHEAD_TTL, json.dumps(steps[i:i + CREATE_CHUNK])],
+                                   client=pipe)
+            pipe.execute()
+        names = [name for name, _ in steps]
+        reply = self._create(args=[*head, "[]", json.dumps(names)])
+        if reply[0] != "created":  # an existing run (idempotency key), or steps gone: ours are garbage
+            with self.r.pipeline(transaction=False) as pipe:
+                for i in range(0, len(names), CREATE_CHUNK):
+                    pipe.unlink(*[self.keys.step(plan.run_id, n) for n in names[i:i + CREATE_CHUNK]])
+                pipe.execute()
+        if reply[0] == "incomplete":
+            raise UnavailableError(f"run {plan.run_id} was not created: its step {reply[1]!r}, written ahead, "
+                                   f"expired before the run was (after {AHEAD_TTL} s); try again")
+        return decode_created(plan.run_id, reply)
 
     def create_runs(self, plans: list[tuple[RunPlan, str | None]], *,
                     now: datetime | None = None) -> list[Created]:
-        """:meth:`create_run` for many runs in one round trip (each still atomic on its own)."""
+        """:meth:`create_run` for many runs in one round trip (each still atomic on its own); a run
+        of more than ``CREATE_CHUNK`` steps is created on its own, in chunks."""
+        small = [(i, plan, key) for i, (plan, key) in enumerate(plans) if len(plan.steps) <= CREATE_CHUNK]
+        created: dict[int, Created] = {}
         with self.r.pipeline(transaction=False) as pipe:
-            for plan, key in plans:
+            for _, plan, key in small:
                 self._create(args=self.create_args(plan, key, now), client=pipe)
             results = pipe.execute()
-        return [decode_created(plan.run_id, result) for (plan, _), result in zip(plans, results, strict=True)]
+        for (i, plan, _), result in zip(small, results, strict=True):
+            created[i] = decode_created(plan.run_id, result)
+        for i, (plan, key) in enumerate(plans):
+            if i not in created:
+                created[i] = self.create_run(plan, idempotency_key=key, now=now)
+        return [created[i] for i in range(len(plans))]
 
     def create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
+        """create.lua's ARGV for the whole run in one script (stage.lua takes the same)."""
+        head, steps = self._create_parts(plan, idempotency_key, now)
+        return [*head, json.dumps(steps)]
+
+    def _create_parts(self, plan: RunPlan, idempotency_key: str | None,
+                      now: datetime | None) -> tuple[list[Any], list[list[Any]]]:
+        """create.lua's ARGV but the steps, and the steps as ``[name, {field: string}]``."""
         assumed = plan.assumed  # steps not run (ctl run --only): created in their final state
         roots = [s for s in plan.order if s not in assumed and all(u in assumed for u in plan.upstream[s])]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
@@ -333,8 +372,8 @@ class RunStore:
         return [
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
             idempotency_key or "", iso(plan.data_interval_start),
-            json.dumps({k: str(v) for k, v in run.items()}), json.dumps(steps),
-        ]
+            json.dumps({k: str(v) for k, v in run.items()}),
+        ], steps
 
     @staticmethod
     def _mapped_fields(plan: StepPlan) -> dict[str, str]:

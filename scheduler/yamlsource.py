@@ -4,6 +4,14 @@ The loader is YAML 1.2-flavoured where YAML 1.1 surprises people: only ``true``/
 booleans (``on``, ``no``, ``NO`` stay strings) and dates stay strings (``2026-11-20``), so
 that what a user writes is what a container receives. It refuses what a DAG never needs and
 an attacker might send: custom tags, duplicate keys, deep nesting and alias bombs.
+
+Two composers, one answer. libyaml's C composer (``yaml.CSafeLoader``, in PyYAML's wheels) builds
+the same node tree with the same marks ten times faster than the pure-Python one, so it reads every
+file first. Only a file it finds clean (it composes, and the node checks below find nothing) is
+taken from it; any problem in a file of up to ``EXACT_BYTES`` is found again by the pure-Python
+composer, so that every message and position stays exactly what it always was (the golden tests);
+a larger file (which pure Python would take minutes over) gets libyaml's own message and position.
+Without libyaml, the pure-Python composer reads everything.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import yaml
 
 from scheduler.errors import Problem
 
-MAX_BYTES = 1024 * 1024
+MAX_BYTES = 8 * 1024 * 1024  # a 50,000-step DAG is about 4 MiB
+EXACT_BYTES = 1024 * 1024  # up to this size, problems are worded by the pure-Python composer (see above)
 MAX_DEPTH = 50
 MAX_NODES = 50_000
 _SCAN_DEPTH = 2 * MAX_DEPTH  # the scanner's guard; the node walk places the exact limit
@@ -54,6 +63,20 @@ _Loader.add_implicit_resolver(
 )
 
 
+_ODD_BREAKS = re.compile("[\ufeff\x85\u2028\u2029]")
+_CBase: Any = getattr(yaml, "CSafeLoader", None)  # None when PyYAML was built without libyaml
+
+if _CBase is not None:
+
+    class _CLoader(_CBase):  # type: ignore[misc,valid-type]
+        """libyaml's composer with the resolvers of :class:`_Loader` (libyaml stops at 1,000 levels of nesting
+        by itself; the node walk places the exact limit)."""
+
+    _CLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+else:
+    _CLoader = None
+
+
 @dataclass
 class Source:
     """A parsed YAML document and its node tree, to locate any path in it."""
@@ -61,6 +84,7 @@ class Source:
     file: str
     data: Any
     root: yaml.Node
+    recheck: bool = False  # read by libyaml: a problem found in it is placed by parsing again with fast=False
 
     def locate(self, path: tuple[Any, ...], *, key: bool = False) -> tuple[int, int]:
         """1-based ``(line, col)`` of the value at ``path`` (of its key with ``key=True``)."""
@@ -104,8 +128,12 @@ def format_path(path: tuple[Any, ...]) -> str:
     return out
 
 
-def parse(raw: bytes | str, file: str) -> Source:
-    """Parse one YAML document; raise SpecError-ready problems as ``ValueError(list[Problem])``."""
+def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
+    """Parse one YAML document; raise SpecError-ready problems as ``ValueError(list[Problem])``.
+
+    ``fast``: libyaml may read it. Its tree is the pure-Python one except for where an empty value
+    (``key:``) is placed, so a caller that finds a problem in a ``Source`` marked ``recheck``
+    parses again with ``fast=False`` to place it as always (:func:`scheduler.spec.load_bytes`)."""
     if isinstance(raw, bytes):
         if len(raw) > MAX_BYTES:
             raise YamlProblems([Problem(file, 1, 1, "", f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,}")])
@@ -124,6 +152,10 @@ def parse(raw: bytes | str, file: str) -> Source:
             message = f"file is {len(text):,} characters; the limit is {MAX_BYTES:,}"
             raise YamlProblems([Problem(file, 1, 1, "", message)])
     text = text.removeprefix("\ufeff")
+    if fast:
+        read = _parse_fast(text, file, exact=len(text) <= EXACT_BYTES)
+        if read is not None:
+            return read
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:  # control characters: the reader checks the whole text first
@@ -162,6 +194,51 @@ def parse(raw: bytes | str, file: str) -> Source:
     return Source(file, data, root)
 
 
+def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
+    """The document through libyaml when it is clean; None when the pure-Python composer must read it
+    (no libyaml, or a problem in a file small enough for its exact wording). A problem in a larger file
+    is raised here, from libyaml's mark."""
+    if _CLoader is None:
+        return None
+    if yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return None  # the pure-Python reader words control characters (and finds them in any file quickly)
+    if exact and _ODD_BREAKS.search(text):
+        return None  # a BOM or a Unicode line break inside the text: the two composers count lines apart
+    loader = _CLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            if exact:
+                return None
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {_syntax_message(exc)}")]) from None
+        except (yaml.YAMLError, RecursionError):
+            if exact:
+                return None
+            raise YamlProblems([Problem(file, 1, 1, "", "YAML error: the file cannot be read as YAML")]) from None
+        if root is None:
+            return None
+        problems = list(_check_nodes(root, file))
+        if problems:
+            if exact:
+                return None
+            raise YamlProblems(problems)
+        try:
+            data = _plain(loader.construct_document(root))
+        except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
+            if exact:
+                return None
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
+                from None
+    finally:
+        loader.dispose()
+    return Source(file, data, root, recheck=exact)
+
+
 def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
     """PyYAML's problem, with its context and where that context starts when it is elsewhere."""
     problem = (exc.problem or "").strip()
@@ -196,10 +273,13 @@ def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
     def where(node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
+    aliases = []
+
     def walk(node: yaml.Node, depth: int, path: tuple[Any, ...]) -> Iterator[Problem]:
         if depth > MAX_DEPTH:
             raise _TooDeep(node.start_mark)
         if id(node) in visited:  # an alias: its node was checked where it was anchored
+            aliases.append(node)
             return
         visited.add(id(node))
         if node.tag not in _STANDARD_TAGS:
@@ -248,7 +328,7 @@ def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
     yield from found
     # Only aliases can make a document expand beyond its own nodes (whose number the size cap bounds):
     # a large plain DAG is fine, a small file that expands a hundredfold is a bomb.
-    if not found and size(root) > MAX_NODES and size(root) > 2 * len(visited):
+    if not found and aliases and size(root) > MAX_NODES and size(root) > 2 * len(visited):
         yield Problem(
             file, 1, 1, "",
             f"the document expands to more than {MAX_NODES:,} values through anchors and aliases "

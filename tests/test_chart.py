@@ -418,6 +418,8 @@ def test_docker_runtime_mounts_the_socket_through_a_group():
         "high,default,low",
         "--metrics-port",
         "9101",
+        "--concurrency",
+        "4",
     ]
 
 

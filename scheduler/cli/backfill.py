@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scheduler.cli import common, views
-from scheduler.model import Priority, Trigger, run_ended
-from scheduler.service import Reprocess, parse_instant, plan_backfill
-from scheduler.store import RunStore
+from scheduler.model import Priority, Reprocess, Trigger, run_ended
+
+if TYPE_CHECKING:
+    from scheduler.store import RunStore
 
 POLL_SECONDS = 0.5
 
@@ -36,6 +37,10 @@ def backfill(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Create one run per data interval of [start, end), skipping intervals already done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scheduler.service import plan_backfill
+
     params = common.parse_params(param)
     current = common.settings()
     engine = common.engine(current)
@@ -98,6 +103,8 @@ def _active(store: RunStore, run_ids: list[str]) -> list[str]:
 
 
 def _when(text: str, option: str) -> date | datetime:
+    from scheduler.service import parse_instant
+
     try:
         return parse_instant(text)
     except ValueError:

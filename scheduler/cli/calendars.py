@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from scheduler.agenda import Agenda
 from scheduler.cli import common, views
 from scheduler.errors import Problem, SpecError
-from scheduler.yamlsource import YamlProblems, parse
+
+if TYPE_CHECKING:
+    from scheduler.agenda import Agenda
+
+
+def _agenda() -> Agenda:
+    """The store's agenda (imported here: only the commands that talk to Redis load it)."""
+    from scheduler.agenda import Agenda
+
+    return Agenda(common.store())
 
 calendar_app = typer.Typer(help="Named business-day calendars, shared by every DAG.", no_args_is_help=True)
 outage_app = typer.Typer(help="Global outage windows: no scheduled run is due and no step starts inside one.",
@@ -19,8 +28,10 @@ outage_app = typer.Typer(help="Global outage windows: no scheduled run is due an
 @calendar_app.command("submit")
 def calendar_submit(file: Path = typer.Argument(..., help="YAML: a mapping of calendar name to calendar.")) -> None:
     """Define or replace named calendars, e.g. ``ops: {weekdays: [mon, tue, wed, thu, fri], holidays: [US]}``."""
+    from scheduler.yamlsource import YamlProblems, parse
+
     try:
-        source = parse(file.read_bytes(), str(file))
+        source = parse(file.read_bytes(), str(file), fast=False)  # small: read as always
     except OSError as exc:
         raise SpecError([Problem(str(file), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
     except YamlProblems as exc:
@@ -28,14 +39,14 @@ def calendar_submit(file: Path = typer.Argument(..., help="YAML: a mapping of ca
     data = source.data.get("calendars", source.data) if isinstance(source.data, dict) else None
     if not isinstance(data, dict) or not data:
         raise SpecError([source.problem((), "expected a mapping of calendar name to calendar")])
-    names = Agenda(common.store()).put_calendars(data)
+    names = _agenda().put_calendars(data)
     views.out.print(f"calendars: {', '.join(names)}")
 
 
 @calendar_app.command("list")
 def calendar_list(output: common.Output = common.OutputOption) -> None:
     """Show the named calendars."""
-    _print_named(Agenda(common.store()).calendars(), output)
+    _print_named(_agenda().calendars(), output)
 
 
 @outage_app.command("add")
@@ -52,20 +63,20 @@ def outage_add(
         raise typer.BadParameter("give --start/--end or --cron/--duration, not both")
     spec: dict[str, str | None] = {"timezone": timezone}
     spec.update({"start": start, "end": end} if start or end else {"cron": cron, "duration": duration})
-    Agenda(common.store()).put_outage(name, {k: v for k, v in spec.items() if v is not None})
+    _agenda().put_outage(name, {k: v for k, v in spec.items() if v is not None})
     views.out.print(f"outage {name}: added")
 
 
 @outage_app.command("list")
 def outage_list(output: common.Output = common.OutputOption) -> None:
     """Show the global outages."""
-    _print_named(Agenda(common.store()).outages(), output)
+    _print_named(_agenda().outages(), output)
 
 
 @outage_app.command("remove")
 def outage_remove(name: str = typer.Argument(..., help="The outage's name.")) -> None:
     """Remove a global outage."""
-    Agenda(common.store()).remove_outage(name)
+    _agenda().remove_outage(name)
     views.out.print(f"outage {name}: removed")
 
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from scheduler.dispatch import Dispatcher
 from scheduler.durations import SETTING_FORMS, DurationError, setting_seconds
-from scheduler.engine import Engine
-from scheduler.settings import Settings, server_from_env
-from scheduler.store import RunStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: `ctl --help` and `ctl validate` never load Redis, RQ or Docker
+    from scheduler.dispatch import Dispatcher
+    from scheduler.engine import Engine
     from scheduler.remote import Remote
+    from scheduler.settings import Settings
+    from scheduler.store import RunStore
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -31,12 +31,23 @@ OutputOption = typer.Option(Output.table, "--output", "-o", help="table for peop
 
 def settings() -> Settings:
     """From the environment; a Redis on localhost when REDIS_URL is unset (daemons and remote commands)."""
-    return Settings.from_env(os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    from dataclasses import replace
+
+    from scheduler.settings import Settings
+
+    given = os.environ.get("REDIS_URL", "").strip()
+    if given:
+        return Settings.from_env(given)
+    # The default needs no check (which would import redis, a tenth of a second, for ctl next FILE).
+    return replace(Settings.from_env("", {k: v for k, v in os.environ.items() if k != "REDIS_URL"}),
+                   redis_url=DEFAULT_REDIS_URL)
 
 
 def remote() -> Remote | None:
     """``ctl server``'s API when ``CONVEYOR_SERVER`` is set: the commands that read or drive runs ask it
     instead of Redis (scheduler/remote.py), with the same output and exit codes."""
+    from scheduler.settings import server_from_env
+
     endpoint = server_from_env()
     if endpoint is None:
         return None
@@ -46,15 +57,50 @@ def remote() -> Remote | None:
 
 
 def store(current: Settings | None = None) -> RunStore:
+    from scheduler.store import RunStore
+
     return RunStore.connect(current or settings())
 
 
+def store_if_up(current: Settings | None = None) -> RunStore | None:
+    """The store when its Redis answers at once (one try, no retries), else None: for commands that read a
+    file and only add what Redis knows (``ctl next FILE``, ``ctl graph FILE``). A refused connection is
+    then an instant answer, not a second of retries; a bad ``REDIS_URL`` is still a ConfigError."""
+    current = current or settings()
+    if current.redis_url == DEFAULT_REDIS_URL and not _listening("127.0.0.1", 6379):
+        return None  # nothing there: known without importing redis (most of this command's start-up)
+    import redis
+
+    probe = redis.Redis.from_url(current.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        probe.ping()
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        probe.close()
+    return store(current)
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def dispatcher(current: Settings) -> Dispatcher:
+    from scheduler.dispatch import Dispatcher
+
     return Dispatcher(current.connect(decode=False), current.prefix)
 
 
 def engine(current: Settings | None = None) -> Engine:
     """The engine over this Redis: every command that changes state goes through it."""
+    from scheduler.engine import Engine
+
     return Engine.connect(current or settings())
 
 

@@ -15,8 +15,6 @@ import typer
 
 from scheduler.cli import common, views
 from scheduler.errors import Problem, SpecError
-from scheduler.service import store_calendars, submit_file
-from scheduler.spec import load_file
 
 
 def validate(
@@ -28,6 +26,8 @@ def validate(
 
     Named calendars are checked against Redis when REDIS_URL is set; otherwise a calendar that is not
     built in is a warning ("cannot check offline")."""
+    from scheduler.spec import load_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
+
     calendars, offline = _named_calendars()
     failed = False
     results = []
@@ -46,15 +46,14 @@ def validate(
         results.append({**result, "problems": [vars(p) for p in errors], "warnings": [vars(w) for w in warnings]})
         if output != common.Output.json:
             for problem in sorted(errors + warnings):
-                views.err.print(str(problem), markup=False, highlight=False)
+                views.plain(str(problem), stderr=True)
     if output == common.Output.json:
         views.print_json(results)
     else:
         for result in results:
             if not result["problems"]:
                 noted = f"; {len(result['warnings'])} warning(s)" if result["warnings"] else ""
-                views.out.print(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps{noted})",
-                                markup=False, highlight=False)
+                views.plain(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps{noted})")
     if failed:
         raise typer.Exit(1)
 
@@ -63,7 +62,9 @@ def _named_calendars() -> tuple[dict[str, Any], bool]:
     """The calendars submitted with ``ctl calendar submit`` when REDIS_URL is set, else none and offline."""
     if not os.environ.get("REDIS_URL"):
         return {}, True
-    return store_calendars(common.store()), False
+    from scheduler.agenda import Agenda
+
+    return Agenda(common.store()).calendars(), False
 
 
 def _as_error(warning: Problem) -> Problem:
@@ -77,6 +78,8 @@ def submit(
     """Register DAG files in Redis. Unchanged content is a no-op; changed content is a new version.
 
     Every file is reported: good files are submitted even when others are bad (exit 1 then)."""
+    from scheduler.service import submit_file
+
     store = common.store()
     results: list[dict[str, Any]] = []
     for file in files:

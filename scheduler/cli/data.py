@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
 from scheduler.cli import common, views
 from scheduler.errors import NotFoundError
@@ -36,6 +35,8 @@ def outputs(
     if output == common.Output.json:
         views.print_json(values)
         return
+    from rich.table import Table
+
     table = Table(title=f"{run_id} {step} attempt {chosen.get('number')}", title_justify="left", expand=False)
     table.add_column("output")
     table.add_column("value")

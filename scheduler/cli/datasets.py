@@ -7,7 +7,6 @@ import json
 import typer
 
 from scheduler.cli import common, views
-from scheduler.datasets import dataset_list
 from scheduler.errors import InputError
 
 dataset_app = typer.Typer(help="Datasets: producers record events; DAGs with schedule: {on: [...]} run on them.",
@@ -31,6 +30,8 @@ def dataset_emit(name: str = typer.Argument(..., help="The dataset's name."),
 @dataset_app.command("list")
 def dataset_list_command(output: common.Output = common.OutputOption) -> None:
     """Every dataset with its producers (DAG.STEP), consumers (DAGs) and last event."""
+    from scheduler.datasets import dataset_list  # the store layer: only for the command that uses it
+
     rows = dataset_list(common.store())
     if output == common.Output.json:
         views.print_json(rows)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from scheduler.cli import common, views
-from scheduler.rundiff import diff_runs
-from scheduler.runview import status_object
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def _shown(value: Any) -> str:
@@ -21,6 +20,8 @@ def _shown(value: Any) -> str:
 
 
 def _cell(value: Any, differs: bool) -> Text:
+    from rich.text import Text
+
     return Text(_shown(value), style="bold yellow" if differs else "")
 
 
@@ -30,6 +31,11 @@ def diff(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Compare two runs: DAG version and sha256, git commit, params, each step's image, exit code, duration."""
+    from rich.table import Table
+
+    from scheduler.rundiff import diff_runs
+    from scheduler.runview import status_object
+
     store = common.store()
     data = diff_runs(status_object(store, run_a), status_object(store, run_b))
     if output == common.Output.json:

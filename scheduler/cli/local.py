@@ -11,7 +11,6 @@ ends (whatever the reason), the run is cancelled and the command fails instead o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import secrets
 import signal
@@ -21,18 +20,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from scheduler.cli import common, runs, views, watch
-from scheduler.dispatch import DelayedMover
-from scheduler.embedded import die_with_parent, embedded_redis
+from scheduler.cli import common, runs, views
 from scheduler.errors import ConveyorError, UnavailableError
 from scheduler.model import Priority, Trigger
-from scheduler.plan import assume
-from scheduler.service import submit_file
 from scheduler.settings import Settings, runtime_kind
-from scheduler.spec import load_file, resolve_params
+
+if TYPE_CHECKING:
+    import multiprocessing.process
 
 CANCEL_GRACE = 30.0
 
@@ -48,6 +46,13 @@ def run(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run a DAG file once, locally, in real containers; exit 0 only if the run succeeds."""
+    from scheduler.cli import watch
+    from scheduler.dispatch import DelayedMover
+    from scheduler.embedded import embedded_redis
+    from scheduler.plan import assume
+    from scheduler.service import submit_file
+    from scheduler.spec import load_file, resolve_params
+
     spec, _ = load_file(file)
     resolve_params(spec, common.parse_params(param))  # bad params fail before anything starts
     chosen = [name.strip() for name in (only or "").split(",") if name.strip()]
@@ -109,6 +114,8 @@ def _sigterm_as_interrupt():
 @contextmanager
 def worker_processes(settings: Settings, count: int):
     """Fork ``count`` RQ workers; stop them (and anything they left) on the way out."""
+    import multiprocessing
+
     import runner.worker  # noqa: F401 - imported once here, shared by every forked worker
 
     context = multiprocessing.get_context("fork")
@@ -132,6 +139,8 @@ def worker_processes(settings: Settings, count: int):
 def _worker_main(settings: Settings, index: int) -> None:
     # Own process group: Ctrl-C reaches only the parent, which cancels the run and then stops us.
     os.setpgrp()
+    from scheduler.embedded import die_with_parent
+
     die_with_parent()
     from runner.worker import work
 

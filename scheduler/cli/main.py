@@ -2,6 +2,11 @@
 
 Exit codes: 0 success, 1 invalid input or a failed run, 2 usage (a bad option or setting), 3 unexpected
 error, 130 Ctrl-C. Every expected failure is a ConveyorError carrying its exit code (ConfigError: 2).
+
+Start-up is part of the interface: the command modules import at their top only what their options
+need (typer, enums), and everything else (Redis, RQ, Docker, Kubernetes, jsonschema, holidays, rich,
+FastAPI) inside the command that uses it, so ``ctl --help`` and ``ctl validate`` start like a native tool
+(tests/test_startup.py keeps them that way). Help is click's plain text: rich's would cost 0.2 s.
 """
 
 from __future__ import annotations
@@ -31,12 +36,29 @@ from scheduler.cli import (
 from scheduler.errors import ConveyorError
 from scheduler.settings import debug_enabled
 
+
+class _Commands(typer.core.TyperGroup):
+    """Lists every command with its whole summary (its help's first sentence), wrapped rather than cut."""
+
+    def format_commands(self, ctx: typer.Context, formatter: typer._click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="ctl",
+    cls=_Commands,
     help="Conveyor: DAGs of containers, scheduled like cron, run through Redis and RQ.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    rich_markup_mode=None,
 )
 
 
@@ -89,8 +111,6 @@ app.add_typer(catalog.dags_app, name="dags")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: expected failures print one message; only CONVEYOR_DEBUG=1 shows tracebacks."""
-    import redis
-
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         code = app(args=argv, standalone_mode=False, prog_name="ctl")
@@ -107,19 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConveyorError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    except redis.RedisError as exc:
-        print(f"Redis error: {exc}", file=sys.stderr)
-        return 1
     except typer.exceptions.TyperException as exc:  # typer's own click: usage errors and the like
         show = getattr(exc, "show", None)
         if show:
             show()
         return int(getattr(exc, "exit_code", 2))
     except Exception as exc:
+        if _is_redis_error(exc):
+            print(f"Redis error: {exc}", file=sys.stderr)
+            return 1
         if debug_enabled():
             raise
         print(f"unexpected error: {type(exc).__name__}: {exc} (set CONVEYOR_DEBUG=1 for details)", file=sys.stderr)
         return 3
+
+
+def _is_redis_error(exc: Exception) -> bool:
+    """Without importing redis: a command that raised one has imported it already."""
+    redis = sys.modules.get("redis")
+    return redis is not None and isinstance(exc, redis.RedisError)
 
 
 if __name__ == "__main__":

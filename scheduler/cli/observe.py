@@ -9,18 +9,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from scheduler import graphviz
-from scheduler import stats as history
 from scheduler.cli import common, views
 from scheduler.errors import ConveyorError, InputError, NotFoundError, UnavailableError
-from scheduler.settings import Settings
-from scheduler.store import RunStore
+
+if TYPE_CHECKING:
+    from scheduler.settings import Settings
+    from scheduler.store import RunStore
 
 
 class LogFormat(StrEnum):
@@ -83,6 +81,8 @@ def stats(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Failure rates, retries, p50/p95 durations, attempts far slower than usual, failing hosts and tags."""
+    from scheduler import stats as history
+
     try:
         history.check_by(by)
     except ValueError as exc:
@@ -112,6 +112,9 @@ def _rate(value: float | None) -> str:
 
 
 def stats_tables(data: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
     states = ", ".join(f"{k} {v}" for k, v in data["run_states"].items()) or "none"
     shown: list[Any] = [f"{data['runs']} runs since {data['since']} ({states})"]
     unit = {"dag": "runs", "host": "attempts"}.get(data["by"], "steps")
@@ -169,6 +172,7 @@ def graph(
 ) -> None:
     """Draw a DAG's steps and dependencies (ASCII tree, Mermaid or Graphviz dot), or with --datasets the
     DAGs and the datasets between them."""
+    from scheduler import graphviz
     from scheduler.service import load_version, store_calendars
     from scheduler.spec import load_file
 
@@ -181,7 +185,8 @@ def graph(
     if path.suffix in {".yaml", ".yml"} or path.exists():
         calendars: dict[str, Any] = {}
         with contextlib.suppress(UnavailableError):  # a file can be drawn without Redis (not with a bad REDIS_URL)
-            calendars = store_calendars(common.store())
+            store = common.store_if_up()
+            calendars = store_calendars(store) if store is not None else {}
         spec, _ = load_file(path, calendars)
     else:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", dag):

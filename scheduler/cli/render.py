@@ -12,8 +12,6 @@ import typer
 
 from scheduler.cli import common, views
 from scheduler.errors import Problem
-from scheduler.preview import render as render_run
-from scheduler.spec import load_file
 
 
 def render(
@@ -25,6 +23,9 @@ def render(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Show each step of a run as the worker would run it: rendered image, argv, env, mounts, limits."""
+    from scheduler.preview import render as render_run
+    from scheduler.spec import load_file
+
     warnings: list[Problem] = []
     spec, _ = load_file(file, warnings=warnings, offline=True)
     for warning in warnings:

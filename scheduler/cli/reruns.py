@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import typer
 
-from scheduler.cli import common, views, watch
+from scheduler.cli import common, views
 from scheduler.cli.runs import finish
 from scheduler.errors import ConveyorError
-from scheduler.remote import Remote
-from scheduler.service import plan_rerun
-from scheduler.store import RunStore
+
+if TYPE_CHECKING:
+    from scheduler.remote import Remote
+    from scheduler.store import RunStore
 
 
 def rerun(
@@ -27,6 +29,9 @@ def rerun(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Run steps of an ended run again (default: the failed and upstream_failed ones). History is kept."""
+    from scheduler.cli import watch
+    from scheduler.service import plan_rerun
+
     remote = common.remote()
     if remote:
         if resume:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
-from scheduler.cli import common, views, watch
+from scheduler.cli import common, views
 from scheduler.errors import NotFoundError
 from scheduler.model import TERMINAL_STEP_STATES, Priority, Trigger
-from scheduler.remote import Remote
-from scheduler.results import StepCancelStatus
-from scheduler.runview import attempt_state, log_attempt
-from scheduler.store import RunStore
+
+if TYPE_CHECKING:  # the rest is imported by the commands that use it (ctl --help stays light: test_startup)
+    from scheduler.remote import Remote
+    from scheduler.store import RunStore
 
 
 def trigger(
@@ -40,6 +41,8 @@ def trigger(
             views.out.print(run_id, highlight=False)
         return
     views.err.print(f"run {run_id} created; waiting for it to end", highlight=False)
+    from scheduler.cli import watch
+
     status = watch.follow(source, run_id)
     finish(status, output)
 
@@ -91,6 +94,9 @@ def status(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Show a run and its steps."""
+    from scheduler.cli import watch
+    from scheduler.remote import Remote
+
     source = common.remote() or common.store()
     if follow:
         finish(watch.follow(source, run_id), output)
@@ -110,6 +116,8 @@ def logs(
                                 "ends; then exit 0 only if it succeeded."),
 ) -> None:
     """Print a step attempt's output (stdout and stderr, as the container wrote them)."""
+    from scheduler.runview import attempt_state, log_attempt
+
     remote = common.remote()
     if remote:
         _remote_logs(remote, run_id, step, attempt, follow)
@@ -165,6 +173,8 @@ def _remote_logs(remote: Remote, run_id: str, step: str, attempt: int | None, fo
 def _first_attempt(store: RunStore, run_id: str, step: str, attempt: int | None) -> int:
     """The attempt ``logs -f`` follows: the one asked for, else the step's last, waiting for the first
     one when the step has not been queued yet."""
+    from scheduler.runview import log_attempt
+
     while True:
         try:
             return log_attempt(store, run_id, step, attempt)
@@ -183,6 +193,8 @@ def cancel(
 
     Exit 0 when this call cancelled something; 1 when the run (or step) had already ended, however it
     ended (success, failed or cancelled)."""
+    from scheduler.results import StepCancelStatus
+
     remote = common.remote()
     if remote:
         result = remote.cancel(run_id, step)

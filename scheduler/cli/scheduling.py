@@ -7,21 +7,18 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import typer
 
-from scheduler import logs
-from scheduler.agenda import Agenda
-from scheduler.calendars import zone
 from scheduler.cli import common, observe, views
-from scheduler.clock import Clock, FakeClock
-from scheduler.daemon import DEFAULT_LOOKAHEAD, Scheduler
-from scheduler.engine import Engine
 from scheduler.errors import UnavailableError
 from scheduler.leader import DEFAULT_TTL
-from scheduler.service import load_version, store_calendars
-from scheduler.spec import load_file
-from scheduler.upcoming import dropped_summary, upcoming
+from scheduler.settings import DEFAULT_LOOKAHEAD
+
+if TYPE_CHECKING:  # the rest is imported by the command that uses it (test_startup keeps --help light)
+    from scheduler.clock import Clock
 
 DAY = 86400.0
 HISTORY_FORMS = "a number of days like 30 or 0.5, or a duration like 12h or 2w"
@@ -54,6 +51,11 @@ def scheduler(
                                        "(0: keep all)."),
 ) -> None:
     """Run the scheduler: create scheduled runs when due. Any number may run; one leads."""
+    from scheduler import logs
+    from scheduler.clock import Clock, FakeClock
+    from scheduler.daemon import Scheduler
+    from scheduler.engine import Engine
+
     logs.setup(log_level.value, log_format.value)
     current = common.settings()
     store = common.store(current)
@@ -100,6 +102,8 @@ def set_paused(dag: str, paused: bool) -> None:
     if remote:
         remote.set_paused(dag, paused)
     else:
+        from scheduler.agenda import Agenda
+
         Agenda(common.store()).set_paused(dag, paused)
 
 
@@ -112,6 +116,9 @@ def next_(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Show the next fire times, and how many candidate times were dropped and why (--explain: each one)."""
+    from scheduler.spec import load_file
+    from scheduler.upcoming import dropped_summary, upcoming
+
     path = Path(dag)
     after = _aware(start) if start else None
     remote = common.remote()
@@ -124,13 +131,19 @@ def next_(
             try:
                 if remote:  # a team member's ctl has no Redis to ask
                     raise UnavailableError("through ctl server")
-                store = common.store()
-                agenda = Agenda(store)
-                calendars, outages = store_calendars(store), agenda.global_outages()
+                store = common.store_if_up()  # one quick try: no Redis is an instant answer, not retries
+                if store is not None:
+                    from scheduler.agenda import Agenda
+
+                    agenda = Agenda(store)
+                    calendars, outages = agenda.calendars(), agenda.global_outages()
             except UnavailableError:
                 pass  # a file can be checked without Redis; named calendars and global outages then do not apply
             spec, _ = load_file(path, calendars)
         else:
+            from scheduler.agenda import Agenda
+            from scheduler.service import load_version, store_calendars
+
             store = common.store()
             calendars = store_calendars(store)
             spec, _ = load_version(store, dag, calendars=calendars)
@@ -139,27 +152,22 @@ def next_(
     if output == common.Output.json:
         views.print_json(data)
         return
-    from rich.table import Table
-
-    table = Table(title=f"{name}: next {len(data['fires'])} fire times ({data['timezone']})", title_justify="left")
-    for column in ("local time", "UTC", "note"):
-        table.add_column(column)
     events = [(datetime.fromisoformat(f["utc"]), f["at"], f["utc"],
                f"deferred to {f['due']} by outage {f['deferred_by']}" if f.get("deferred_by") else "")
               for f in data["fires"]]
     if explain:
         events += [(datetime.fromisoformat(d["utc"]), d["at"], d["utc"], f"dropped: {d['reason']}")
                    for d in data["dropped"]]
-    for _, local, utc, note in sorted(events):
-        table.add_row(local, utc, note)
-    views.out.print(table)
+    # Plain aligned text: with --explain, hundreds of rows, which rich takes 0.2 s to lay out.
+    views.plain_table(f"{name}: next {len(data['fires'])} fire times ({data['timezone']})",
+                      ("local time", "UTC", "note"), [row[1:] for row in sorted(events)])
     if data["dropped"]:
         hint = "" if explain else " (--explain lists them)"
         summary = dropped_summary(len(data["dropped"]), data["dropped_by_reason"].items())
-        views.out.print(f"{summary}{hint}", markup=False, highlight=False)
+        views.plain(f"{summary}{hint}")
 
 
 def _aware(value: datetime | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
-    return value if value.tzinfo else value.replace(tzinfo=zone("UTC"))
+    return value if value.tzinfo else value.replace(tzinfo=ZoneInfo("UTC"))

@@ -1,6 +1,8 @@
 """Plain data for runs (what ``--output json`` prints) and the rich renderings of the same data.
 
 Commands build data here; nothing here talks to Redis except through the store passed in.
+rich is imported on first use (``out``, ``err`` and the tables are built lazily): commands that print
+plain lines never load it.
 """
 
 from __future__ import annotations
@@ -8,19 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-from scheduler.runview import (  # noqa: F401  (re-exported: commands read them from here)
-    ATTEMPT_FIELDS,
-    attempt_object,
-    run_object,
-    shown_state,
-    status_object,
-)
+_RUNVIEW = ("ATTEMPT_FIELDS", "attempt_object", "run_object", "shown_state", "status_object")
 
 STATE_STYLE = {
     "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan", "queued": "blue",
@@ -28,9 +26,43 @@ STATE_STYLE = {
     "scheduled": "grey50",
 }
 
-# No emoji codes or highlighting: names and messages from users are printed verbatim.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+
+@cache
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    # No emoji codes or highlighting: names and messages from users are printed verbatim.
+    return (Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False),
+            Console(stderr=True, soft_wrap=True, emoji=False, highlight=False))
+
+
+def __getattr__(name: str) -> Any:
+    """``views.out``/``views.err`` (rich consoles) and the run views re-exported from scheduler.runview,
+    all loaded on first use."""
+    if name in ("out", "err"):
+        return _consoles()[name == "err"]
+    if name in _RUNVIEW:
+        from scheduler import runview
+
+        return getattr(runview, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def plain(line: str, *, stderr: bool = False) -> None:
+    """One line as is, without rich (as ``out.print(line, markup=False, highlight=False)`` prints it)."""
+    stream = sys.stderr if stderr else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table as aligned plain text on stdout (a title, a header, a rule, the rows): for long listings."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def print_json(data: Any) -> None:
@@ -39,10 +71,14 @@ def print_json(data: Any) -> None:
 
 
 def styled(state: str) -> Text:
+    from rich.text import Text
+
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
 def steps_table(status: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     title = f"{status['run_id']}  [{STATE_STYLE.get(status['state'], '')}]{status['state']}[/]"
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("step", "state", "attempt", "exit", "started", "duration", "error"):
@@ -83,6 +119,8 @@ def checkpoint_note(step: dict[str, Any]) -> str:
 
 
 def _waiting_or_error(step: dict[str, Any], last: dict[str, Any]) -> Text:
+    from rich.text import Text
+
     if step.get("waiting_for"):
         return Text("waits for " + "; ".join(step["waiting_for"]) + f"; next check at {step['next_check'][11:19]}")
     if last.get("next_poke"):
@@ -92,6 +130,8 @@ def _waiting_or_error(step: dict[str, Any], last: dict[str, Any]) -> Text:
 
 def runs_table(runs: list[dict[str, Any]], numbered: bool = False) -> Table:
     """Runs as given (newest first); ``numbered`` adds the ``#`` of each run's column in :func:`grid_table`."""
+    from rich.table import Table
+
     table = Table(expand=False)
     for column in (("#",) if numbered else ()) + ("run_id", "dag", "version", "state", "trigger", "created",
                                                    "duration"):
@@ -110,6 +150,8 @@ GRID_GLYPH = {
 
 
 def grid_cell(state: str | None) -> Text:
+    from rich.text import Text
+
     if not state:
         return Text("")
     color = STATE_STYLE.get(state, "")
@@ -120,6 +162,9 @@ def grid_table(runs: list[dict[str, Any]], steps: dict[str, dict[str, str]]) -> 
     """Airflow's grid: one column per run (oldest left, numbered 1..N), a row for the run's state and one
     per step (in the newest run's order, then steps only older versions had). ``runs`` newest first, as
     listed; ``steps`` maps run_id -> {step: state}. A letter per state, so the grid reads without colour."""
+    from rich.table import Table
+    from rich.text import Text
+
     ordered = list(reversed(runs))
     names: list[str] = []
     for run in runs:

@@ -13,7 +13,7 @@ from scheduler.remote import POLL_SECONDS as REMOTE_POLL_SECONDS
 from scheduler.remote import Remote
 from scheduler.store import RunStore
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.1  # the longest wait between two looks (and two ``tick``s); a change of the run wakes it at once
 
 
 def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, timeout: float | None = None,
@@ -28,6 +28,7 @@ def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, 
     def load() -> dict[str, Any]:
         return source.status(run_id) if isinstance(source, Remote) else views.status_object(source, run_id)
 
+    after = None if isinstance(source, Remote) else source.last_event_id()
     status = load()
     display = Live(views.steps_table(status), console=views.err, refresh_per_second=8) if live else None
     try:
@@ -51,7 +52,24 @@ def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, 
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 return status
-            time.sleep(poll)
+            if after is None:
+                time.sleep(poll)
+            else:
+                after = wait_for_change(source, run_id, after, poll)
     finally:
         if display:
             display.stop()
+
+
+def wait_for_change(store: RunStore, run_id: str, after: str, seconds: float) -> str:
+    """Up to ``seconds``, returning as soon as the events stream has news of this run (the run's end is
+    seen at once, not up to a poll later); returns the last event id read."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0.001:
+        events = store.read_events(after, count=200, block_ms=max(1, int(left * 1000)))
+        if not events:
+            break
+        after = events[-1][0]
+        if any(fields.get("run") == run_id for _, fields in events):
+            break
+    return after

@@ -9,7 +9,6 @@ from typing import Any
 
 import typer
 
-from scheduler import logs
 from scheduler.cli import common, observe
 from scheduler.model import QUEUES
 from scheduler.settings import parse_size, runtime_kind
@@ -26,10 +25,13 @@ def worker(
                                               "none, e.g. 1g."),
     log_format: observe.LogFormat = observe.LogFormatOption,
     metrics_port: int | None = observe.MetricsPortOption,
+    concurrency: int = typer.Option(1, "--concurrency", "-c", envvar="CONVEYOR_WORKER_CONCURRENCY", min=1, max=256,
+                                    help="Attempts this process runs at once (one slot, a thread, each)."),
 ) -> None:
     """Run an RQ worker that executes step attempts in Docker containers."""
     from runner.containers import check_engine  # the CLI is where scheduler and runner meet
     from runner.worker import work
+    from scheduler import logs
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in chosen if q not in QUEUES]
@@ -49,7 +51,7 @@ def worker(
     logs.setup(log_level.value, log_format.value)
     store = common.store(current)  # fail early and clearly when Redis is unreachable
     observe.start_metrics(store, current, metrics_port)
-    work(current, chosen, burst=burst, name=name, log_level=log_level.value)
+    work(current, chosen, burst=burst, name=name, log_level=log_level.value, concurrency=concurrency)
 
 
 def workers(output: common.Output = common.OutputOption) -> None:
