@@ -68,13 +68,13 @@ _CBase: Any = getattr(yaml, "CSafeLoader", None)  # None when PyYAML was built w
 
 if _CBase is not None:
 
-    class _CLoader(_CBase):  # type: ignore[misc,valid-type]
+    class _CLoader(_CBase):
         """libyaml's composer with the resolvers of :class:`_Loader` (libyaml stops at 1,000 levels of nesting
         by itself; the node walk places the exact limit)."""
 
     _CLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
 else:
-    _CLoader = None
+    _CLoader = None  # type: ignore[misc,assignment]
 
 
 @dataclass

@@ -40,7 +40,7 @@ from scheduler.settings import debug_enabled
 class _Commands(typer.core.TyperGroup):
     """Lists every command with its whole summary (its help's first sentence), wrapped rather than cut."""
 
-    def format_commands(self, ctx: typer.Context, formatter: typer._click.HelpFormatter) -> None:
+    def format_commands(self, ctx: typer.Context, formatter: typer._click.HelpFormatter) -> None:  # type: ignore[override]
         rows = []
         for name in self.list_commands(ctx):
             command = self.get_command(ctx, name)

@@ -52,7 +52,7 @@ def follow(source: RunStore | Remote, run_id: str, *, live: bool | None = None, 
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 return status
-            if after is None:
+            if after is None or isinstance(source, Remote):
                 time.sleep(poll)
             else:
                 after = wait_for_change(source, run_id, after, poll)
