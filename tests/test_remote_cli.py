@@ -160,6 +160,7 @@ def test_runs_through_the_server_print_what_redis_gives(local: Ctl, remote: Ctl,
     slow = remote("trigger", "remote_slow").stdout.strip()
     cancelled = remote("cancel", slow)
     assert cancelled.returncode == 0 and cancelled.stdout.startswith(f"run {slow}: cancel"), cancelled
+    wait_for_run(store, slow, timeout=60)  # "cancelling" until its running step has been stopped
     ended = assert_same(local, remote, "cancel", slow)
     assert ended.returncode == 1 and "had already ended" in ended.stderr
     assert assert_same(local, remote, "cancel", slow, "--step", "nap").returncode == 1
