@@ -163,7 +163,8 @@ class Reaper:
             while not self.stop.wait(interval * random.uniform(0.75, 1.25)):
                 try:
                     self.once()
-                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError) as exc:
+                    # (ReadOnlyError: a replica answered during a failover, before clients moved on)
                     log.warning("reaper: Redis or the engine is unreachable (%s); trying again", exc)
                 except Exception:
                     log.exception("reaper: sweep failed")

@@ -114,8 +114,10 @@ def _read(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None,
 
 def _problems(source: Source, calendars: Mapping[str, Any] | None, offline: bool) -> list[Problem]:
     if not isinstance(source.data, dict):
-        raise SpecError([source.problem((), f"a DAG file must be a mapping with 'name' and 'steps', "
-                                             f"not {_type_word(source.data)}")])
+        message = f"a DAG file must be a mapping with 'name' and 'steps', not {_type_word(source.data)}"
+        if source.data is None:  # an empty document: its node's place differs between YAML composers
+            raise SpecError([Problem(source.file, 1, 1, "", message)])
+        raise SpecError([source.problem((), message)])
     problems = list(_schema_problems(source))
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
