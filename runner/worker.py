@@ -52,6 +52,23 @@ SLOT_POLL = 2  # seconds: how often an idle slot of a --concurrency worker looks
 log = logging.getLogger("conveyor.runner")
 
 
+class _RedisAwayWithoutTraceback(logging.Filter):
+    """RQ logs "found an unhandled exception, quitting..." with a traceback when Redis goes away mid-loop
+    (a restart, a Sentinel failover); :func:`work` starts the loop again. One line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+            record.msg = f"{record.getMessage()} (Redis unreachable: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("rq.worker").addFilter(_RedisAwayWithoutTraceback())
+
+
 class ConveyorWorker(SimpleWorker):
     """RQ's SimpleWorker with two changes.
 
