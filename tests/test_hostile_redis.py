@@ -115,7 +115,8 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     submit_file(store, write_dag(tmp_path, TAMPER))
     run_id = Engine(store, dispatcher).create_run("hostiletamper", {})
     key = store.keys.step(run_id, "victim")
-    plan = json.loads(store.r.hget(key, "plan"))
+    stored = store.keys.plan(store.r.hget(key, "plan"))  # the plan itself, stored once by content
+    plan = json.loads(store.r.get(stored))
     if change == "argv":
         plan["argv"] = ["sh", "-c", f"touch {canary}"]
     elif change == "image":
@@ -127,9 +128,9 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     if change == "unsigned":
         store.r.hset(key, "plan_sig", "")
     elif change == "garbage":
-        store.r.hset(key, "plan", "{not a plan")
+        store.r.set(stored, "{not a plan")
     else:
-        store.r.hset(key, "plan", json.dumps(plan))
+        store.r.set(stored, json.dumps(plan))
     workers.start(1)
     record = wait_for_run(store, run_id, timeout=60)
     assert record["state"] == "failed"

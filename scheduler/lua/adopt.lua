@@ -26,5 +26,6 @@ event(rid, 'step', s, 'adopted', n, now)
 local plan_key = sk
 local parent = redis.call('HGET', sk, 'parent')
 if parent then plan_key = step_key(rid, parent) end  -- an instance STEP[i] runs its mapped step's plan
-return {'ok', redis.call('HGET', plan_key, 'plan'), redis.call('HGET', ak, 'log_bytes') or '0',
-        redis.call('HGET', ak, 'started_at') or '', redis.call('HGET', plan_key, 'plan_sig') or ''}
+local plan = redis.call('HMGET', plan_key, 'plan', 'plan_sig')
+return {'ok', plan_text(plan[1]), redis.call('HGET', ak, 'log_bytes') or '0',
+        redis.call('HGET', ak, 'started_at') or '', plan[2] or ''}
