@@ -130,3 +130,17 @@ def test_a_step_recorded_before_the_lean_layout_still_runs(store, dispatcher) ->
     assert store.step_plan(run_id, "a").argv == ("echo", "a")
     store.finish_attempt(run_id, "a", 1, "success", {"exit_code": 0})
     assert store.step_records(run_id)[1]["state"] == StepState.QUEUED
+
+
+def test_a_start_and_finish_cost_a_bounded_number_of_redis_commands(store, dispatcher) -> None:
+    """The cheaper state machine, counted rather than timed: the Redis commands the Lua scripts run for
+    starting and finishing a step of a chain (INFO commandstats): 20.25 per transition, 32.5 before the lean
+    layout; a regression back towards it fails here."""
+    submit_source(store, CHAIN, "leanchain.yaml")
+    run_id = Engine(store, dispatcher).create_run("leanchain", {})
+    store.r.config_resetstat()
+    finish_run(store, run_id, ["a", "b"])
+    calls = {k: v["calls"] for k, v in store.r.info("commandstats").items()}
+    others = ("cmdstat_eval", "cmdstat_config", "cmdstat_info", "cmdstat_hgetall", "cmdstat_script")
+    scripts = sum(n for k, n in calls.items() if not k.startswith(others))
+    assert scripts / 4 <= 21, calls  # 4 transitions (hgetall: finish_run's own reads of the run)
