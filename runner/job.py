@@ -33,7 +33,15 @@ REDIS_PATIENCE = 120.0
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
     """Claim the attempt (fenced), run its container, record the result, enqueue the next steps."""
     with attempt_context(run_id, None, step, attempt):  # every log line names the run, step and attempt
-        return _run_attempt(run_id, step, attempt, prefix)
+        try:
+            return _run_attempt(run_id, step, attempt, prefix)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            # Redis went away (a restart, a Sentinel failover) for longer than the retries here wait. Nothing
+            # is lost: an attempt not started yet is delivered again by the reconciler; one started holds a
+            # lease that expires, and its container is adopted or the step retried (scheduler/reaper.py).
+            log.warning("%s %s attempt %s: Redis unreachable (%s); the attempt is left to the reconciler and "
+                        "the reaper", run_id, step, attempt, exc)
+            return "redis_unavailable"
 
 
 def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
@@ -47,12 +55,11 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         engine.defer(run_id, step, attempt, end, now=now)
         log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
         return "deferred"
-    [condition] = store.step_fields(run_id, step, "when")
+    condition, wait_for = store.step_fields(run_id, step, "when", "wait_for")
     if condition and not conditions.evaluate(condition, store.condition_context(run_id)[0]):
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
-    [wait_for] = store.step_fields(run_id, step, "wait_for")
     if wait_for:
         waited = engine.wait(run_id, step, attempt)
         if waited is not None:
