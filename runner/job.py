@@ -82,8 +82,10 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         # does not verify (a Redis writer without the key changed it).
         message = str(exc)
         reason = "output_signature" if isinstance(exc, OutputRefused) else "output_unavailable"
-        log.log(logging.ERROR if reason == "output_signature" else logging.INFO, "%s %s attempt %s refused: %s",
-                run_id, step, attempt, message)
+        if reason == "output_signature":
+            log.error("%s %s attempt %s refused: %s", run_id, step, attempt, message)
+        else:
+            log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
         finished = _with_redis_retries(lambda: engine.finish(
             run_id, step, attempt, AttemptOutcome.FAILED, {"reason": reason, "error": message}))
         return finished.state

@@ -26,8 +26,11 @@ signs nothing), as it runs unsigned plans.
 
 Not covered: a replay of an older successful attempt's signed outputs of the same step and run; an
 upstream's outputs withheld (a missing value, or ``null`` in an aggregate, as a failed instance has: a
-Redis writer can fail any step); and what a handler step is told about its run (``{{ failed_steps }}``,
-``CONVEYOR_RUN_STATE``: states and error texts workers wrote, unsigned).
+Redis writer can fail any step); ``when:`` conditions, which read outputs and params unchecked (they
+decide whether a signed plan runs, which such a writer can decide anyway); and what a handler step is
+told about its run (``{{ failed_steps }}``, ``CONVEYOR_RUN_STATE``: states and error texts that workers
+wrote, unsigned). Run params are not signed as such: they are rendered into the signed plans at
+creation, and a step mapped over a param keeps its value in its plan's ``context``.
 """
 
 from __future__ import annotations
