@@ -499,6 +499,20 @@ class RunStore:
                 pipe.hget(self.keys.step(run_id, step), "outputs")
             return {step: json.loads(raw or "{}") for step, raw in zip(steps, pipe.execute(), strict=True)}
 
+    def signed_outputs(self, run_id: str, steps: list[str]) -> list[tuple[str | None, str | None]]:
+        """Each step's recorded outputs exactly as stored and their signature (``outputs``, ``outputs_sig``),
+        for a worker that verifies them (scheduler/output_trust.py)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hmget(self.keys.step(run_id, step), ["outputs", "outputs_sig"])
+            return [(outputs, sig) for outputs, sig in pipe.execute()]
+
+    def signed_plan(self, run_id: str, step: str) -> tuple[str | None, str]:
+        """A step's stored plan text (None when it has none) and its signature (scheduler/signing.py)."""
+        digest, sig = self.r.hmget(self.keys.step(run_id, step), ["plan", "plan_sig"])
+        text = digest if digest and digest.startswith("{") else self.r.get(self.keys.plan(digest)) if digest else None
+        return text, sig or ""
+
     def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
         ready entry of an on_sla_miss handler it fired."""

@@ -492,7 +492,7 @@ expand = function(rid, s, now, ready)
       max_attempts = tostring(tonumber(attempt) + tonumber(f['retries'] or '0') + 1), retries = f['retries'] or '',
       rule = f['rule'] or '', queue = f['queue'], timeout = f['timeout'] or '', pool = f['pool'] or '',
       pool_slots = f['pool_slots'] or '', when = f['when'] or '', cancel = '', ended_at = '', started_at = '',
-      outputs = ''})
+      outputs = '', outputs_sig = ''})
     if i < parallel then table.insert(ready, queue_step(rid, name, now)) end
   end
 end
