@@ -58,6 +58,7 @@ class VerifiedOutputs:
         source = self._plan(run_id, step).for_each
         if source is None:
             raise OutputRefused(f"step '{step}' has items but its signed plan has no for_each")
+        expected: Any
         if "items" in source:
             expected, origin = source["items"], "the list in its signed plan"
         elif "param" in source:
