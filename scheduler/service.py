@@ -125,7 +125,7 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
     for name in chosen:
         last = by_name[name]["attempts"][-1] if by_name[name]["attempts"] else {}
         if last.get("image_id") and mapped_instance(name) is None:  # instances run their mapped step's plan
-            plans[name] = replace(store.step_plan(run_id, name), pinned_image=last["image_id"])
+            plans[name] = replace(store.verified_plan(run_id, name), pinned_image=last["image_id"])
     note = (f"DAG version {record['dag_version']} as pinned; images pinned to the ids they ran: "
             + (", ".join(f"{n}={p.pinned_image[:19]}" for n, p in plans.items()) or "none yet"))
     return Rerun(run_id, chosen, plans, [note], version["version"])

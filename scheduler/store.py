@@ -507,6 +507,18 @@ class RunStore:
                 pipe.hmget(self.keys.step(run_id, step), ["outputs", "outputs_sig"])
             return [(outputs, sig) for outputs, sig in pipe.execute()]
 
+    def verified_plan(self, run_id: str, step: str) -> StepPlan:
+        """The step's stored plan, its signature checked when this store holds the key: what a pinned rerun
+        signs again must be what was signed, not what a Redis writer put there."""
+        plan = self.step_plan(run_id, step)
+        if self.signing_key:
+            text, sig = self.signed_plan(run_id, step)
+            if text is None or not signing.verify(self.signing_key, run_id, step, text, sig):
+                raise ConveyorError(f"run {run_id}: the stored plan of step '{step}' does not verify its signature "
+                                    "(it was changed in Redis, or signed with another key); rerun it with --latest "
+                                    "to plan it again from the DAG")
+        return plan
+
     def signed_plan(self, run_id: str, step: str) -> tuple[str | None, str]:
         """A step's stored plan text (None when it has none) and its signature (scheduler/signing.py)."""
         digest, sig = self.r.hmget(self.keys.step(run_id, step), ["plan", "plan_sig"])

@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from scheduler.engine import Engine
 from scheduler.model import StepState
 from scheduler.plan import plan_run
@@ -144,3 +146,19 @@ def test_a_start_and_finish_cost_a_bounded_number_of_redis_commands(store, dispa
     others = ("cmdstat_eval", "cmdstat_config", "cmdstat_info", "cmdstat_hgetall", "cmdstat_script")
     scripts = sum(n for k, n in calls.items() if not k.startswith(others))
     assert scripts / 4 <= 21, calls  # 4 transitions (hgetall: finish_run's own reads of the run)
+
+
+def test_a_pinned_rerun_refuses_to_sign_a_plan_changed_in_redis(store, dispatcher) -> None:
+    """A rerun signs the stored plan again (pinned to its image id): only if it verifies first."""
+    from scheduler.errors import ConveyorError
+    from scheduler.service import plan_rerun
+
+    submit_source(store, CHAIN, "leanchain.yaml")
+    run_id = Engine(store, dispatcher).create_run("leanchain", {})
+    store.start_attempt(run_id, "a", 1, host="h", pid=1, worker="w")
+    store.finish_attempt(run_id, "a", 1, "failed", {"exit_code": 1, "image_id": "sha256:" + "2" * 64})
+    assert plan_rerun(store, run_id, step="a").plans["a"].pinned_image == "sha256:" + "2" * 64
+    key = store.keys.plan(store.r.hget(store.keys.step(run_id, "a"), "plan"))
+    store.r.set(key, store.r.get(key).replace('"echo"', '"rm"'))
+    with pytest.raises(ConveyorError, match="does not verify"):
+        plan_rerun(store, run_id, step="a")
