@@ -65,8 +65,9 @@ def _submitted(store: RunStore, spec: DagSpec, raw: bytes, path: str, git: Mappi
 
 def load_version(store: RunStore, name: str, version: int | None = None,
                  calendars: Mapping[str, Any] | None = None) -> tuple[DagSpec, dict[str, Any]]:
-    """A stored DAG version, validated again from its exact source text."""
-    record = store.dag_version(name, version)
+    """A stored DAG version, its signature checked (when the store holds the key) and validated again from
+    its exact source text."""
+    record = store.verified_dag_version(name, version)
     if calendars is None:
         calendars = store_calendars(store)
     where = record.get("path") or f"<{name} v{record['version']}>"

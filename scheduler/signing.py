@@ -76,3 +76,15 @@ def verify_outputs(key: bytes, run_id: str, step: str, outputs_json: str, signat
     if not attempt.isdigit() or not mac:
         return False
     return hmac.compare_digest(sign_outputs(key, run_id, step, int(attempt), outputs_json), signature or "")
+
+
+def sign_source(key: bytes, dag: str, source: str) -> str:
+    """The ``source_sig`` of a stored DAG version: its exact source text, bound to the DAG's name. The
+    scheduler plans (and signs) runs only from versions that verify, so that a Redis writer cannot have
+    it sign a DAG of their own making."""
+    message = b"\0".join([b"conveyor-dag-v1", dag.encode(), source.encode()])
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def verify_source(key: bytes, dag: str, source: str, signature: str | None) -> bool:
+    return bool(signature) and hmac.compare_digest(sign_source(key, dag, source), signature or "")

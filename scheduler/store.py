@@ -183,12 +183,19 @@ class RunStore:
                     pipe.watch(k.dag(name), k.dag_shas(name))
                     latest = pipe.hget(k.dag(name), "latest")
                     latest_sha = pipe.hget(k.dag(name), "sha256")
-                    if latest_sha == sha:
-                        return int(latest), False
+                    text = source.decode("utf-8")
+                    signature = signing.sign_source(self.signing_key, name, text) if self.signing_key else ""
                     version = int(latest or 0) + 1
+                    if latest_sha == sha:
+                        stored = json.loads(pipe.get(k.dag_version(name, int(latest))) or "{}")
+                        if stored.get("source_sig", "") == signature and stored.get("source") == text:
+                            return int(latest), False
+                        # The same content, stored unsigned (before a key was set) or changed in Redis:
+                        # this submitter's own text, signed, becomes that version again.
+                        version = int(latest)
                     record = {
                         "name": name, "version": version, "sha256": sha, "path": path,
-                        "source": source.decode("utf-8"), "document": document,
+                        "source": text, "document": document, "source_sig": signature,
                         "git_commit": (git or {}).get("commit"), "git_dirty": (git or {}).get("dirty"),
                         "submitted_at": now_iso(now),
                     }
@@ -202,6 +209,17 @@ class RunStore:
                     return version, True
                 except redis.WatchError:
                     continue
+
+    def verified_dag_version(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """:meth:`dag_version`, its source's signature checked when this store holds the key: what is
+        planned, and signed, from it must be what a key holder submitted."""
+        record = self.dag_version(name, version)
+        if self.signing_key and not signing.verify_source(self.signing_key, name, record.get("source", ""),
+                                                          record.get("source_sig")):
+            raise ConveyorError(f"DAG '{name}' version {record.get('version')} is not signed with this deployment's "
+                                "key (it was submitted without CONVEYOR_SIGNING_KEY, with another key, or changed in "
+                                "Redis): submit it again with the key (ctl submit, or the scheduler's --dags folder)")
+        return record
 
     def dag_version(self, name: str, version: int | None = None) -> dict[str, Any]:
         if version is None:

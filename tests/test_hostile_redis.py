@@ -17,7 +17,8 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from scheduler.engine import Engine
-from scheduler.service import submit_file
+from scheduler.errors import ConveyorError
+from scheduler.service import submit_file, submit_source
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import write_dag
 
@@ -140,3 +141,29 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     assert not attempt.get("container_id")
     assert not canary.exists()
     assert_serves_real_attempts(store, dispatcher, "hostiletamper") if change == "argv" else None
+
+
+def test_a_dag_version_changed_in_redis_is_never_planned(store, dispatcher) -> None:
+    """The scheduler signs the plans it makes: it plans only from DAG versions a key holder submitted, so
+    a Redis writer cannot have it sign a DAG of their own (a changed source, an unsigned version)."""
+    source = b"name: hostiledag\nsteps:\n  only: {image: conveyor/busybox:local, command: [echo, honest]}\n"
+    submit_source(store, source, "hostiledag.yaml")
+    engine = Engine(store, dispatcher)
+    key = store.keys.dag_version("hostiledag", 1)
+    record = json.loads(store.r.get(key))
+    record["source"] = record["source"].replace("echo, honest", "sh, -c, 'touch /tmp/owned'")
+    store.r.set(key, json.dumps(record))
+    with pytest.raises(ConveyorError, match="not signed with this deployment's key"):
+        engine.create_run("hostiledag", {})
+    assert store.run_ids("hostiledag") == []
+    # The key holder's submit of the same file puts its own text back, signed, as that same version.
+    assert submit_source(store, source, "hostiledag.yaml").version == 1
+    run_id = engine.create_run("hostiledag", {})
+    assert store.step_plan(run_id, "only").argv == ("echo", "honest")
+    # A version stored without a signature (before a key was set) is refused the same way, then re-signed.
+    record = json.loads(store.r.get(key))
+    store.r.set(key, json.dumps({**record, "source_sig": ""}))
+    with pytest.raises(ConveyorError, match="not signed"):
+        engine.create_run("hostiledag", {})
+    submit_source(store, source, "hostiledag.yaml")
+    assert engine.create_run("hostiledag", {})
