@@ -5,7 +5,6 @@ choosing what a rerun runs, planning a backfill. State changes go through :mod:`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -114,7 +113,7 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
         if missing:
             raise ConveyorError(f"DAG '{record['dag']}' version {new_version['version']} has no step "
                                 f"{', '.join(missing)}; rerun without --latest")
-        fresh = plan_run(new_spec, version=new_version["version"], params=json.loads(record["params"]),
+        fresh = plan_run(new_spec, version=new_version["version"], params=store.verified_params(record),
                          now=now or datetime.now(UTC), trigger=Trigger(record["trigger"]), run_id=run_id,
                          logical_date=datetime.fromisoformat(record["logical_date"]),
                          interval=(_when(record.get("data_interval_start")), _when(record.get("data_interval_end"))))

@@ -88,3 +88,13 @@ def sign_source(key: bytes, dag: str, source: str) -> str:
 
 def verify_source(key: bytes, dag: str, source: str, signature: str | None) -> bool:
     return bool(signature) and hmac.compare_digest(sign_source(key, dag, source), signature or "")
+
+
+def sign_params(key: bytes, run_id: str, params_json: str) -> str:
+    """The ``params_sig`` of a run's params (exactly as stored): a rerun with ``--latest`` plans from them."""
+    message = b"\0".join([b"conveyor-params-v1", run_id.encode(), params_json.encode()])
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def verify_params(key: bytes, run_id: str, params_json: str, signature: str | None) -> bool:
+    return bool(signature) and hmac.compare_digest(sign_params(key, run_id, params_json), signature or "")

@@ -374,6 +374,8 @@ class RunStore:
             **records.provenance_fields(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
         }
+        if self.signing_key and plan.params:  # a rerun with --latest plans from them again
+            run["params_sig"] = signing.sign_params(self.signing_key, plan.run_id, str(run["params"]))
         fire_date = plan.logical_date.astimezone(UTC).isoformat()  # how other DAGs' wait_for find it
         if fire_date != run["logical_date"]:
             run["fire_date"] = fire_date
@@ -536,6 +538,16 @@ class RunStore:
                                     "(it was changed in Redis, or signed with another key); rerun it with --latest "
                                     "to plan it again from the DAG")
         return plan
+
+    def verified_params(self, record: Mapping[str, str]) -> dict[str, Any]:
+        """A run's params (its record as :meth:`run_record` reads it), their signature checked when this
+        store holds the key: a rerun that plans from them again signs what was given, nothing else."""
+        text = record.get("params") or "{}"
+        if self.signing_key and text != "{}" and not signing.verify_params(
+                self.signing_key, record["run_id"], text, record.get("params_sig")):
+            raise ConveyorError(f"run {record['run_id']}: its params do not verify their signature (changed in "
+                                "Redis, or given without the key); trigger a new run with the params you want")
+        return json.loads(text)
 
     def signed_plan(self, run_id: str, step: str) -> tuple[str | None, str]:
         """A step's stored plan text (None when it has none) and its signature (scheduler/signing.py)."""

@@ -167,3 +167,18 @@ def test_a_dag_version_changed_in_redis_is_never_planned(store, dispatcher) -> N
         engine.create_run("hostiledag", {})
     submit_source(store, source, "hostiledag.yaml")
     assert engine.create_run("hostiledag", {})
+
+
+def test_a_rerun_with_latest_refuses_params_changed_in_redis(store, dispatcher) -> None:
+    """``ctl rerun --latest`` plans the run again from its params: only from those it was given."""
+    from scheduler.service import plan_rerun
+
+    submit_source(store, b"name: hostileparams\nparams:\n  who: {default: world}\nsteps:\n"
+                         b"  only: {image: conveyor/busybox:local, command: [echo, '{{ params.who }}']}\n", "p.yaml")
+    run_id = Engine(store, dispatcher).create_run("hostileparams", {"who": "moon"})
+    store.start_attempt(run_id, "only", 1, host="h", pid=1, worker="w")
+    store.finish_attempt(run_id, "only", 1, "failed", {"exit_code": 1})
+    assert plan_rerun(store, run_id, latest=True).plans["only"].argv == ("echo", "moon")
+    store.r.hset(store.keys.run(run_id), "params", json.dumps({"who": "$(touch /tmp/owned)"}))
+    with pytest.raises(ConveyorError, match="params do not verify"):
+        plan_rerun(store, run_id, latest=True)
