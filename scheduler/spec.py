@@ -363,12 +363,14 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
 def _image_problems(source: Source, path: tuple[Any, ...], image: str, known: list[str]) -> Iterator[Problem]:
     """Templates in an image may name params only: the image is part of what a run is (``ctl diff``,
     pinned reruns), chosen when the run is created, not a per-step or per-attempt value."""
-    params = [name for name in known if name.startswith("params.")]
     try:
         used = templates.names_in(image)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
         return
+    if not used:
+        return  # a plain image (every step of most DAGs)
+    params = [name for name in known if name.startswith("params.")]
     for name in used:
         if name in templates.BUILTINS:
             yield source.problem(path, f"'{{{{ {name} }}}}' cannot be used in an image: image templates may name "
@@ -500,11 +502,9 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
             # The output references and item names it uses passed refs.problem: known. Every readable
             # output (an upstream search per producer) is listed only to word a problem (suggestions).
             items = [n for n in used if templates.is_item(n)]
-            try:
-                templates.check(text, [*known, *[n for n in used if templates.step_ref(n)], *items])
-                return
-            except templates.TemplateError:
-                known = [*known, *refs.names(), *items]
+            if all(n in known or n in items or templates.step_ref(n) for n in used):
+                return  # what templates.check would answer, without reading the text again
+            known = [*known, *refs.names(), *items]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
