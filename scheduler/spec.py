@@ -69,12 +69,22 @@ def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
     ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``);
     ``warnings`` and ``offline`` as :func:`load_bytes`.
     """
-    path = Path(path)
+    raw = _file_bytes(path)
+    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
+
+
+def check_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
+               warnings: list[Problem] | None = None, offline: bool = False) -> dict[str, Any]:
+    """Read and validate a DAG file as :func:`load_file` does, without building its spec (``ctl validate``
+    uses none of it); returns the valid document."""
+    return check_bytes(_file_bytes(path), str(path), calendars, warnings=warnings, offline=offline)
+
+
+def _file_bytes(path: str | Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
 
 
 def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
@@ -87,14 +97,22 @@ def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None 
     calendar name that is not built in is a warning instead of an error.
     """
     with paused_gc():  # a large DAG is millions of objects and no cycles (scheduler/gcpause.py)
+        return _build(check_bytes(raw, file, calendars, warnings=warnings, offline=offline))
+
+
+def check_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
+                warnings: list[Problem] | None = None, offline: bool = False) -> dict[str, Any]:
+    """:func:`load_bytes` without building the spec: the valid document, or :class:`SpecError`."""
+    with paused_gc():
         source, problems = _read(raw, file, calendars, offline)
+        document = source.data
+        del source  # its node tree is most of the objects: freed before the collector resumes and walks them
     if warnings is not None:
         warnings += sorted({p for p in problems if p.is_warning})
     problems = [p for p in problems if not p.is_warning]
     if problems:
         raise SpecError(sorted(set(problems)))
-    with paused_gc():
-        return _build(source.data)
+    return document
 
 
 def _read(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None,

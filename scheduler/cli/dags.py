@@ -26,7 +26,7 @@ def validate(
 
     Named calendars are checked against Redis when REDIS_URL is set; otherwise a calendar that is not
     built in is a warning ("cannot check offline")."""
-    from scheduler.spec import load_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
+    from scheduler.spec import check_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
 
     calendars, offline = _named_calendars()
     failed = False
@@ -36,8 +36,8 @@ def validate(
         errors: list[Problem] = []
         result: dict[str, Any] = {"file": str(file)}
         try:
-            spec, _ = load_file(file, calendars, warnings=warnings, offline=offline)
-            result.update(dag=spec.name, steps=len(spec.steps))
+            document = check_file(file, calendars, warnings=warnings, offline=offline)
+            result.update(dag=document["name"], steps=len(document["steps"]))
         except SpecError as exc:
             errors = list(exc.problems)
         if strict:
