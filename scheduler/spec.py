@@ -140,7 +140,8 @@ def _problems(source: Source, calendars: Mapping[str, Any] | None, offline: bool
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
-    problems += [p for p in _schedule_problems(source, calendars or {}, offline) if p.path.split(".")[0] not in noisy]
+    problems += [p for p in _schedule_problems(source, {} if calendars is None else calendars, offline)
+                 if p.path.split(".")[0] not in noisy]  # (calendars may be read lazily: not asked for its length)
     return problems
 
 
