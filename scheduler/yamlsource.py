@@ -389,6 +389,8 @@ def _clean_data(loader: Any, root: yaml.Node, *, anchored: bool) -> Any:
             mapping = {key_of(k): build(v, depth + 1) for k, v in pairs}
             if len(mapping) != len(pairs):
                 raise _Unclean  # a duplicate key (or two keys that read the same, like 1 and 0x1)
+            if any(k.tag != _STR for k, _ in pairs) and len({k.value for k, _ in pairs}) != len(pairs):
+                raise _Unclean  # keys written alike that read apart (True and !!str True): a duplicate too
             return mapping
         if kind is yaml.SequenceNode and tag == _SEQ:
             return [build(item, depth + 1) for item in node.value]

@@ -22,7 +22,8 @@ TEXTS += [EXAMPLE_TEXT, "a: é\nb: [ü, {c: 'ö'}]\n", "a: 1\r\nb:\r\n  - x\r\n 
 # Keys and scalars the one-pass reading (yamlsource._clean_data) must read as the full walks do, or decline.
 TEXTS += ["a: {1: x, 0x1: y}\n", "a: {true: 1, True: 2, ~: 3, null: 4, 1.5: 5}\n", "a: [=]\n", "=: 1\n",
           "a: !!str 5\nb: !!float 1\nc: [1_000, 0o17, .inf, -.5, ~, true, FALSE, 'x', \"y\"]\n",
-          "<<: {a: 1}\nb: 2\n", "a: 1\nb: &x 2\nc: *x\n", "a: {b: 1, b: 2}\n", "? [k]\n: v\n", "a: !custom x\n"]
+          "<<: {a: 1}\nb: 2\n", "a: 1\nb: &x 2\nc: *x\n", "a: {b: 1, b: 2}\n", "? [k]\n: v\n", "a: !custom x\n",
+          "a: {True: 1, !!str True: 2}\n", "a: {0x1: 1, !!str 0x1: 2}\n"]
 
 
 def tree(node: yaml.Node | None, seen: dict[int, int] | None = None) -> Any:
@@ -142,7 +143,8 @@ def test_the_one_pass_reading_takes_plain_documents_and_declines_the_rest() -> N
 
     assert taken(EXAMPLE_TEXT) and taken("a: {1: x, '2': [true, ~, 1.5]}\n")
     for declined in ("a: 1\nb: &x 2\nc: *x\n", "<<: {a: 1}\nb: 2\n", "a: {b: 1, b: 2}\n", "a: {1: x, 0x1: y}\n",
-                     "? [k]\n: v\n", "a: !custom x\n", "a: [=]\n", "a: " + "[" * 60 + "]" * 60 + "\n"):
+                     "? [k]\n: v\n", "a: !custom x\n", "a: [=]\n", "a: " + "[" * 60 + "]" * 60 + "\n",
+                     "a: {True: 1, !!str True: 2}\n"):
         assert not taken(declined), declined
 
 
