@@ -210,19 +210,20 @@ def debug_enabled(environ: Environ | None = None) -> bool:
 # --- Redis URLs ----------------------------------------------------------------------------------------
 
 
-def check_redis_url(url: str, name: str = "REDIS_URL") -> str:
+def check_redis_url(url: str, name: str = "REDIS_URL", *, options: bool = True) -> str:
     """``url`` if redis-py can use it, else a ConfigError naming ``name`` and the accepted forms (the
-    password never shown)."""
-    problem = _redis_url_problem(url)
+    password never shown). ``options=False``: its form only (scheme, host, port, database), without
+    importing redis, for a command that may not need Redis at all; :meth:`Settings.connect` checks it all."""
+    problem = _redis_url_problem(url, options)
     if problem:
         raise ConfigError(f"{name}={_shown(url)!r} is not a Redis URL ({problem}): use {REDIS_FORMS}")
     return url
 
 
-def _redis_url_problem(url: str) -> str | None:
-    from scheduler import redis_url  # redis+sentinel:// (scheduler/redis_url.py)
+def _redis_url_problem(url: str, options: bool = True) -> str | None:
+    if url.startswith("redis+sentinel://"):
+        from scheduler import redis_url  # scheduler/redis_url.py (it imports redis)
 
-    if redis_url.is_sentinel(url):
         return redis_url.problem(url)
     try:
         parts = urlsplit(url)
@@ -242,6 +243,8 @@ def _redis_url_problem(url: str) -> str | None:
         db = parts.path.strip("/")
         if db and not db.isdigit():
             return f"the database {db!r} is not a number"
+    if not options:
+        return None
     import redis
 
     try:

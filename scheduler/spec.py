@@ -69,12 +69,22 @@ def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
     ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``);
     ``warnings`` and ``offline`` as :func:`load_bytes`.
     """
-    path = Path(path)
+    raw = _file_bytes(path)
+    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
+
+
+def check_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
+               warnings: list[Problem] | None = None, offline: bool = False) -> dict[str, Any]:
+    """Read and validate a DAG file as :func:`load_file` does, without building its spec (``ctl validate``
+    uses none of it); returns the valid document."""
+    return check_bytes(_file_bytes(path), str(path), calendars, warnings=warnings, offline=offline)
+
+
+def _file_bytes(path: str | Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
 
 
 def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
@@ -87,14 +97,22 @@ def load_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None 
     calendar name that is not built in is a warning instead of an error.
     """
     with paused_gc():  # a large DAG is millions of objects and no cycles (scheduler/gcpause.py)
+        return _build(check_bytes(raw, file, calendars, warnings=warnings, offline=offline))
+
+
+def check_bytes(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None = None, *,
+                warnings: list[Problem] | None = None, offline: bool = False) -> dict[str, Any]:
+    """:func:`load_bytes` without building the spec: the valid document, or :class:`SpecError`."""
+    with paused_gc():
         source, problems = _read(raw, file, calendars, offline)
+        document = source.data
+        del source  # its node tree is most of the objects: freed before the collector resumes and walks them
     if warnings is not None:
         warnings += sorted({p for p in problems if p.is_warning})
     problems = [p for p in problems if not p.is_warning]
     if problems:
         raise SpecError(sorted(set(problems)))
-    with paused_gc():
-        return _build(source.data)
+    return document
 
 
 def _read(raw: bytes | str, file: str, calendars: Mapping[str, Any] | None,
@@ -122,7 +140,8 @@ def _problems(source: Source, calendars: Mapping[str, Any] | None, offline: bool
     problems += list(_meaning_problems(source))
     # Time sections with schema errors are not checked again for meaning (one message per mistake).
     noisy = {p.path.split(".")[0].split("[")[0] for p in problems}
-    problems += [p for p in _schedule_problems(source, calendars or {}, offline) if p.path.split(".")[0] not in noisy]
+    problems += [p for p in _schedule_problems(source, {} if calendars is None else calendars, offline)
+                 if p.path.split(".")[0] not in noisy]  # (calendars may be read lazily: not asked for its length)
     return problems
 
 
@@ -363,12 +382,14 @@ def _step_problems(source: Source, at: tuple[Any, ...], step: dict[str, Any], de
 def _image_problems(source: Source, path: tuple[Any, ...], image: str, known: list[str]) -> Iterator[Problem]:
     """Templates in an image may name params only: the image is part of what a run is (``ctl diff``,
     pinned reruns), chosen when the run is created, not a per-step or per-attempt value."""
-    params = [name for name in known if name.startswith("params.")]
     try:
         used = templates.names_in(image)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))
         return
+    if not used:
+        return  # a plain image (every step of most DAGs)
+    params = [name for name in known if name.startswith("params.")]
     for name in used:
         if name in templates.BUILTINS:
             yield source.problem(path, f"'{{{{ {name} }}}}' cannot be used in an image: image templates may name "
@@ -500,11 +521,9 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
             # The output references and item names it uses passed refs.problem: known. Every readable
             # output (an upstream search per producer) is listed only to word a problem (suggestions).
             items = [n for n in used if templates.is_item(n)]
-            try:
-                templates.check(text, [*known, *[n for n in used if templates.step_ref(n)], *items])
-                return
-            except templates.TemplateError:
-                known = [*known, *refs.names(), *items]
+            if all(n in known or n in items or templates.step_ref(n) for n in used):
+                return  # what templates.check would answer, without reading the text again
+            known = [*known, *refs.names(), *items]
         templates.check(text, known)
     except templates.TemplateError as exc:
         yield source.problem(path, str(exc))

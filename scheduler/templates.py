@@ -40,6 +40,8 @@ class TemplateError(InputError):
 
 def names_in(text: str) -> list[str]:
     """The names a template uses; raises TemplateError for malformed ones."""
+    if "{{" not in text:
+        return []  # most strings of a DAG (and every one of a large one) are plain: no pattern to run
     names = []
     for match in _TOKEN.finditer(text):
         name = match.group(1).strip()
@@ -64,8 +66,11 @@ def only_name(text: str) -> str | None:
 
 def check(text: str, known: Iterable[str]) -> None:
     """Raise TemplateError unless every name in ``text`` is known."""
+    names = names_in(text)
+    if not names:
+        return
     known = list(known)
-    for name in names_in(text):
+    for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"

@@ -220,6 +220,9 @@ def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
             raise YamlProblems([Problem(file, 1, 1, "", "YAML error: the file cannot be read as YAML")]) from None
         if root is None:
             return None
+        data = _clean_data(loader, root, anchored="&" in text)
+        if data is not _NOT_CLEAN:
+            return Source(file, data, root, recheck=exact)
         problems = list(_check_nodes(root, file))
         if problems:
             if exact:
@@ -334,6 +337,69 @@ def _check_nodes(root: yaml.Node, file: str) -> Iterator[Problem]:
             f"the document expands to more than {MAX_NODES:,} values through anchors and aliases "
             "(a 'billion laughs' YAML bomb?)",
         )
+
+
+_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_PLAIN_SCALAR_TAGS = {"tag:yaml.org,2002:" + t for t in ("int", "float", "bool", "null")}
+_NOT_CLEAN = object()
+
+
+class _Unclean(Exception):
+    """The one-pass reading met something it leaves to the full one (see :func:`_clean_data`)."""
+
+
+def _clean_data(loader: Any, root: yaml.Node, *, anchored: bool) -> Any:
+    """The document's plain data (as ``_plain(construct_document(root))`` gives it) in one pass over a
+    plain node tree, or ``_NOT_CLEAN``.
+
+    A large DAG is tens of thousands of nodes: checking them (:func:`_check_nodes`), constructing them
+    (PyYAML's generic constructor) and making the result plain (:func:`_plain`) were three walks. This
+    one does all three for the common tree: standard tags, scalar keys, no duplicate key, no alias or merge
+    key, no deeper than ``MAX_DEPTH``. Anything else (any problem, any alias: ``anchored`` says whether
+    the text could hold one) returns ``_NOT_CLEAN``, and the full walks place and word it as always."""
+    seen: set[int] = set()
+    scalar = loader.yaml_constructors
+
+    def key_of(node: yaml.Node) -> Any:
+        if type(node) is not yaml.ScalarNode:
+            raise _Unclean
+        if node.tag == _STR:
+            return node.value
+        if node.tag not in _PLAIN_SCALAR_TAGS:
+            raise _Unclean  # a merge key (<<), a custom tag, ...
+        key = scalar[node.tag](loader, node)
+        return "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+
+    def build(node: yaml.Node, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _Unclean
+        if anchored:
+            if id(node) in seen:
+                raise _Unclean  # an alias
+            seen.add(id(node))
+        kind, tag = type(node), node.tag
+        if kind is yaml.ScalarNode:
+            if tag == _STR:
+                return node.value
+            if tag not in _PLAIN_SCALAR_TAGS:
+                raise _Unclean
+            return scalar[tag](loader, node)
+        if kind is yaml.MappingNode and tag == _MAP:
+            pairs = node.value
+            mapping = {key_of(k): build(v, depth + 1) for k, v in pairs}
+            if len(mapping) != len(pairs):
+                raise _Unclean  # a duplicate key (or two keys that read the same, like 1 and 0x1)
+            if any(k.tag != _STR for k, _ in pairs) and len({k.value for k, _ in pairs}) != len(pairs):
+                raise _Unclean  # keys written alike that read apart (True and !!str True): a duplicate too
+            return mapping
+        if kind is yaml.SequenceNode and tag == _SEQ:
+            return [build(item, depth + 1) for item in node.value]
+        raise _Unclean
+
+    try:
+        return build(root, 0)
+    except Exception:  # _Unclean, or a scalar its constructor refuses (`!!int x`): the full walks say why
+        return _NOT_CLEAN
 
 
 def _short_tag(tag: str) -> str:

@@ -47,6 +47,7 @@ DEAD_ENGINES = ["tcp://127.0.0.1:1", "unix:///nonexistent/conveyor-test/docker.s
 INTERNAL = {
     "scheduler.yamlsource.YamlProblems": "becomes a SpecError",
     "scheduler.yamlsource._TooDeep": "becomes a YAML problem",
+    "scheduler.yamlsource._Unclean": "the full node walks read the document instead (and word its problems)",
     "runner.job.StepRefused": "becomes the attempt's outcome (reason and error)",
     "runner.admission.JobRefused": "the worker moves the job to RQ's failed registry with the reason, and logs it",
     "runner.outputs.OutputFailure": "becomes the attempt's outcome (output_missing, output_too_large, ...)",

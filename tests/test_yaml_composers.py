@@ -19,6 +19,11 @@ from tests.test_spec_fuzz import EXAMPLE_TEXT, FRAGMENTS, mangled_example
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((ROOT / "tests/specs/invalid").glob("*.yaml"))]
 TEXTS += [EXAMPLE_TEXT, "a: é\nb: [ü, {c: 'ö'}]\n", "a: 1\r\nb:\r\n  - x\r\n  - 'y'\r\n", "x: &a {k: v}\ny: *a\n"]
+# Keys and scalars the one-pass reading (yamlsource._clean_data) must read as the full walks do, or decline.
+TEXTS += ["a: {1: x, 0x1: y}\n", "a: {true: 1, True: 2, ~: 3, null: 4, 1.5: 5}\n", "a: [=]\n", "=: 1\n",
+          "a: !!str 5\nb: !!float 1\nc: [1_000, 0o17, .inf, -.5, ~, true, FALSE, 'x', \"y\"]\n",
+          "<<: {a: 1}\nb: 2\n", "a: 1\nb: &x 2\nc: *x\n", "a: {b: 1, b: 2}\n", "? [k]\n: v\n", "a: !custom x\n",
+          "a: {True: 1, !!str True: 2}\n", "a: {0x1: 1, !!str 0x1: 2}\n"]
 
 
 def tree(node: yaml.Node | None, seen: dict[int, int] | None = None) -> Any:
@@ -100,10 +105,47 @@ def test_libyaml_is_there() -> None:
     assert yamlsource._CLoader is not None, "PyYAML's wheel ships libyaml: large DAGs need it"
 
 
+def same_data(text: str) -> None:
+    """The one-pass reading of libyaml's tree either declines it or gives exactly what the node checks
+    (finding nothing), PyYAML's constructor and ``_plain`` give: same values, types and key order."""
+    loader = yamlsource._CLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError:
+            return
+        if node is None:
+            return
+        fast = yamlsource._clean_data(loader, node, anchored="&" in text)
+        if fast is yamlsource._NOT_CLEAN:
+            return
+        assert list(yamlsource._check_nodes(node, "t.yaml")) == []
+        assert repr(fast) == repr(yamlsource._plain(loader.construct_document(node)))
+    finally:
+        loader.dispose()
+
+
 @pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
 def test_corpus_trees_and_answers(text: str) -> None:
     same_tree(text)
     same_answer(text)
+    same_data(text)
+
+
+def test_the_one_pass_reading_takes_plain_documents_and_declines_the_rest() -> None:
+    def taken(text: str) -> bool:
+        loader = yamlsource._CLoader(text)
+        try:
+            return yamlsource._clean_data(loader, loader.get_single_node(), anchored="&" in text) \
+                is not yamlsource._NOT_CLEAN
+        finally:
+            loader.dispose()
+
+    assert taken(EXAMPLE_TEXT) and taken("a: {1: x, '2': [true, ~, 1.5]}\n")
+    for declined in ("a: 1\nb: &x 2\nc: *x\n", "<<: {a: 1}\nb: 2\n", "a: {b: 1, b: 2}\n", "a: {1: x, 0x1: y}\n",
+                     "? [k]\n: v\n", "a: !custom x\n", "a: [=]\n", "a: " + "[" * 60 + "]" * 60 + "\n",
+                     "a: {True: 1, !!str True: 2}\n"):
+        assert not taken(declined), declined
 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,6 +156,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def test_fragments(text: str) -> None:
     same_tree(text)
     same_answer(text)
+    same_data(text)
 
 
 @FUZZ
@@ -121,6 +164,7 @@ def test_fragments(text: str) -> None:
 def test_mangled_example(text: str) -> None:
     same_tree(text)
     same_answer(text)
+    same_data(text)
 
 
 def test_a_large_file_gets_libyamls_position(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ code is 1 when any file was bad.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def validate(
 
     Named calendars are checked against Redis when REDIS_URL is set; otherwise a calendar that is not
     built in is a warning ("cannot check offline")."""
-    from scheduler.spec import load_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
+    from scheduler.spec import check_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
 
     calendars, offline = _named_calendars()
     failed = False
@@ -36,8 +37,8 @@ def validate(
         errors: list[Problem] = []
         result: dict[str, Any] = {"file": str(file)}
         try:
-            spec, _ = load_file(file, calendars, warnings=warnings, offline=offline)
-            result.update(dag=spec.name, steps=len(spec.steps))
+            document = check_file(file, calendars, warnings=warnings, offline=offline)
+            result.update(dag=document["name"], steps=len(document["steps"]))
         except SpecError as exc:
             errors = list(exc.problems)
         if strict:
@@ -58,13 +59,40 @@ def validate(
         raise typer.Exit(1)
 
 
-def _named_calendars() -> tuple[dict[str, Any], bool]:
-    """The calendars submitted with ``ctl calendar submit`` when REDIS_URL is set, else none and offline."""
+def _named_calendars() -> tuple[Mapping[str, Any], bool]:
+    """The calendars submitted with ``ctl calendar submit`` when REDIS_URL is set, else none and offline.
+    The URL's form is checked now; Redis is asked (and the URL's options checked) when a file needs them."""
     if not os.environ.get("REDIS_URL"):
         return {}, True
-    from scheduler.agenda import Agenda
+    from scheduler.settings import check_redis_url
 
-    return Agenda(common.store()).calendars(), False
+    if os.environ["REDIS_URL"].strip():
+        check_redis_url(os.environ["REDIS_URL"].strip(), options=False)
+    return _SubmittedCalendars(), False
+
+
+class _SubmittedCalendars(Mapping[str, Any]):
+    """The named calendars in Redis, read the first time a file's schedule needs them: most DAGs have no
+    schedule, and checking those needs no Redis client (whose import alone takes a tenth of a second)."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, Any] | None = None
+
+    def _calendars(self) -> dict[str, Any]:
+        if self._read is None:
+            from scheduler.agenda import Agenda
+
+            self._read = Agenda(common.store()).calendars()
+        return self._read
+
+    def __getitem__(self, name: str) -> Any:
+        return self._calendars()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._calendars())
+
+    def __len__(self) -> int:
+        return len(self._calendars())
 
 
 def _as_error(warning: Problem) -> Problem:
