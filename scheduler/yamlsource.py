@@ -153,7 +153,10 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
             raise YamlProblems([Problem(file, 1, 1, "", message)])
     text = text.removeprefix("\ufeff")
     if fast:
-        read = _parse_fast(text, file, exact=len(text) <= EXACT_BYTES)
+        try:
+            read = _parse_fast(text, file, exact=len(text) <= EXACT_BYTES)
+        except RecursionError:
+            read = None  # a cycle through an alias: the pure-Python composer words it below
         if read is not None:
             return read
     try:
@@ -179,11 +182,16 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
             raise YamlProblems([Problem(file, line, col, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
         if root is None:
             raise YamlProblems([Problem(file, 1, 1, "", "the file is empty; a DAG needs at least 'name' and 'steps'")])
-        problems = list(_check_nodes(root, file))
-        if problems:
-            raise YamlProblems(problems)
         try:
+            problems = list(_check_nodes(root, file))
+            if problems:
+                raise YamlProblems(problems)
             data = _plain(loader.construct_document(root))
+        except RecursionError:  # an alias inside the node it names (`a: &x [*x]`) never ends
+            mark = _cycle_mark(root)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise YamlProblems([Problem(file, line, col, "", "an alias inside the node its anchor names (like "
+                                                             "`&x [*x]`): the document never ends")]) from None
         except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -192,6 +200,28 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
     finally:
         loader.dispose()
     return Source(file, data, root)
+
+
+def _cycle_mark(root: yaml.Node) -> Any:
+    """Where the node that contains an alias to itself starts (its anchor), found without recursion."""
+    on_path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            done.add(id(node))
+            continue
+        if id(node) in on_path:
+            return node.start_mark
+        if id(node) in done or not isinstance(node, yaml.CollectionNode):
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        stack += [(child, False) for child in reversed(children)]
+    return None
 
 
 def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
