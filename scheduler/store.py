@@ -108,6 +108,7 @@ class RunStore:
         self.log_cap = log_cap
         self._create = self.script("create.lua")
         self._create_steps = self.script("create_steps.lua")
+        self._discard_steps = self.script("discard_steps.lua")
         self._start = self.script("start.lua")
         self._finish = self.script("finish.lua")
         self._poke = self.script("poke.lua")
@@ -319,14 +320,16 @@ class RunStore:
         with self.r.pipeline(transaction=False) as pipe:
             for i in range(0, len(steps), CREATE_CHUNK):
                 chunk = steps[i:i + CREATE_CHUNK]
-                self._create_steps(args=[self.prefix, plan.run_id, AHEAD_TTL, _steps_arg(chunk, texts)], client=pipe)
+                own = {step[1]["plan"]: texts[step[1]["plan"]] for step in chunk}  # each chunk sends its own plans
+                self._create_steps(args=[self.prefix, plan.run_id, AHEAD_TTL, _steps_arg(chunk, own)], client=pipe)
             pipe.execute()
         names = [name for name, _ in steps]
         reply = self._create(args=[*head, _steps_arg([], {}), json.dumps(names)])
         if reply[0] != "created":  # an existing run (idempotency key), or steps gone: ours are garbage
-            with self.r.pipeline(transaction=False) as pipe:  # (their plans expire unless a run holds them)
+            with self.r.pipeline(transaction=False) as pipe:
                 for i in range(0, len(names), CREATE_CHUNK):
-                    pipe.unlink(*[self.keys.step(plan.run_id, n) for n in names[i:i + CREATE_CHUNK]])
+                    self._discard_steps(args=[self.prefix, plan.run_id, json.dumps(names[i:i + CREATE_CHUNK])],
+                                        client=pipe)
                 pipe.execute()
         if reply[0] == "incomplete":
             raise UnavailableError(f"run {plan.run_id} was not created: its step {reply[1]!r}, written ahead, "

@@ -96,8 +96,16 @@ def test_a_large_run_written_in_chunks_keeps_its_plans(store, dispatcher) -> Non
     submit_source(store, text.encode(), "leanwide.yaml")
     run_id = Engine(store, dispatcher).create_run("leanwide", {})
     assert len(plan_keys(store)) == width
-    assert all(store.r.ttl(k) == -1 for k in plan_keys(store)[:50])  # kept, no longer expiring
+    assert all(store.r.ttl(k) == -1 for k in plan_keys(store)[:50])
     assert store.step_plan(run_id, f"s{width - 1}").argv == ("echo", str(width - 1))
+    # The same fire created twice (two schedulers): the second writes its steps ahead, finds the run
+    # there, and gives back what it took.
+    plan = plan_run(load_version(store, "leanwide")[0], version=1, params={}, now=datetime.now(UTC))
+    first = store.create_run(plan, idempotency_key="fire-1")
+    again = store.create_run(replace(plan, run_id=plan.run_id + "x"), idempotency_key="fire-1")
+    assert again.run_id == first.run_id and not again.created
+    assert set(refs(store).values()) == {2}  # the two runs' references, none from the one not created
+    assert not list(store.r.scan_iter(f"{store.prefix}:run:{plan.run_id}x:*"))
 
 
 def test_a_staged_run_taken_back_gives_its_plans_back(store, dispatcher) -> None:

@@ -175,11 +175,10 @@ end
 
 -- Stored plans (see scheduler/records.py): one string per distinct plan, counted by the step records
 -- that name it. Take a reference, writing the text (each time: a copy a Redis writer changed is put
--- right for the runs to come; ``text`` nil means create_steps.lua wrote it ahead, expiring, and it is
--- kept now), or give one back (the plan goes at zero).
+-- right for the runs to come), or give one back (the plan goes at zero).
 local function hold_plan(digest, text)
   redis.call('HINCRBY', K.plan_refs(), digest, 1)
-  if text then redis.call('SET', K.plan(digest), text) else redis.call('PERSIST', K.plan(digest)) end
+  redis.call('SET', K.plan(digest), text)
 end
 
 -- The text of a step's plan: stored by digest, or (a record written before plans were stored by
