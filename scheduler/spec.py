@@ -234,6 +234,9 @@ def _pattern_message(path: tuple[Any, ...], value: Any) -> str:
         return f"{value!r} is not a network: use bridge, none or a network's name (letters, digits, '_', '.', '-')"
     if len(path) >= 2 and path[-2] == "depends_on":
         return f"{value!r} is not a valid step name"
+    if len(path) >= 2 and path[-2] in {"produces", "on"}:
+        return (f"{value!r} is not a dataset name: use letters, digits and . _ - / : (starting with a letter or "
+                "digit, at most 200 characters), e.g. warehouse.orders or s3://bucket/path")
     return f"{value!r} does not have the expected form"
 
 
@@ -277,7 +280,8 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         if isinstance(step.get("wait_for"), list):
             for index, wait in enumerate(step["wait_for"]):
                 if isinstance(wait, dict):
-                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"))
+                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"),
+                                                  positive=True)
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -511,11 +515,13 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
 
 
 def _duration_problems(source: Source, at: tuple[Any, ...], mapping: dict[str, Any],
-                       fields: tuple[str, ...]) -> Iterator[Problem]:
+                       fields: tuple[str, ...], *, positive: bool = False) -> Iterator[Problem]:
+    """``positive``: zero is refused too (a wait checked again every 0 s, or timing out at once)."""
     for key in fields:
         if isinstance(mapping.get(key), str):
             try:
-                seconds(mapping[key])
+                if not seconds(mapping[key]) and positive:
+                    yield source.problem((*at, key), f"'{key}' must be longer than 0s")
             except DurationError as exc:
                 yield source.problem((*at, key), str(exc))
 
