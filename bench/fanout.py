@@ -1,6 +1,6 @@
 """Fan-out: N mapped instances of `true` against the same N steps written out statically, in one run.
 
-    .venv/bin/python bench/fanout.py [--steps 1000] [--workers 2] [--rounds 3] [--network none]
+    .venv/bin/python bench/fanout.py [--steps 1000] [--workers 2] [--rounds 4] [--network none]
                                      [--quiet-load 2] [--wait-quiet 600]
 
 Each round is one DAG run on ``--workers`` forked ``ctl worker`` processes (private redis-server, real
@@ -74,11 +74,26 @@ def rate(records: list[dict]) -> float:
     return len(records) / (max(ends) - min(starts)).total_seconds()
 
 
+def hop(records: list[dict]) -> float:
+    """Median seconds from one attempt's end to the next start on the same worker: Conveyor's own cost
+    per step (record, enqueue, dequeue, claim, render), apart from the container's, which is the same
+    work in both halves and where a shared machine's noise lands."""
+    spans: dict[str, list[tuple[datetime, datetime]]] = {}
+    for step in records:
+        for attempt in step["attempts"]:
+            spans.setdefault(attempt["worker"], []).append(
+                (datetime.fromisoformat(attempt["started_at"]), datetime.fromisoformat(attempt["ended_at"])))
+    gaps = [(b[0] - a[1]).total_seconds() for worker in spans.values()
+            for a, b in zip(sorted(worker), sorted(worker)[1:], strict=False)]
+    return statistics.median(gaps)
+
+
 @dataclass
 class Round:
     mapped_first: bool
     static: float
     mapped: float
+    hops: tuple[float, float]  # hop() of the static and the mapped half
     retried: dict[str, int]  # reason -> attempts retried
     load: tuple[float, float]  # 1-minute load average before and after
 
@@ -117,7 +132,7 @@ def one_round(store: RunStore, dispatcher: Dispatcher, folder: Path, index: int,
         for attempt in step["attempts"][:-1]:
             reason = attempt.get("reason") or "?"
             retried[reason] = retried.get(reason, 0) + 1
-    return Round(mapped_first, rate(static), rate(mapped), retried, (before, after))
+    return Round(mapped_first, rate(static), rate(mapped), (hop(static), hop(mapped)), retried, (before, after))
 
 
 def creation(steps: int, mapped: bool) -> float:
@@ -143,7 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="runs, alternating which half goes first")
+    parser.add_argument("--rounds", type=int, default=4, help="runs, alternating which half goes first")
     parser.add_argument("--network", default="none", help="the steps' network: none (default) or bridge")
     parser.add_argument("--quiet-load", type=float, default=2.0, help="wait for a load average below this")
     parser.add_argument("--wait-quiet", type=float, default=600.0, help="at most this long (seconds)")
@@ -168,9 +183,17 @@ def main() -> None:
                 retried = ", ".join(f"{n} {r}" for r, n in sorted(done.retried.items())) or "none"
                 print(f"round {index + 1} ({order}; load {done.load[0]:.2f} -> {done.load[1]:.2f}): "
                       f"static {done.static:.2f} steps/s, mapped {done.mapped:.2f} steps/s, "
-                      f"ratio {done.ratio:.3f}; attempts retried: {retried}", flush=True)
+                      f"ratio {done.ratio:.3f}; hop {done.hops[0] * 1000:.1f} / {done.hops[1] * 1000:.1f} ms; "
+                      f"attempts retried: {retried}", flush=True)
     print(f"static: median {statistics.median(r.static for r in rounds):.2f} steps/s; "
           f"mapped: median {statistics.median(r.mapped for r in rounds):.2f} steps/s")
+    hops = [statistics.median(r.hops[i] for r in rounds) * 1000 for i in (0, 1)]
+    print(f"hop (end of one attempt to the next start on a worker): static {hops[0]:.1f} ms, "
+          f"mapped {hops[1]:.1f} ms (medians)")
+    for first in (False, True):
+        ratios = [r.ratio for r in rounds if r.mapped_first == first]
+        if ratios:
+            print(f"ratio, rounds with {'mapped' if first else 'static'} first: median {statistics.median(ratios):.3f}")
     print(f"ratio mapped / static: median {statistics.median(r.ratio for r in rounds):.3f} over {len(rounds)} "
           f"round(s) (target >= 0.95)")
 
