@@ -22,7 +22,8 @@ from runner.secrets import resolve as resolve_secrets
 from scheduler import conditions, signing
 from scheduler.logs import attempt_context, bind
 from scheduler.model import AttemptOutcome, StepPlan, mapped_instance
-from scheduler.outputs import HANDLER_STEPS, OutputUnavailable, render_attempt
+from scheduler.output_trust import VerifiedOutputs
+from scheduler.outputs import HANDLER_STEPS, OutputRefused, OutputUnavailable, render_attempt
 from scheduler.results import Adopted, Started, StartStatus
 from scheduler.settings import Settings
 
@@ -33,7 +34,15 @@ REDIS_PATIENCE = 120.0
 def run_attempt(run_id: str, step: str, attempt: int, prefix: str = "conveyor") -> str:
     """Claim the attempt (fenced), run its container, record the result, enqueue the next steps."""
     with attempt_context(run_id, None, step, attempt):  # every log line names the run, step and attempt
-        return _run_attempt(run_id, step, attempt, prefix)
+        try:
+            return _run_attempt(run_id, step, attempt, prefix)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            # Redis went away (a restart, a Sentinel failover) for longer than the retries here wait. Nothing
+            # is lost: an attempt not started yet is delivered again by the reconciler; one started holds a
+            # lease that expires, and its container is adopted or the step retried (scheduler/reaper.py).
+            log.warning("%s %s attempt %s: Redis unreachable (%s); the attempt is left to the reconciler and "
+                        "the reaper", run_id, step, attempt, exc)
+            return "redis_unavailable"
 
 
 def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
@@ -47,12 +56,11 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
         engine.defer(run_id, step, attempt, end, now=now)
         log.info("%s %s attempt %s deferred to %s by global outage %s", run_id, step, attempt, end, name)
         return "deferred"
-    [condition] = store.step_fields(run_id, step, "when")
+    condition, wait_for = store.step_fields(run_id, step, "when", "wait_for")
     if condition and not conditions.evaluate(condition, store.condition_context(run_id)[0]):
         skipped = engine.skip(run_id, step, attempt)
         log.info("%s %s skipped: its condition is false: %s", run_id, step, condition)
         return skipped.state
-    [wait_for] = store.step_fields(run_id, step, "wait_for")
     if wait_for:
         waited = engine.wait(run_id, step, attempt)
         if waited is not None:
@@ -77,10 +85,16 @@ def _run_attempt(run_id: str, step: str, attempt: int, prefix: str) -> str:
     try:
         plan, rendered = _render_late(store, plan, step)
     except OutputUnavailable as exc:
+        # Nothing is rendered, no container created: an upstream output is missing or (output_signature)
+        # does not verify (a Redis writer without the key changed it).
         message = str(exc)
-        log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
+        reason = "output_signature" if isinstance(exc, OutputRefused) else "output_unavailable"
+        if reason == "output_signature":
+            log.error("%s %s attempt %s refused: %s", run_id, step, attempt, message)
+        else:
+            log.info("%s %s attempt %s: %s", run_id, step, attempt, message)
         finished = _with_redis_retries(lambda: engine.finish(
-            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": "output_unavailable", "error": message}))
+            run_id, step, attempt, AttemptOutcome.FAILED, {"reason": reason, "error": message}))
         return finished.state
     log.info("%s %s attempt %s started: %s", run_id, step, attempt, " ".join(plan.argv))
     ctx.following.add(key)
@@ -150,7 +164,7 @@ def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outco
         "error": outcome.error,
         "container_seconds": container_seconds,
         **(rendered or {}),
-        **({"outputs": json.dumps(dict(outcome.outputs))} if outcome.outputs is not None else {}),
+        **(_signed_outputs(ctx, key, outcome.outputs) if outcome.outputs is not None else {}),
     }
     sensor = plan.sensor
     if sensor is not None and _not_ready(plan, outcome):
@@ -165,6 +179,14 @@ def record_result(ctx, key: tuple[str, str, int], plan: StepPlan, outcome: Outco
     log.info("%s %s attempt %s: %s%s", run_id, step, attempt, finished.state,
              f" ({outcome.error})" if outcome.error else "")
     return finished.state
+
+
+def _signed_outputs(ctx, key: tuple[str, str, int], outputs) -> dict[str, str]:
+    """A successful attempt's outputs as stored, with their signature (``outputs_sig``; '' without a key)
+    bound to run, step (``STEP[i]`` for an instance) and attempt: finish.lua keeps both on the step."""
+    text = json.dumps(dict(outputs))
+    signing_key = ctx.settings.signing_key
+    return {"outputs": text, "outputs_sig": signing.sign_outputs(signing_key, *key, text) if signing_key else ""}
 
 
 def _not_ready(plan: StepPlan, outcome: Outcome) -> bool:
@@ -182,9 +204,11 @@ def _signed_step(step: str) -> str:
 def _render_late(store, plan: StepPlan, step: str) -> tuple[StepPlan, dict[str, str]]:
     """The plan with upstream outputs (and a mapped instance's item) rendered in (scheduler/outputs.py),
     and what to record on the attempt for reproducibility: the argv and env it ran with, when they
-    differ from the stored plan."""
+    differ from the stored plan. With the store's signing key, every output and item is verified first
+    (scheduler/output_trust.py; :class:`OutputRefused` if one does not)."""
     deferred = bool(plan.deferred) or plan.step in HANDLER_STEPS  # a handler's env holds the run's state
-    rendered = render_attempt(store, plan, step)
+    key = getattr(store, "signing_key", None)
+    rendered = render_attempt(VerifiedOutputs(store, key) if key else store, plan, step)
     if not deferred:
         return rendered, {}
     return rendered, {"argv": json.dumps(list(rendered.argv)), "env": json.dumps(dict(rendered.env))}

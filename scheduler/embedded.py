@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scheduler.errors import UnavailableError
+from scheduler.records import COMPACT_HASHES
 
 START_TIMEOUT = 10.0
 
@@ -39,7 +40,7 @@ def embedded_redis() -> Iterator[str]:
     process = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
          "--save", "", "--appendonly", "no", "--dir", str(folder), "--loglevel", "warning",
-         "--logfile", str(folder / "redis.log")],
+         "--logfile", str(folder / "redis.log"), *COMPACT_HASHES],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=die_with_parent,
     )

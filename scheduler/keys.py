@@ -89,11 +89,17 @@ class Keys:
     def run(self, run_id: str) -> str:  # hash: the run record
         return f"{self.prefix}:run:{run_id}"
 
-    def step(self, run_id: str, step: str) -> str:  # hash: state, attempt, waiting, plan, ...
+    def step(self, run_id: str, step: str) -> str:  # hash: state, attempt, counters, plan digest, ...
         return f"{self.prefix}:run:{run_id}:step:{step}"
 
     def attempt(self, run_id: str, step: str, number: int) -> str:  # hash: one attempt's record
         return f"{self.prefix}:run:{run_id}:step:{step}:a:{number}"
+
+    def plan(self, digest: str) -> str:  # string: one rendered step plan (canonical JSON), shared by content
+        return f"{self.prefix}:plan:{digest}"
+
+    def plan_refs(self) -> str:  # hash: plan digest -> how many step records name it (the plan goes at 0)
+        return f"{self.prefix}:plan_refs"
 
     def checkpoint(self, run_id: str, step: str) -> str:  # hash: the step's last saved checkpoint (data, bytes, at)
         return f"{self.prefix}:run:{run_id}:step:{step}:checkpoint"

@@ -27,6 +27,12 @@ class OutputUnavailable(Exception):
     ``trigger_rule: all_done``). The attempt fails with reason ``output_unavailable``."""
 
 
+class OutputRefused(OutputUnavailable):
+    """An upstream output or a mapped step's items read from Redis do not verify against their signature
+    (a worker with the signing key: scheduler/output_trust.py). Nothing is rendered; the attempt fails
+    with reason ``output_signature``."""
+
+
 class OutputSource(Protocol):
     def step_outputs(self, run_id: str, steps: list[str]) -> dict[str, dict[str, str]]: ...
 

@@ -136,7 +136,7 @@ def plan_run(
             produces=step.produces,
             deferred=deferred,
             context={n: step_ctx[n] for text in deferred.values() for n in templates.names_in(text)
-                     if not templates.is_late(n)},
+                     if not templates.is_late(n)} | _for_each_param(step.for_each, step_ctx),
         )
     return RunPlan(
         run_id=run_id,
@@ -204,6 +204,13 @@ def _image(dag: str, step: str, image: str, ctx: Mapping[str, Any]) -> str:
         raise ParamError(f"{dag}: step '{step}': image {image!r} renders as {rendered!r}, which is not an image "
                          "reference; check the params it uses")
     return rendered
+
+
+def _for_each_param(for_each: Mapping[str, str] | None, step_ctx: Mapping[str, Any]) -> dict[str, Any]:
+    """A step mapped over a run param keeps the param's value in its (signed) plan: a worker with the key
+    checks the list it expanded over against it (scheduler/output_trust.py), as run params are not signed."""
+    name = f"params.{for_each['param']}" if for_each and "param" in for_each else None
+    return {name: step_ctx[name]} if name and name in step_ctx else {}
 
 
 def late_templates(argv: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:

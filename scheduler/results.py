@@ -169,17 +169,23 @@ def decode_waited(reply: Sequence[Any]) -> Finished | None:
     return decode_finished(reply)
 
 
-def decode_started(reply: Sequence[Any]) -> Started:
-    """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
+def _stored_plan(run_id: str, text: str) -> StepPlan | None:
+    """A stored plan (see scheduler/records.py), or None for anything Conveyor did not write (the runner
+    refuses it: runner/job.py, runner/adoption.py)."""
     import json
 
+    try:
+        return StepPlan.from_json({**json.loads(text), "run_id": run_id})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def decode_started(reply: Sequence[Any], run_id: str) -> Started:
+    """start.lua: {'ok', plan_json, signature} | {'stale', state, attempt} | {'cancelled'} | {'pooled'}."""
     status = StartStatus(reply[0])
     if status is StartStatus.OK:
         signature = reply[2] if len(reply) > 2 else ""
-        try:
-            plan = StepPlan.from_json(json.loads(reply[1]))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            plan = None  # not a plan Conveyor wrote: the runner refuses it (see runner/job.py)
+        plan = _stored_plan(run_id, reply[1])
         return Started(status, plan, reply[1] or "", signature)
     return Started(status)
 
@@ -189,16 +195,11 @@ def decode_lease(reply: int) -> Lease:
     return {1: Lease.HELD, 0: Lease.LOST}.get(int(reply), Lease.TAKEN)
 
 
-def decode_adopted(reply: Sequence[Any]) -> Adopted:
+def decode_adopted(reply: Sequence[Any], run_id: str) -> Adopted:
     """adopt.lua: {'ok', plan_json, log_bytes, started_at, signature} | {'alive'} | {'stale'}."""
-    import json
-
     if reply[0] != "ok":
         return Adopted(Fence(reply[0]))
-    try:
-        plan = StepPlan.from_json(json.loads(reply[1]))
-    except (ValueError, TypeError, KeyError, AttributeError):
-        plan = None  # not a plan Conveyor wrote: the adopter refuses it (see runner/adoption.py)
+    plan = _stored_plan(run_id, reply[1])
     return Adopted(StartStatus.OK, plan, int(reply[2] or 0), reply[3] or "", reply[1] or "",
                    reply[4] if len(reply) > 4 else "")
 

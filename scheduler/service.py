@@ -5,7 +5,6 @@ choosing what a rerun runs, planning a backfill. State changes go through :mod:`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -65,8 +64,9 @@ def _submitted(store: RunStore, spec: DagSpec, raw: bytes, path: str, git: Mappi
 
 def load_version(store: RunStore, name: str, version: int | None = None,
                  calendars: Mapping[str, Any] | None = None) -> tuple[DagSpec, dict[str, Any]]:
-    """A stored DAG version, validated again from its exact source text."""
-    record = store.dag_version(name, version)
+    """A stored DAG version, its signature checked (when the store holds the key) and validated again from
+    its exact source text."""
+    record = store.verified_dag_version(name, version)
     if calendars is None:
         calendars = store_calendars(store)
     where = record.get("path") or f"<{name} v{record['version']}>"
@@ -113,7 +113,7 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
         if missing:
             raise ConveyorError(f"DAG '{record['dag']}' version {new_version['version']} has no step "
                                 f"{', '.join(missing)}; rerun without --latest")
-        fresh = plan_run(new_spec, version=new_version["version"], params=json.loads(record["params"]),
+        fresh = plan_run(new_spec, version=new_version["version"], params=store.verified_params(record),
                          now=now or datetime.now(UTC), trigger=Trigger(record["trigger"]), run_id=run_id,
                          logical_date=datetime.fromisoformat(record["logical_date"]),
                          interval=(_when(record.get("data_interval_start")), _when(record.get("data_interval_end"))))
@@ -125,7 +125,7 @@ def plan_rerun(store: RunStore, run_id: str, *, step: str | None = None, downstr
     for name in chosen:
         last = by_name[name]["attempts"][-1] if by_name[name]["attempts"] else {}
         if last.get("image_id") and mapped_instance(name) is None:  # instances run their mapped step's plan
-            plans[name] = replace(store.step_plan(run_id, name), pinned_image=last["image_id"])
+            plans[name] = replace(store.verified_plan(run_id, name), pinned_image=last["image_id"])
     note = (f"DAG version {record['dag_version']} as pinned; images pinned to the ids they ran: "
             + (", ".join(f"{n}={p.pinned_image[:19]}" for n, p in plans.items()) or "none yet"))
     return Rerun(run_id, chosen, plans, [note], version["version"])

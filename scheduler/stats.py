@@ -122,10 +122,9 @@ def load(store: RunStore, since: float, dag: str | None = None, chunk: int = 200
             built = []
             for step in steps:
                 attempts = step["attempts"]
-                plan = json.loads(step.get("plan") or "{}")
                 built.append(Step(
                     step.get("name", ""), step.get("state", ""),
-                    {str(k): _tag_value(v) for k, v in (plan.get("tags") or {}).items()},
+                    {str(k): _tag_value(v) for k, v in (step.get("tags") or {}).items()},
                     tuple(Attempt(int(a.get("number") or 0), a.get("state", ""), a.get("host") or "",
                                   _epoch(a.get("started_at")), _epoch(a.get("ended_at"))) for a in attempts if a),
                     bool(step.get("sla_missed")),

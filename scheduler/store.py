@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from scheduler import signing
+from scheduler import records, signing
 from scheduler.errors import ConveyorError, NotFoundError, UnavailableError
 from scheduler.keys import Keys
 from scheduler.model import TERMINAL_STEP_STATES, StepPlan, instance_name, mapped_instance
@@ -72,6 +72,12 @@ def member(run_id: str, step: str, attempt: int) -> str:
 def parse_member(entry: str) -> tuple[str, str, int]:
     run_id, step, attempt = entry.rsplit("|", 2)
     return run_id, step, int(attempt)
+
+
+def _steps_arg(steps: list[list[Any]], texts: Mapping[str, str]) -> str:
+    """The steps argument of create.lua, create_steps.lua, stage.lua and rerun.lua: the step records
+    as ``[name, {field: string}]`` and the plans they name, by digest (each sent once)."""
+    return json.dumps({"steps": steps, "plans": texts})
 
 
 @functools.cache
@@ -177,12 +183,19 @@ class RunStore:
                     pipe.watch(k.dag(name), k.dag_shas(name))
                     latest = pipe.hget(k.dag(name), "latest")
                     latest_sha = pipe.hget(k.dag(name), "sha256")
-                    if latest_sha == sha:
-                        return int(latest), False
+                    text = source.decode("utf-8")
+                    signature = signing.sign_source(self.signing_key, name, text) if self.signing_key else ""
                     version = int(latest or 0) + 1
+                    if latest_sha == sha:
+                        stored = json.loads(pipe.get(k.dag_version(name, int(latest))) or "{}")
+                        if stored.get("source_sig", "") == signature and stored.get("source") == text:
+                            return int(latest), False
+                        # The same content, stored unsigned (before a key was set) or changed in Redis:
+                        # this submitter's own text, signed, becomes that version again.
+                        version = int(latest)
                     record = {
                         "name": name, "version": version, "sha256": sha, "path": path,
-                        "source": source.decode("utf-8"), "document": document,
+                        "source": text, "document": document, "source_sig": signature,
                         "git_commit": (git or {}).get("commit"), "git_dirty": (git or {}).get("dirty"),
                         "submitted_at": now_iso(now),
                     }
@@ -196,6 +209,17 @@ class RunStore:
                     return version, True
                 except redis.WatchError:
                     continue
+
+    def verified_dag_version(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """:meth:`dag_version`, its source's signature checked when this store holds the key: what is
+        planned, and signed, from it must be what a key holder submitted."""
+        record = self.dag_version(name, version)
+        if self.signing_key and not signing.verify_source(self.signing_key, name, record.get("source", ""),
+                                                          record.get("source_sig")):
+            raise ConveyorError(f"DAG '{name}' version {record.get('version')} is not signed with this deployment's "
+                                "key (it was submitted without CONVEYOR_SIGNING_KEY, with another key, or changed in "
+                                "Redis): submit it again with the key (ctl submit, or the scheduler's --dags folder)")
+        return record
 
     def dag_version(self, name: str, version: int | None = None) -> dict[str, Any]:
         if version is None:
@@ -288,19 +312,19 @@ class RunStore:
         With ``idempotency_key`` (a scheduled run's logical date) a second create for the same DAG and
         key creates nothing and returns the first run's id. Returns ``(run_id, ready entries)``.
         """
-        head, steps = self._create_parts(plan, idempotency_key, now)
+        head, steps, texts = self._create_parts(plan, idempotency_key, now)
         if len(steps) <= CREATE_CHUNK:
-            return decode_created(plan.run_id, self._create(args=[*head, json.dumps(steps)]))
+            return decode_created(plan.run_id, self._create(args=[*head, _steps_arg(steps, texts)]))
         # Steps ahead in chunks (other clients' commands run between them), then the run in one script.
         with self.r.pipeline(transaction=False) as pipe:
             for i in range(0, len(steps), CREATE_CHUNK):
-                self._create_steps(args=[self.prefix, plan.run_id, AHEAD_TTL, json.dumps(steps[i:i + CREATE_CHUNK])],
-                                   client=pipe)
+                chunk = steps[i:i + CREATE_CHUNK]
+                self._create_steps(args=[self.prefix, plan.run_id, AHEAD_TTL, _steps_arg(chunk, texts)], client=pipe)
             pipe.execute()
         names = [name for name, _ in steps]
-        reply = self._create(args=[*head, "[]", json.dumps(names)])
+        reply = self._create(args=[*head, _steps_arg([], {}), json.dumps(names)])
         if reply[0] != "created":  # an existing run (idempotency key), or steps gone: ours are garbage
-            with self.r.pipeline(transaction=False) as pipe:
+            with self.r.pipeline(transaction=False) as pipe:  # (their plans expire unless a run holds them)
                 for i in range(0, len(names), CREATE_CHUNK):
                     pipe.unlink(*[self.keys.step(plan.run_id, n) for n in names[i:i + CREATE_CHUNK]])
                 pipe.execute()
@@ -328,52 +352,60 @@ class RunStore:
 
     def create_args(self, plan: RunPlan, idempotency_key: str | None, now: datetime | None) -> list[Any]:
         """create.lua's ARGV for the whole run in one script (stage.lua takes the same)."""
-        head, steps = self._create_parts(plan, idempotency_key, now)
-        return [*head, json.dumps(steps)]
+        head, steps, texts = self._create_parts(plan, idempotency_key, now)
+        return [*head, _steps_arg(steps, texts)]
 
     def _create_parts(self, plan: RunPlan, idempotency_key: str | None,
-                      now: datetime | None) -> tuple[list[Any], list[list[Any]]]:
-        """create.lua's ARGV but the steps, and the steps as ``[name, {field: string}]``."""
+                      now: datetime | None) -> tuple[list[Any], list[list[Any]], dict[str, str]]:
+        """create.lua's ARGV but the steps; the steps as ``[name, {field: string}]`` (lean: see
+        scheduler/records.py) and their plans by digest."""
         assumed = plan.assumed  # steps not run (ctl run --only): created in their final state
         roots = [s for s in plan.order if s not in assumed and all(u in assumed for u in plan.upstream[s])]
         iso = lambda t: t.isoformat() if t else ""  # noqa: E731
         run = {
-            "run_id": plan.run_id, "dag": plan.dag, "dag_version": plan.dag_version, "state": "queued",
+            "dag": plan.dag, "dag_version": plan.dag_version, "state": "queued",
             "params": json.dumps(plan.params), "trigger": plan.trigger.value, "priority": plan.priority.value,
             "created_at": now_iso(plan.created_at), "logical_date": iso(plan.logical_date),
             "data_interval_start": iso(plan.data_interval_start), "data_interval_end": iso(plan.data_interval_end),
-            "steps": json.dumps(list(plan.order)), "roots": json.dumps(roots),
+            "steps": json.dumps(list(plan.order)),
+            **({"roots": json.dumps(roots)} if roots != list(plan.order) else {}),  # left out: all of them
             "unfinished": len(plan.order) - len(assumed),
             "failed": 0, "cancel": 0, "max_active": plan.max_active_runs or 0,
-            "provenance": json.dumps(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
+            **records.provenance_fields(plan.provenance), "handlers": json.dumps(dict(plan.handlers)),
             "slas": json.dumps([[f"{plan.run_id}|{step}", due] for step, due in plan.slas]),
-            "fire_date": plan.logical_date.astimezone(UTC).isoformat(),  # how other DAGs' wait_for find it
         }
-        steps = []
+        if self.signing_key and plan.params:  # a rerun with --latest plans from them again
+            run["params_sig"] = signing.sign_params(self.signing_key, plan.run_id, str(run["params"]))
+        fire_date = plan.logical_date.astimezone(UTC).isoformat()  # how other DAGs' wait_for find it
+        if fire_date != run["logical_date"]:
+            run["fire_date"] = fire_date
+        steps: list[list[Any]] = []
+        texts: dict[str, str] = {}
         for name in [*plan.order, *plan.handlers]:
             step = plan.steps[name]
-            counted = sum(1 for u in plan.upstream.get(name, ()) if assumed.get(u) == "success")
-            steps.append([name, {
-                "name": name, "state": assumed.get(name, "pending"), "attempt": "0", "rule": step.trigger_rule,
-                "retries": str(step.retries), "up_done": str(counted), "up_success": str(counted), "up_failed": "0",
+            counted = str(sum(1 for u in plan.upstream.get(name, ()) if assumed.get(u) == "success"))
+            digest, sig = self._stored_plan(plan.run_id, name, step, texts)
+            steps.append([name, records.lean({
+                "state": assumed.get(name, "pending"), "attempt": "0", "rule": step.trigger_rule,
+                "retries": str(step.retries), "up_done": counted, "up_success": counted,
                 "upstream": json.dumps(list(plan.upstream.get(name, ()))),
                 "downstream": json.dumps(list(plan.downstream.get(name, ()))),
                 "max_attempts": str(step.retries + 1), "queue": step.queue,
                 "timeout": "" if step.timeout is None else str(step.timeout),
-                **self._signed_plan(plan.run_id, name, step),
+                "plan": digest, "plan_sig": sig,
                 **({"when": step.when} if step.when else {}),
                 **self._mapped_fields(step),
                 **({"wait_for": json.dumps([dict(w) for w in step.wait_for])} if step.wait_for else {}),
                 **({"produces": json.dumps(list(step.produces))} if step.produces else {}),
-                # A step's own pool, else its queue's ("queue:low"): `ctl pool set queue:low 4` caps how many
-                # steps of a queue run at once. A pool that is not defined does not limit.
-                "pool": step.pool or f"queue:{step.queue}", "pool_slots": str(step.pool_slots),
-            }])
+                # A step's own pool, else (left out) its queue's ("queue:low"): `ctl pool set queue:low 4` caps
+                # how many steps of a queue run at once. A pool that is not defined does not limit.
+                **({"pool": step.pool} if step.pool else {}), "pool_slots": str(step.pool_slots),
+            }, records.STEP_DEFAULTS)])
+        run_fields = records.lean({k: str(v) for k, v in run.items()}, records.RUN_DEFAULTS)
         return [
             self.prefix, plan.run_id, now_iso(now or plan.created_at), plan.dag, plan.created_at.timestamp(),
-            idempotency_key or "", iso(plan.data_interval_start),
-            json.dumps({k: str(v) for k, v in run.items()}),
-        ], steps
+            idempotency_key or "", iso(plan.data_interval_start), json.dumps(run_fields),
+        ], steps, texts
 
     @staticmethod
     def _mapped_fields(plan: StepPlan) -> dict[str, str]:
@@ -383,18 +415,20 @@ class RunStore:
         return {"for_each": json.dumps(dict(plan.for_each)), "max_parallel": str(plan.max_parallel or 0),
                 "max_items": str(plan.max_items), "output_names": json.dumps(list(plan.outputs))}
 
-    def _signed_plan(self, run_id: str, step: str, plan: StepPlan) -> dict[str, str]:
-        """The step hash's ``plan`` (canonical JSON) and ``plan_sig`` (empty without a key)."""
-        text = signing.canonical(plan.to_json())
-        sig = signing.sign(self.signing_key, run_id, step, text) if self.signing_key else ""
-        return {"plan": text, "plan_sig": sig}
+    def _stored_plan(self, run_id: str, step: str, plan: StepPlan, texts: dict[str, str]) -> tuple[str, str]:
+        """The step hash's ``plan`` (the stored plan's digest, its text added to ``texts``) and
+        ``plan_sig`` (empty without a key)."""
+        text = records.plan_text(plan)
+        digest = records.plan_digest(text)
+        texts[digest] = text
+        return digest, signing.sign(self.signing_key, run_id, step, text) if self.signing_key else ""
 
     def start_attempt(self, run_id: str, step: str, attempt: int, *, host: str, pid: int, worker: str,
                       lease: float = DEFAULT_LEASE, now: datetime | None = None, engine_id: str = "") -> Started:
         """Claim an attempt and take its lease (fenced: only the attempt the step waits for, once).
         ``engine_id`` names the container engine that will run it (see :meth:`adopt`)."""
         return decode_started(self.replicated.run(self._start, [self.prefix, run_id, step, attempt, now_iso(now),
-                                                                host, pid, worker, lease, engine_id], "start"))
+                                                                host, pid, worker, lease, engine_id], "start"), run_id)
 
     def finish_attempt(self, run_id: str, step: str, attempt: int, outcome: str, record: Mapping[str, Any],
                        *, retry_delay: float = 0.0, now: datetime | None = None, holder: str = "") -> Finished:
@@ -485,6 +519,42 @@ class RunStore:
                 pipe.hget(self.keys.step(run_id, step), "outputs")
             return {step: json.loads(raw or "{}") for step, raw in zip(steps, pipe.execute(), strict=True)}
 
+    def signed_outputs(self, run_id: str, steps: list[str]) -> list[tuple[str | None, str | None]]:
+        """Each step's recorded outputs exactly as stored and their signature (``outputs``, ``outputs_sig``),
+        for a worker that verifies them (scheduler/output_trust.py)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.hmget(self.keys.step(run_id, step), ["outputs", "outputs_sig"])
+            return [(outputs, sig) for outputs, sig in pipe.execute()]
+
+    def verified_plan(self, run_id: str, step: str) -> StepPlan:
+        """The step's stored plan, its signature checked when this store holds the key: what a pinned rerun
+        signs again must be what was signed, not what a Redis writer put there."""
+        plan = self.step_plan(run_id, step)
+        if self.signing_key:
+            text, sig = self.signed_plan(run_id, step)
+            if text is None or not signing.verify(self.signing_key, run_id, step, text, sig):
+                raise ConveyorError(f"run {run_id}: the stored plan of step '{step}' does not verify its signature "
+                                    "(it was changed in Redis, or signed with another key); rerun it with --latest "
+                                    "to plan it again from the DAG")
+        return plan
+
+    def verified_params(self, record: Mapping[str, str]) -> dict[str, Any]:
+        """A run's params (its record as :meth:`run_record` reads it), their signature checked when this
+        store holds the key: a rerun that plans from them again signs what was given, nothing else."""
+        text = record.get("params") or "{}"
+        if self.signing_key and text != "{}" and not signing.verify_params(
+                self.signing_key, record["run_id"], text, record.get("params_sig")):
+            raise ConveyorError(f"run {record['run_id']}: its params do not verify their signature (changed in "
+                                "Redis, or given without the key); trigger a new run with the params you want")
+        return json.loads(text)
+
+    def signed_plan(self, run_id: str, step: str) -> tuple[str | None, str]:
+        """A step's stored plan text (None when it has none) and its signature (scheduler/signing.py)."""
+        digest, sig = self.r.hmget(self.keys.step(run_id, step), ["plan", "plan_sig"])
+        text = digest if digest and digest.startswith("{") else self.r.get(self.keys.plan(digest)) if digest else None
+        return text, sig or ""
+
     def missed_slas(self, limit: int = 200) -> list[SlaMiss]:
         """Record every SLA or deadline that fell due unmet (once each); returns the misses, each with the
         ready entry of an on_sla_miss handler it fired."""
@@ -523,7 +593,8 @@ class RunStore:
         """Lease the attempt ``entry`` (``run|step|n``, its lease expired) to ``adopter``, which follows its
         container to the end (fenced: one adopter wins; see ``adopt.lua``)."""
         return decode_adopted(self.replicated.run(self._adopt, [self.prefix, entry, now_iso(now), adopter, lease,
-                                                                container_id], "adoption"))
+                                                                container_id], "adoption"),
+                              parse_member(entry)[0])
 
     def hand_over(self, run_id: str, step: str, attempt: int, holder: str, *, now: datetime | None = None) -> bool:
         """Release the lease at once, the container still running, for another worker to adopt."""
@@ -578,14 +649,16 @@ class RunStore:
               now: datetime | None = None, resume: bool = False) -> tuple[Ready, ...]:
         """Rerun ``steps`` (topological order) of an ended run, optionally with new plans (``--latest``);
         ``resume`` keeps their saved checkpoints, else they start clean."""
-        if plans:
-            with self.r.pipeline() as pipe:
-                for name, plan in plans.items():
-                    pipe.hset(self.keys.step(run_id, name), mapping={
-                        **self._signed_plan(run_id, name, plan), "retries": plan.retries, "queue": plan.queue,
-                        "timeout": "" if plan.timeout is None else plan.timeout, "rule": plan.trigger_rule})
-                pipe.execute()
-        result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps), "1" if resume else "0"])
+        changed: list[list[Any]] = []
+        texts: dict[str, str] = {}
+        for name, plan in (plans or {}).items():
+            digest, sig = self._stored_plan(run_id, name, plan, texts)
+            fields = {"plan": digest, "plan_sig": sig, "retries": str(plan.retries), "queue": plan.queue,
+                      "timeout": "" if plan.timeout is None else str(plan.timeout), "rule": plan.trigger_rule}
+            # A field back at its default is removed (rerun.lua removes the fields given as "").
+            changed.append([name, {k: "" if records.STEP_DEFAULTS.get(k) == v else v for k, v in fields.items()}])
+        result = self._rerun(args=[self.prefix, run_id, now_iso(now), json.dumps(steps), "1" if resume else "0",
+                                   _steps_arg(changed, texts)])
         if result[0] == "running":
             raise ConveyorError(f"run {run_id} has not ended; cancel it first (ctl cancel {run_id})")
         return decode_ready(result[1])
@@ -617,7 +690,7 @@ class RunStore:
     # --- reading --------------------------------------------------------------------------------
 
     def run_record(self, run_id: str) -> dict[str, str]:
-        record = self.r.hgetall(self.keys.run(run_id))
+        record = records.run_view(run_id, self.r.hgetall(self.keys.run(run_id)))
         if not record:
             raise NotFoundError(f"no run '{run_id}'")
         return record
@@ -634,7 +707,8 @@ class RunStore:
         with self.r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.step(run_id, name))
-            steps = pipe.execute()
+            raws = pipe.execute()
+        steps = [records.step_view(name, raw) if raw else raw for name, raw in zip(names, raws, strict=True)]
         with self.r.pipeline(transaction=False) as pipe:
             for name, step in zip(names, steps, strict=True):
                 for n in range(1, int(step.get("attempt") or 0) + 1):
@@ -653,7 +727,8 @@ class RunStore:
         with self.r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.step(run_id, name))
-            found = dict(zip(names, pipe.execute(), strict=True))
+            found = {name: records.step_view(name, raw) if raw else raw
+                     for name, raw in zip(names, pipe.execute(), strict=True)}
         with self.r.pipeline(transaction=False) as pipe:
             for name, step in found.items():
                 for n in range(1, int(step.get("attempt") or 0) + 1):
@@ -671,10 +746,17 @@ class RunStore:
         instance = mapped_instance(step)
         if instance is not None and self.r.exists(self.keys.step(run_id, step)):
             return replace(self.step_plan(run_id, instance[0]), step=step)  # an instance runs its step's plan
-        raw = self.r.hget(self.keys.step(run_id, step), "plan")
-        if raw is None:
+        digest = self.r.hget(self.keys.step(run_id, step), "plan")
+        text = digest if digest and digest.startswith("{") else self.r.get(self.keys.plan(digest)) if digest else None
+        if text is None:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")
-        return StepPlan.from_json(json.loads(raw))
+        return records.load_plan(run_id, text)
+
+    def plan_texts(self, digests: set[str]) -> dict[str, str]:
+        """Stored plans by digest (one round trip; the runs of a DAG version mostly share them)."""
+        ordered = sorted(digests)
+        texts = self.r.mget([self.keys.plan(d) for d in ordered]) if ordered else []
+        return {d: t for d, t in zip(ordered, texts, strict=True) if t is not None}
 
     # --- small reads for the engine and the daemons (so that nothing else touches Redis) ---------
 
@@ -692,9 +774,9 @@ class RunStore:
         with self.r.pipeline(transaction=False) as pipe:
             for entry, _ in entries:
                 pipe.hgetall(self.keys.attempt(*parse_member(entry)))
-            records = pipe.execute()
+            attempts = pipe.execute()
         found = []
-        for (entry, expiry), record in zip(entries, records, strict=True):
+        for (entry, expiry), record in zip(entries, attempts, strict=True):
             run_id, step, attempt = parse_member(entry)
             found.append({**record, "run_id": run_id, "step": step, "attempt": attempt, "lease_until": expiry})
         return found
@@ -765,9 +847,9 @@ class RunStore:
                 for run_id in ids:
                     pipe.hmget(k.run(run_id), "state", "created_at", "staged_due")
             rows = pipe.execute()
-        records, states = rows[:len(names)], iter(rows[len(names):])
+        versions, states = rows[:len(names)], iter(rows[len(names):])
         return [(m, json.loads(raw) if raw else None, [(run_id, *next(states)) for run_id in ids])
-                for m, raw, ids in zip(meta, records, runs, strict=True)]
+                for m, raw, ids in zip(meta, versions, runs, strict=True)]
 
     def runs_page(self, dag: str | None, top: float | str, offset: int, count: int) -> list[tuple[str, float,
                                                                                                   dict[str, str]]]:
@@ -777,8 +859,9 @@ class RunStore:
         with self.r.pipeline(transaction=False) as pipe:
             for run_id, _ in chunk:
                 pipe.hgetall(self.keys.run(run_id))
-            records = pipe.execute()
-        return [(run_id, score, record) for (run_id, score), record in zip(chunk, records, strict=True)]
+            runs = pipe.execute()
+        return [(run_id, score, records.run_view(run_id, record))
+                for (run_id, score), record in zip(chunk, runs, strict=True)]
 
     def previous_run(self, dag: str, run_id: str) -> str | None:
         """The run of ``dag`` created just before ``run_id``."""
@@ -816,19 +899,20 @@ class RunStore:
         return self.r.zrangebyscore(key, since, "+inf", withscores=True)
 
     def runs_with_steps(self, run_ids: list[str]) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
-        """Each run's record and its ordinary steps, each with ``attempts``; three round trips in all."""
+        """Each run's record and its ordinary steps, each with ``attempts`` and its plan's ``tags``; four
+        round trips in all."""
         keys = self.keys
         with self.r.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 pipe.hgetall(keys.run(run_id))
-            records = pipe.execute()
-        names = [json.loads(r.get("steps") or "[]") if r else [] for r in records]
+            runs = [records.run_view(run_id, raw) for run_id, raw in zip(run_ids, pipe.execute(), strict=True)]
+        names = [json.loads(r.get("steps") or "[]") if r else [] for r in runs]
         with self.r.pipeline(transaction=False) as pipe:
             for run_id, steps in zip(run_ids, names, strict=True):
                 for name in steps:
                     pipe.hgetall(keys.step(run_id, name))
             step_records = iter(pipe.execute())
-        per_run = [[next(step_records) for _ in steps] for steps in names]
+        per_run = [[records.step_view(name, next(step_records)) for name in steps] for steps in names]
         with self.r.pipeline(transaction=False) as pipe:
             for run_id, steps in zip(run_ids, per_run, strict=True):
                 for step in steps:
@@ -838,7 +922,13 @@ class RunStore:
         for steps in per_run:
             for step in steps:
                 step["attempts"] = [next(attempt_records) for _ in range(int(step.get("attempt") or 0))]
-        return list(zip(records, per_run, strict=True))
+        texts = self.plan_texts({step["plan"] for steps in per_run for step in steps if step.get("plan")})
+        texts.update({s["plan"]: s["plan"] for steps in per_run for s in steps if s.get("plan", "").startswith("{")})
+        tags = {digest: json.loads(text).get("tags") or {} for digest, text in texts.items()}
+        for steps in per_run:
+            for step in steps:
+                step["tags"] = tags.get(step.get("plan") or "", {})
+        return list(zip(runs, per_run, strict=True))
 
     def runs_created_before(self, cutoff: float, limit: int) -> list[str]:
         return self.r.zrangebyscore(self.keys.runs(), "-inf", f"({cutoff}", start=0, num=limit)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from scheduler.settings import Settings
+from scheduler.settings import Settings, signing_key_from_env
 from tests.conftest import free_port
 
 VIEWER_TOKEN = "viewer-token-0123456789abcdef"
@@ -88,7 +88,7 @@ PREFIX = "srvtest"  # its own prefix: other test sessions on a shared engine rem
 def own_settings(redis_server: str) -> Iterator[Settings]:
     """The conftest fixture's clean db, under this module's own prefix; its containers removed afterwards."""
     redis.Redis.from_url(redis_server).flushdb()
-    yield Settings(redis_server, prefix=PREFIX)
+    yield Settings(redis_server, prefix=PREFIX, signing_key=signing_key_from_env())  # as the server has it
     client = docker.from_env()
     for container in client.containers.list(all=True, filters={"label": f"dev.conveyor.prefix={PREFIX}"}):
         with contextlib.suppress(docker.errors.NotFound):  # its worker removed it meanwhile

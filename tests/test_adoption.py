@@ -355,9 +355,10 @@ def test_an_adopter_refuses_a_plan_changed_since_it_was_signed(
             image, list(step_plan.argv), detach=True, labels=labels_for(step_plan, 1, settings.prefix,
                                                                         store.store_id))
     # A Redis writer without the key rewrites the stored plan (a longer timeout, a secret to read...).
-    stored = json.loads(store.r.hget(store.keys.step(rid, "changed"), "plan"))
+    key = store.keys.plan(store.r.hget(store.keys.step(rid, "changed"), "plan"))
+    stored = json.loads(store.r.get(key))
     stored["timeout"] = 86400
-    store.r.hset(store.keys.step(rid, "changed"), "plan", json.dumps(stored))
+    store.r.set(key, json.dumps(stored))
     time.sleep(0.3)
     adopter = Adopter(context)
     assert adopter.consider(member(rid, "changed", 1)) is Sighting.BUSY  # ended here, not followed

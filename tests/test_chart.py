@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from scheduler.records import COMPACT_HASHES
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "conveyor"
 KUBE_VERSION = "1.32.0"
@@ -195,6 +197,7 @@ def test_bundled_redis_has_aof_on_a_pvc(variant):
     assert flags["--appendonly"] == "yes"
     assert flags["--appendfsync"] == "everysec"
     assert flags["--dir"] == "/data"
+    assert flags[COMPACT_HASHES[0]] == COMPACT_HASHES[1]  # the same setting as the embedded Redis
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in redis["volumeMounts"]

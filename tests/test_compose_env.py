@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scheduler.records import COMPACT_HASHES
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "compose-env.sh"
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
@@ -88,6 +90,7 @@ def test_every_service_uses_the_password_and_only_conveyor_gets_the_key(config: 
     password, key = env["REDIS_PASSWORD"], env["CONVEYOR_SIGNING_KEY"]
     command = services["redis"]["command"]
     assert command[command.index("--requirepass") + 1] == password
+    assert command[command.index(COMPACT_HASHES[0]) + 1] == COMPACT_HASHES[1]  # as the embedded Redis
     assert services["redis"]["environment"]["REDISCLI_AUTH"] == password
     assert "CONVEYOR_SIGNING_KEY" not in services["redis"].get("environment", {})
     for name in ("scheduler", "worker"):

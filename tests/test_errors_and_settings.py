@@ -51,6 +51,7 @@ INTERNAL = {
     "runner.admission.JobRefused": "the worker moves the job to RQ's failed registry with the reason, and logs it",
     "runner.outputs.OutputFailure": "becomes the attempt's outcome (output_missing, output_too_large, ...)",
     "scheduler.outputs.OutputUnavailable": "becomes the attempt's outcome (output_unavailable)",
+    "scheduler.outputs.OutputRefused": "becomes the attempt's outcome (output_signature)",
 }
 
 

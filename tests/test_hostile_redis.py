@@ -17,7 +17,8 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from scheduler.engine import Engine
-from scheduler.service import submit_file
+from scheduler.errors import ConveyorError
+from scheduler.service import submit_file, submit_source
 from tests.conftest import Workers, wait_for_run
 from tests.helpers import write_dag
 
@@ -115,7 +116,8 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     submit_file(store, write_dag(tmp_path, TAMPER))
     run_id = Engine(store, dispatcher).create_run("hostiletamper", {})
     key = store.keys.step(run_id, "victim")
-    plan = json.loads(store.r.hget(key, "plan"))
+    stored = store.keys.plan(store.r.hget(key, "plan"))  # the plan itself, stored once by content
+    plan = json.loads(store.r.get(stored))
     if change == "argv":
         plan["argv"] = ["sh", "-c", f"touch {canary}"]
     elif change == "image":
@@ -127,9 +129,9 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     if change == "unsigned":
         store.r.hset(key, "plan_sig", "")
     elif change == "garbage":
-        store.r.hset(key, "plan", "{not a plan")
+        store.r.set(stored, "{not a plan")
     else:
-        store.r.hset(key, "plan", json.dumps(plan))
+        store.r.set(stored, json.dumps(plan))
     workers.start(1)
     record = wait_for_run(store, run_id, timeout=60)
     assert record["state"] == "failed"
@@ -139,3 +141,44 @@ def test_a_tampered_plan_never_runs(tmp_path, store, dispatcher, workers: Worker
     assert not attempt.get("container_id")
     assert not canary.exists()
     assert_serves_real_attempts(store, dispatcher, "hostiletamper") if change == "argv" else None
+
+
+def test_a_dag_version_changed_in_redis_is_never_planned(store, dispatcher) -> None:
+    """The scheduler signs the plans it makes: it plans only from DAG versions a key holder submitted, so
+    a Redis writer cannot have it sign a DAG of their own (a changed source, an unsigned version)."""
+    source = b"name: hostiledag\nsteps:\n  only: {image: conveyor/busybox:local, command: [echo, honest]}\n"
+    submit_source(store, source, "hostiledag.yaml")
+    engine = Engine(store, dispatcher)
+    key = store.keys.dag_version("hostiledag", 1)
+    record = json.loads(store.r.get(key))
+    record["source"] = record["source"].replace("echo, honest", "sh, -c, 'touch /tmp/owned'")
+    store.r.set(key, json.dumps(record))
+    with pytest.raises(ConveyorError, match="not signed with this deployment's key"):
+        engine.create_run("hostiledag", {})
+    assert store.run_ids("hostiledag") == []
+    # The key holder's submit of the same file puts its own text back, signed, as that same version.
+    assert submit_source(store, source, "hostiledag.yaml").version == 1
+    run_id = engine.create_run("hostiledag", {})
+    assert store.step_plan(run_id, "only").argv == ("echo", "honest")
+    # A version stored without a signature (before a key was set) is refused the same way, then re-signed.
+    record = json.loads(store.r.get(key))
+    store.r.set(key, json.dumps({**record, "source_sig": ""}))
+    with pytest.raises(ConveyorError, match="not signed"):
+        engine.create_run("hostiledag", {})
+    submit_source(store, source, "hostiledag.yaml")
+    assert engine.create_run("hostiledag", {})
+
+
+def test_a_rerun_with_latest_refuses_params_changed_in_redis(store, dispatcher) -> None:
+    """``ctl rerun --latest`` plans the run again from its params: only from those it was given."""
+    from scheduler.service import plan_rerun
+
+    submit_source(store, b"name: hostileparams\nparams:\n  who: {default: world}\nsteps:\n"
+                         b"  only: {image: conveyor/busybox:local, command: [echo, '{{ params.who }}']}\n", "p.yaml")
+    run_id = Engine(store, dispatcher).create_run("hostileparams", {"who": "moon"})
+    store.start_attempt(run_id, "only", 1, host="h", pid=1, worker="w")
+    store.finish_attempt(run_id, "only", 1, "failed", {"exit_code": 1})
+    assert plan_rerun(store, run_id, latest=True).plans["only"].argv == ("echo", "moon")
+    store.r.hset(store.keys.run(run_id), "params", json.dumps({"who": "$(touch /tmp/owned)"}))
+    with pytest.raises(ConveyorError, match="params do not verify"):
+        plan_rerun(store, run_id, latest=True)

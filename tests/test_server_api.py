@@ -110,7 +110,7 @@ def test_trigger_with_params_runs_in_containers(server: Server, dags, workers: W
     client = server.client()
     created = client.post("/api/v1/dags/report/runs", json={"params": {"date": "2026-11-20", "rows": 5},
                                                             "priority": "high"})
-    assert created.status_code == 201
+    assert created.status_code == 201, created.text
     run_id = created.json()["run_id"]
     done = wait_for_state(client, run_id, {"success", "failed"})
     assert done["state"] == "success", done

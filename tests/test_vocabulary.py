@@ -26,7 +26,8 @@ def test_every_key_builder_has_a_lua_twin_that_builds_the_same_key(store: RunSto
     methods = [name for name, _ in inspect.getmembers(Keys, inspect.isfunction) if not name.startswith("_")]
     assert len(methods) > 30
     sample = {"name": "etl", "version": 3, "run_id": "etl-20261120T000000-abc123", "step": "load[2]",
-              "number": 4, "queue": "default", "due": "1795000000.000", "pool": "db"}
+              "number": 4, "queue": "default", "due": "1795000000.000", "pool": "db",
+                  "digest": "c207b563939561dc801c88dcca342183"}
     for name in methods:
         params = [p for p in inspect.signature(getattr(Keys, name)).parameters if p != "self"]
         args = [sample[p] for p in params]

@@ -27,6 +27,7 @@ local plan_key = sk
 local parent = redis.call('HGET', sk, 'parent')
 if parent then plan_key = step_key(rid, parent) end  -- an instance STEP[i] runs its mapped step's plan
 -- How much of THIS container's output is stored: a sensor's attempt logs every poke, each its own container.
-local stored = tonumber(redis.call('HGET', ak, 'log_bytes') or '0') - tonumber(redis.call('HGET', ak, 'poke_log_from') or '0')
-return {'ok', redis.call('HGET', plan_key, 'plan'), tostring(stored),
-        redis.call('HGET', ak, 'started_at') or '', redis.call('HGET', plan_key, 'plan_sig') or ''}
+local logged = redis.call('HMGET', ak, 'log_bytes', 'poke_log_from')
+local plan = redis.call('HMGET', plan_key, 'plan', 'plan_sig')
+return {'ok', plan_text(plan[1]), tostring(tonumber(logged[1] or '0') - tonumber(logged[2] or '0')),
+        redis.call('HGET', ak, 'started_at') or '', plan[2] or ''}

@@ -6,19 +6,22 @@
 -- exist, so that from the outside a run appears whole or not at all.
 -- ARGV: 1 prefix, 2 run_id, 3 now, 4 dag, 5 created (epoch seconds), 6 idempotency key or '',
 --       7 interval start or '', 8 run fields (JSON object of strings),
---       9 steps (JSON list of [name, {field: string}]), 10 steps written ahead (JSON list of names; optional)
+--       9 steps ({steps: [[name, {field: string}]], plans: {digest: plan text}}: see scheduler/records.py),
+--       10 steps written ahead (JSON list of names; optional: their plans too, expiring)
 -- Returns: {'exists', run_id} | {'created', ready entries} | {'incomplete', step} (a step written ahead
 --          is gone: nothing was created)
 local rid, now = ARGV[2], ARGV[3]
 local ahead = ARGV[10] and cjson.decode(ARGV[10]) or {}
-for i, s in ipairs(ahead) do
-  if redis.call('PERSIST', step_key(rid, s)) == 0 then  -- gone (expired): undo, create nothing
-    for j = 1, i - 1 do redis.call('EXPIRE', step_key(rid, ahead[j]), 60) end
-    return {'incomplete', s}
-  end
+for _, s in ipairs(ahead) do  -- all there (a step and its plan), or create nothing
+  local digest = redis.call('HGET', step_key(rid, s), 'plan')
+  if not digest or redis.call('EXISTS', K.plan(digest)) == 0 then return {'incomplete', s} end
 end
 local existing = insert_run(rid, now, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 if existing then return {'exists', existing} end  -- the caller deletes the steps it wrote ahead
+for _, s in ipairs(ahead) do
+  redis.call('PERSIST', step_key(rid, s))
+  hold_plan(redis.call('HGET', step_key(rid, s), 'plan'), nil)
+end
 local ready = {}
 start_or_wait(rid, now, ready)
 maybe_end_run(rid, now, ready)  -- nothing to run (every root a fan-out over an empty list): it ends now

@@ -32,6 +32,8 @@ function K.runs() return P .. ':runs' end
 function K.run(rid) return P .. ':run:' .. rid end
 function K.step(rid, s) return P .. ':run:' .. rid .. ':step:' .. s end
 function K.attempt(rid, s, n) return P .. ':run:' .. rid .. ':step:' .. s .. ':a:' .. n end
+function K.plan(digest) return P .. ':plan:' .. digest end
+function K.plan_refs() return P .. ':plan_refs' end
 function K.checkpoint(rid, s) return P .. ':run:' .. rid .. ':step:' .. s .. ':checkpoint' end
 function K.log(rid, s, n) return P .. ':log:' .. rid .. ':' .. s .. ':' .. n end
 function K.pools() return P .. ':pools' end
@@ -58,22 +60,38 @@ local STEP_WAITING = {pending = true, queued = true, retrying = true, waiting = 
 local RUN_DONE = {success = true, failed = true, cancelled = true}
 local FAILED = {failed = true, upstream_failed = true}  -- failures for trigger rules
 
+-- Some fields of a hash in one command, as a table by field name (absent fields are nil).
+local function fields(key, names)
+  local values, found = redis.call('HMGET', key, unpack(names)), {}
+  for i, name in ipairs(names) do found[name] = values[i] end
+  return found
+end
+
 -- Is this step told to stop? Its own cancel flag, its mapped step's (for an instance STEP[i]), or its
 -- run's (except 'always' steps: cleanup).
-local function cancel_requested(rid, s)
-  local h = redis.call('HMGET', step_key(rid, s), 'cancel', 'rule', 'parent')
-  if h[1] == '1' then return true end
-  if h[3] and redis.call('HGET', step_key(rid, h[3]), 'cancel') == '1' then return true end
-  return redis.call('HGET', run_key(rid), 'cancel') == '1' and h[2] ~= 'always'
+-- ``h``: the step's fields (cancel, rule, parent) when the caller read them already.
+local run_cancelled = {}  -- per run, read once per script (only cancel.lua sets it, before it reads)
+local function cancel_requested(rid, s, h)
+  h = h or fields(step_key(rid, s), {'cancel', 'rule', 'parent'})
+  if h.cancel == '1' then return true end
+  if h.parent and redis.call('HGET', step_key(rid, h.parent), 'cancel') == '1' then return true end
+  if h.rule == 'always' then return false end
+  if run_cancelled[rid] == nil then run_cancelled[rid] = redis.call('HGET', run_key(rid), 'cancel') == '1' end
+  return run_cancelled[rid]
 end
 
 -- A mapped step's instances are steps named STEP[0], STEP[1], ... (step names cannot hold '[').
 local function instance_name(s, i) return s .. '[' .. i .. ']' end
 
 -- Redis's own clock (seconds): leases and the queued index use it, so workers' clocks need not agree.
+-- Read once per script: a script is one instant.
+local clock
 local function server_time()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return clock
 end
 
 -- Members of the running (lease) and queued indexes: one per attempt.
@@ -89,9 +107,8 @@ end
 -- Who holds an attempt's lease: its adopter once adopted (see adopt.lua), else the worker that
 -- started it. '' after a hand-over, until another worker adopts it.
 local function holder_of(ak)
-  local h = redis.call('HGET', ak, 'holder')
-  if h then return h end
-  return redis.call('HGET', ak, 'worker') or ''
+  local h = redis.call('HMGET', ak, 'holder', 'worker')
+  return h[1] or h[2] or ''
 end
 
 -- May ``who`` act for the attempt (renew, log, finish)? An empty ``who`` asks for no fence (old callers).
@@ -124,10 +141,11 @@ end
 local function queue_step(rid, s, now)
   local sk = step_key(rid, s)
   local n = tostring(redis.call('HINCRBY', sk, 'attempt', 1))
-  redis.call('HSET', sk, 'state', 'queued', 'queued_at', now)
+  redis.call('HSET', sk, 'state', 'queued')
   redis.call('ZADD', K.queued(), server_time(), member(rid, s, n))
   event(rid, 'step', s, 'queued', n, now)
-  return {rid, s, n, redis.call('HGET', sk, 'queue'), redis.call('HGET', sk, 'timeout') or ''}
+  local h = redis.call('HMGET', sk, 'queue', 'timeout')
+  return {rid, s, n, h[1], h[2] or ''}
 end
 
 -- A step may run: queue its first attempt, or, for a mapped step (for_each), expand it into its
@@ -138,13 +156,64 @@ local function start_step(rid, s, now, ready)
   table.insert(ready, queue_step(rid, s, now))
 end
 
--- Take one of the DAG's active slots and queue the run's root steps.
+-- Take one of the DAG's active slots and queue the run's root steps ('roots' is left out when they are
+-- all its steps).
 local function activate(rid, now, ready)
-  local rk = run_key(rid)
-  redis.call('SADD', K.dag_active(redis.call('HGET', rk, 'dag')), rid)
-  for _, s in ipairs(cjson.decode(redis.call('HGET', rk, 'roots'))) do
+  local h = fields(run_key(rid), {'dag', 'roots', 'steps'})
+  redis.call('SADD', K.dag_active(h.dag), rid)
+  for _, s in ipairs(cjson.decode(h.roots or h.steps)) do
     start_step(rid, s, now, ready)
   end
+end
+
+-- A run's logical date in UTC (ISO), how other DAGs' wait_for find it: 'fire_date', left out when it is
+-- the logical date as written.
+local function fire_date(rid)
+  local h = redis.call('HMGET', run_key(rid), 'fire_date', 'logical_date')
+  return h[1] or h[2] or ''
+end
+
+-- Stored plans (see scheduler/records.py): one string per distinct plan, counted by the step records
+-- that name it. Take a reference, writing the text (each time: a copy a Redis writer changed is put
+-- right for the runs to come; ``text`` nil means create_steps.lua wrote it ahead, expiring, and it is
+-- kept now), or give one back (the plan goes at zero).
+local function hold_plan(digest, text)
+  redis.call('HINCRBY', K.plan_refs(), digest, 1)
+  if text then redis.call('SET', K.plan(digest), text) else redis.call('PERSIST', K.plan(digest)) end
+end
+
+-- The text of a step's plan: stored by digest, or (a record written before plans were stored by
+-- content) the plan itself.
+local function plan_text(digest)
+  if not digest then return '' end
+  if string.sub(digest, 1, 1) == '{' then return digest end
+  return redis.call('GET', K.plan(digest)) or ''
+end
+
+local function drop_plan(digest)
+  if not digest or digest == '' or string.sub(digest, 1, 1) == '{' then return end
+  if redis.call('HINCRBY', K.plan_refs(), digest, -1) <= 0 then
+    redis.call('HDEL', K.plan_refs(), digest)
+    redis.call('UNLINK', K.plan(digest))
+  end
+end
+
+-- Set a hash's fields from a table of strings; an empty string removes the field (lean records keep no
+-- field at its default, see scheduler/records.py).
+local function hset_all(k, fields)
+  local flat, gone = {}, {}
+  for f, v in pairs(fields) do
+    if v == '' then table.insert(gone, f) else table.insert(flat, f); table.insert(flat, v) end
+  end
+  if #flat > 0 then redis.call('HSET', k, unpack(flat)) end
+  if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
+end
+
+-- The pool a step takes slots of: its own, else its queue's ('queue:low'), which limits nothing until
+-- `ctl pool set queue:low N` defines it.
+local function pool_of(sk)
+  local h = redis.call('HMGET', sk, 'pool', 'queue')
+  return h[1] or ('queue:' .. (h[2] or 'default'))
 end
 
 -- Write a new run and its steps, indexed by ``created``; with an idempotency key (a scheduled run's
@@ -155,15 +224,14 @@ local function insert_run(rid, now, dag, created, key, interval, fields_json, st
     if existing then return existing end
     redis.call('HSET', K.dag_fires(dag), key, rid)
   end
-  redis.call('HSET', run_key(rid), 'fire_key', key)
-  local function hset_all(k, fields)
-    local flat = {}
-    for f, v in pairs(fields) do table.insert(flat, f); table.insert(flat, v) end
-    redis.call('HSET', k, unpack(flat))
-  end
+  if key ~= '' then redis.call('HSET', run_key(rid), 'fire_key', key) end
   local fields = cjson.decode(fields_json)
   hset_all(run_key(rid), fields)
-  for _, step in ipairs(cjson.decode(steps_json)) do hset_all(step_key(rid, step[1]), step[2]) end
+  local given = cjson.decode(steps_json)
+  for _, step in ipairs(given['steps']) do
+    hset_all(step_key(rid, step[1]), step[2])
+    if step[2]['plan'] then hold_plan(step[2]['plan'], given['plans'][step[2]['plan']]) end
+  end
   redis.call('ZADD', K.runs(), created, rid)
   redis.call('ZADD', K.dag_runs(dag), created, rid)
   if interval ~= '' then redis.call('HSET', K.dag_intervals(dag), interval, rid) end
@@ -199,11 +267,13 @@ end
 
 -- Hand a pool's free slots to waiting attempts, best queue first; returns their ready entries.
 local function fill_pool(pool, now, ready)
+  local wkey = K.pool_waiting(pool)
+  local waiting = redis.call('ZRANGE', wkey, 0, -1)
+  if #waiting == 0 then return end
   local slots = tonumber(redis.call('HGET', K.pools(), pool) or '-1')
   if slots < 0 then slots = 1e18 end
   local used = tonumber(redis.call('HGET', K.pool_used(), pool) or '0')
-  local wkey = K.pool_waiting(pool)
-  for _, m in ipairs(redis.call('ZRANGE', wkey, 0, -1)) do
+  for _, m in ipairs(waiting) do
     local wr, ws, wn = string.match(m, '^(.*)|(.*)|(%d+)$')
     local wk = step_key(wr, ws)
     if redis.call('HGET', wk, 'state') ~= 'queued' or redis.call('HGET', wk, 'attempt') ~= wn then
@@ -223,38 +293,42 @@ local function fill_pool(pool, now, ready)
 end
 
 -- Give back the slots a step holds (its attempt ended, or it was cancelled before it started).
-local function release_pool(rid, s, now, ready)
+local function release_pool(rid, s, now, ready, held)
   local sk = step_key(rid, s)
-  local pool = redis.call('HGET', sk, 'pool')
-  if not pool or pool == '' or redis.call('HGET', sk, 'pool_held') ~= '1' then return end
-  redis.call('HSET', sk, 'pool_held', '0')
+  if (held or redis.call('HGET', sk, 'pool_held')) ~= '1' then return end
+  local pool = pool_of(sk)
+  redis.call('HDEL', sk, 'pool_held')
   redis.call('HINCRBY', K.pool_used(), pool, -tonumber(redis.call('HGET', sk, 'pool_slots') or '1'))
   fill_pool(pool, now, ready)
 end
 
--- Mark a step terminal and count it against the run.
-local function settle(rid, s, state, now)
+-- Mark a step terminal and count it against the run. ``n``: the attempt that just ended (it was running,
+-- so it waits in no queue); nil for a step settled without running now (it may be queued).
+local function settle(rid, s, state, now, n)
   local sk = step_key(rid, s)
-  local n = redis.call('HGET', sk, 'attempt')
-  redis.call('ZREM', K.queued(), member(rid, s, n))
-  local pool = redis.call('HGET', sk, 'pool')
-  if pool and pool ~= '' then redis.call('ZREM', K.pool_waiting(pool), member(rid, s, n)) end
+  if not n then
+    n = redis.call('HGET', sk, 'attempt')
+    redis.call('ZREM', K.queued(), member(rid, s, n))
+    redis.call('ZREM', K.pool_waiting(pool_of(sk)), member(rid, s, n))
+  end
   redis.call('HSET', sk, 'state', state)
-  if not redis.call('HGET', sk, 'ended_at') then redis.call('HSET', sk, 'ended_at', now) end
+  redis.call('HSETNX', sk, 'ended_at', now)
   local rk = run_key(rid)
   redis.call('HINCRBY', rk, 'unfinished', -1)
   if state == 'failed' or state == 'upstream_failed' then redis.call('HINCRBY', rk, 'failed', 1) end
-  event(rid, 'step', s, state, redis.call('HGET', sk, 'attempt'), now)
+  event(rid, 'step', s, state, n, now)
 end
 
 -- What a pending step's trigger rule says, given how its upstream steps ended so far:
 -- 'run', a terminal state to settle it in ('skipped', 'upstream_failed', 'cancelled'), or nil (wait).
-local function decide(rid, dk)
-  local h = redis.call('HMGET', dk, 'up_done', 'up_success', 'up_failed', 'rule', 'upstream', 'up_extra')
-  local done, succ, fail = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
+local DECIDE_FIELDS = {'up_done', 'up_success', 'up_failed', 'rule', 'upstream', 'up_extra', 'cancel', 'parent',
+  'state'}
+local function decide(rid, s, h)
+  h = h or fields(step_key(rid, s), DECIDE_FIELDS)
+  local done, succ, fail = tonumber(h.up_done or '0'), tonumber(h.up_success or '0'), tonumber(h.up_failed or '0')
   -- A mapped upstream step counts once per instance (up_extra: the instances beyond one each).
-  local rule, total = h[4] or 'all_success', #cjson.decode(h[5]) + tonumber(h[6] or '0')
-  if cancel_requested(rid, redis.call('HGET', dk, 'name')) then return 'cancelled' end
+  local rule, total = h.rule or 'all_success', #cjson.decode(h.upstream or '[]') + tonumber(h.up_extra or '0')
+  if cancel_requested(rid, s, h) then return 'cancelled' end
   local all = done >= total
   if rule == 'all_success' then
     if fail > 0 then return 'upstream_failed' end
@@ -287,18 +361,20 @@ local function propagate(rid, s, state, now, ready)
   while #todo > 0 do
     local item = table.remove(todo, 1)
     local from = item[1]
-    local parent = redis.call('HGET', step_key(rid, from), 'parent')
+    local parent, downstream = unpack(redis.call('HMGET', step_key(rid, from), 'parent', 'downstream'))
     if parent then
       instance_ended(rid, parent, item[2], now, ready)
       from = parent
+      downstream = redis.call('HGET', step_key(rid, from), 'downstream')
     end
-    for _, d in ipairs(cjson.decode(redis.call('HGET', step_key(rid, from), 'downstream'))) do
+    for _, d in ipairs(cjson.decode(downstream or '[]')) do
       local dk = step_key(rid, d)
-      if redis.call('HGET', dk, 'state') == 'pending' then
-        redis.call('HINCRBY', dk, 'up_done', 1)
-        if item[2] == 'success' then redis.call('HINCRBY', dk, 'up_success', 1)
-        elseif FAILED[item[2]] then redis.call('HINCRBY', dk, 'up_failed', 1) end
-        local decision = decide(rid, dk)
+      local h = fields(dk, DECIDE_FIELDS)
+      if h.state == 'pending' then  -- count the result, then decide on the counts as they are now
+        h.up_done = redis.call('HINCRBY', dk, 'up_done', 1)
+        if item[2] == 'success' then h.up_success = redis.call('HINCRBY', dk, 'up_success', 1)
+        elseif FAILED[item[2]] then h.up_failed = redis.call('HINCRBY', dk, 'up_failed', 1) end
+        local decision = decide(rid, d, h)
         if decision == 'run' then
           start_step(rid, d, now, ready)
         elseif decision then
@@ -348,7 +424,7 @@ local function set_extra(rid, s, extra)
   local delta = extra - tonumber(redis.call('HGET', sk, 'map_extra') or '0')
   if delta == 0 then return end
   redis.call('HSET', sk, 'map_extra', extra)
-  for _, d in ipairs(cjson.decode(redis.call('HGET', sk, 'downstream'))) do
+  for _, d in ipairs(cjson.decode(redis.call('HGET', sk, 'downstream') or '[]')) do
     redis.call('HINCRBY', step_key(rid, d), 'up_extra', delta)
   end
 end
@@ -411,13 +487,12 @@ expand = function(rid, s, now, ready)
     local name = instance_name(s, i)
     local ik = step_key(rid, name)
     local attempt = redis.call('HGET', ik, 'attempt') or '0'  -- a rerun's instances number attempts on
-    redis.call('HSET', ik, 'name', name, 'parent', s, 'index', i, 'state', 'pending', 'attempt', attempt,
-      'max_attempts', tonumber(attempt) + tonumber(f['retries'] or '0') + 1, 'retries', f['retries'] or '0',
-      'rule', f['rule'] or 'all_success', 'queue', f['queue'], 'timeout', f['timeout'] or '',
-      'pool', f['pool'] or '', 'pool_slots', f['pool_slots'] or '1', 'upstream', '[]', 'downstream', '[]',
-      'cancel', '0')
-    if f['when'] then redis.call('HSET', ik, 'when', f['when']) end
-    redis.call('HDEL', ik, 'ended_at', 'started_at', 'outputs')
+    -- An instance keeps only what differs from the defaults (see scheduler/records.py).
+    hset_all(ik, {parent = s, index = tostring(i), state = 'pending', attempt = attempt,
+      max_attempts = tostring(tonumber(attempt) + tonumber(f['retries'] or '0') + 1), retries = f['retries'] or '',
+      rule = f['rule'] or '', queue = f['queue'], timeout = f['timeout'] or '', pool = f['pool'] or '',
+      pool_slots = f['pool_slots'] or '', when = f['when'] or '', cancel = '', ended_at = '', started_at = '',
+      outputs = '', outputs_sig = ''})
     if i < parallel then table.insert(ready, queue_step(rid, name, now)) end
   end
 end
@@ -515,20 +590,23 @@ end
 -- success | failed | cancelled | lost (counts as a failed try) | requeue (handed back: does not count).
 -- Returns {'retry', {ready entry of the next attempt}, delay} or {'done', state, ready entries}.
 local function end_attempt(rid, s, n, outcome, now, delay)
-  local rk, sk = run_key(rid), step_key(rid, s)
+  local sk = step_key(rid, s)
+  local h = fields(sk, {'cancel', 'rule', 'parent', 'pool_held', 'max_attempts'})
   redis.call('ZREM', K.running(), member(rid, s, n))
   local freed = {}
-  release_pool(rid, s, now, freed)
+  release_pool(rid, s, now, freed, h.pool_held or '')
   redis.call('HSET', attempt_key(rid, s, n), 'state', outcome, 'ended_at', now)
-  local cancelled = cancel_requested(rid, s)
+  local cancelled = cancel_requested(rid, s, h)
+  local max_attempts = tonumber(h.max_attempts or '1')
   if outcome == 'requeue' and not cancelled then
-    redis.call('HINCRBY', sk, 'max_attempts', 1)
+    max_attempts = max_attempts + 1
+    redis.call('HSET', sk, 'max_attempts', max_attempts)
     delay = 0
   end
   local new = outcome
   if outcome == 'lost' then new = 'failed' end
   if cancelled or outcome == 'cancelled' then new = 'cancelled'
-  elseif (new == 'failed' or new == 'requeue') and tonumber(n) < tonumber(redis.call('HGET', sk, 'max_attempts')) then
+  elseif (new == 'failed' or new == 'requeue') and tonumber(n) < max_attempts then
     local nxt = tonumber(n) + 1
     redis.call('HSET', sk, 'state', 'retrying', 'attempt', nxt, 'retry_in', delay)
     redis.call('ZADD', K.queued(), server_time() + tonumber(delay), member(rid, s, nxt))
@@ -538,7 +616,7 @@ local function end_attempt(rid, s, n, outcome, now, delay)
   end
   if new == 'requeue' then new = 'failed' end
   local ready = freed
-  settle(rid, s, new, now)
+  settle(rid, s, new, now, n)
   propagate(rid, s, new, now, ready)
   maybe_end_run(rid, now, ready)
   return {'done', new, ready}
@@ -567,13 +645,14 @@ local function delete_run(rid, fallback_fire)
   for i = 1, #run, 2 do f[run[i]] = run[i + 1] end
   local doomed = {rk}
   for _, s in ipairs(run_step_names(rid)) do
-    local n = tonumber(redis.call('HGET', step_key(rid, s), 'attempt') or '0')
-    local pool = redis.call('HGET', step_key(rid, s), 'pool')
+    local sk = step_key(rid, s)
+    local n = tonumber(redis.call('HGET', sk, 'attempt') or '0')
     if n > 0 then
       redis.call('ZREM', K.queued(), member(rid, s, n))
       redis.call('ZREM', K.running(), member(rid, s, n))
-      if pool and pool ~= '' then redis.call('ZREM', K.pool_waiting(pool), member(rid, s, n)) end
+      redis.call('ZREM', K.pool_waiting(pool_of(sk)), member(rid, s, n))
     end
+    drop_plan(redis.call('HGET', sk, 'plan'))
     table.insert(doomed, step_key(rid, s))
     table.insert(doomed, K.checkpoint(rid, s))
     for a = 1, n do

@@ -1,13 +1,23 @@
 -- Rerun steps of an ended run: new attempts in the same run, history kept (attempt numbers go on).
 -- ARGV: 1 prefix, 2 run_id, 3 now, 4 steps to rerun (JSON list, in topological order; an instance
 --       STEP[i] of a mapped step may be rerun alone, a mapped step itself expands again), 5 '1' to
---       resume: the steps keep their saved checkpoints (else they start clean)
+--       resume: the steps keep their saved checkpoints (else they start clean), 6 new plans for some of
+--       the steps (as create.lua's steps argument: {steps: [[name, {field: string}]], plans: {digest: text}})
 -- Returns: {'running'} when the run has not ended | {'ok', ready entries}
 local rid, now = ARGV[2], ARGV[3]
 local rk = run_key(rid)
 local state = redis.call('HGET', rk, 'state')
 if not RUN_DONE[state] then return {'running'} end
 local chosen, set = cjson.decode(ARGV[4]), {}
+-- New plans (ctl rerun --latest, a pinned image): each step holds its new plan, gives back its old one.
+local given = cjson.decode(ARGV[6] or '{"steps": [], "plans": {}}')
+for _, step in ipairs(given['steps']) do
+  local sk = step_key(rid, step[1])
+  local old = redis.call('HGET', sk, 'plan')
+  hold_plan(step[2]['plan'], given['plans'][step[2]['plan']])
+  drop_plan(old)
+  hset_all(sk, step[2])
+end
 for _, s in ipairs(chosen) do set[s] = true end
 -- An instance STEP[i] rerun alone: its mapped step opens again and forgets the instance's result.
 local reopened = 0
@@ -50,7 +60,7 @@ end
 for _, s in ipairs(chosen) do
   local sk = step_key(rid, s)
   local done, succ, fail = 0, 0, 0
-  for _, u in ipairs(cjson.decode(redis.call('HGET', sk, 'upstream'))) do
+  for _, u in ipairs(cjson.decode(redis.call('HGET', sk, 'upstream') or '[]')) do
     if not set[u] then
       local d1, s1, f1 = counts(u)
       done, succ, fail = done + d1, succ + s1, fail + f1
@@ -79,7 +89,7 @@ local ready = {}
 for _, s in ipairs(chosen) do
   local sk = step_key(rid, s)
   if redis.call('HGET', sk, 'state') == 'pending' then
-    local decision = decide(rid, sk)
+    local decision = decide(rid, s)
     if decision == 'run' then
       start_step(rid, s, now, ready)
     elseif decision then

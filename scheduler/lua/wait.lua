@@ -16,7 +16,7 @@ if redis.call('HGET', sk, 'attempt') ~= n or not (state == 'queued' or state == 
 end
 if cancel_requested(rid, s) then return {'go'} end  -- start.lua settles it
 local waits = cjson.decode(redis.call('HGET', sk, 'wait_for') or '[]')
-local fire = redis.call('HGET', run_key(rid), 'fire_date') or ''
+local fire = fire_date(rid)
 local t = server_time()
 local ak = attempt_key(rid, s, n)
 redis.call('HSETNX', ak, 'wait_since', t)
@@ -29,7 +29,7 @@ local function awaited_run(w)
   local found = redis.call('HGET', K.dag_fires(w['dag']), fire)
   if found then return found end
   for _, other in ipairs(redis.call('ZREVRANGE', K.dag_runs(w['dag']), 0, 199)) do
-    if redis.call('HGET', run_key(other), 'fire_date') == fire then return other end
+    if fire_date(other) == fire then return other end
   end
   return nil
 end
