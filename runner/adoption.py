@@ -40,6 +40,7 @@ import docker.errors
 import requests.exceptions
 
 from runner.attempt_log import AttemptLog
+from runner.checkpoints import Checkpoint, DockerSaver
 from runner.containers import (
     DETACH_REASONS,
     LABEL_PREFIX,
@@ -92,7 +93,8 @@ class AdoptionRuntime(Protocol):
     def follow(self, found: Found, plan: StepPlan, on_output: Callable[[bytes], None],
                should_stop: Callable[[], str | None], offset: int) -> Outcome:
         """Follow the container to its end as :class:`~runner.containers.ContainerRuntime` ``run`` does,
-        handing on its output after the first ``offset`` bytes; the timeout counts from its real start."""
+        handing on its output after the first ``offset`` bytes; the timeout counts from its real start.
+        A runtime with ``supports_checkpoints`` also takes ``checkpoint=`` and saves it as ``run`` does."""
 
     def remove(self, found_id: str) -> None:
         """Remove the container (or Pod); one already gone is fine."""
@@ -214,8 +216,12 @@ def follow_adopted(context: WorkerContext, runtime: AdoptionRuntime, key: tuple[
     except StepRefused as exc:  # the secrets cannot be resolved here: store nothing they could appear in
         output.withhold(f"[conveyor: output after adoption withheld: {exc}]\n")
     should_stop = LeaseKeeper(context, key, context.settings.attempt_lease)
+    run_id, step, attempt = key
+    # The step's checkpoint goes on being saved (it is in the container already: nothing to put in place).
+    extra = {"checkpoint": Checkpoint(None, lambda data: context.store.save_checkpoint(
+        run_id, step, attempt, data, holder=context.holder))} if getattr(runtime, "supports_checkpoints", False) else {}
     try:
-        outcome = runtime.follow(found, plan, output, should_stop, offset)
+        outcome = runtime.follow(found, plan, output, should_stop, offset, **extra)
         return through_engine_loss(context, key, plan, outcome, output, should_stop, offset=offset)
     finally:
         output.close()
@@ -245,8 +251,11 @@ class DockerAdoption:
             return None
         return Found(listed[0]["Id"], str(listed[0].get("State", "")).lower())
 
+    supports_checkpoints = True  # follow() takes ``checkpoint`` (runner/checkpoints.py)
+
     def follow(self, found: Found, plan: StepPlan, on_output: Callable[[bytes], None],
-               should_stop: Callable[[], str | None], offset: int) -> Outcome:
+               should_stop: Callable[[], str | None], offset: int, *,
+               checkpoint: Checkpoint | None = None) -> Outcome:
         try:
             container = self.client.containers.get(found.id)
         except docker.errors.NotFound:
@@ -266,7 +275,12 @@ class DockerAdoption:
         if plan.timeout:
             started = docker_time(container.attrs.get("State", {}).get("StartedAt")) or time.time()
             deadline = time.monotonic() + started + plan.timeout - time.time()  # from the container's real start
+        saver = DockerSaver(container, checkpoint) if checkpoint else None
+        if saver is not None:
+            should_stop = saver.watching(should_stop)
         outcome = follow_started(container, plan, logs, _Stopper(container, should_stop), deadline, base)
+        if saver is not None and not outcome.detached:
+            saver.final()
         if not outcome.detached and outcome.reason not in ("docker_error", "container_removed"):
             # A followed log may end at the container's exit before its last bytes (the engine closes it on
             # the exit event): read what it missed from the complete log, now that the container has ended.

@@ -16,14 +16,13 @@ before it starts.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import tarfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runner import archive
 from runner.outputs import output_cap
 
 log = logging.getLogger("conveyor.runner")
@@ -46,17 +45,8 @@ class Checkpoint:
 
 def docker_prepare(container, initial: bytes | None) -> None:
     """Create the checkpoint directory (mode 0777) in a created container, with the saved file in it."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in ("conveyor", CHECKPOINT_DIR.lstrip("/")):
-            info = tarfile.TarInfo(path)
-            info.type, info.mode = tarfile.DIRTYPE, 0o777
-            tar.addfile(info)
-        if initial is not None:
-            info = tarfile.TarInfo(CHECKPOINT_PATH.lstrip("/"))
-            info.size, info.mode, info.mtime = len(initial), 0o666, int(time.time())
-            tar.addfile(info, io.BytesIO(initial))
-    container.put_archive("/", buffer.getvalue())
+    archive.put_folders(container, ("/conveyor", CHECKPOINT_DIR),
+                        None if initial is None else (CHECKPOINT_PATH, initial))
 
 
 class DockerSaver:
@@ -92,34 +82,15 @@ class DockerSaver:
                 log.warning("could not save the checkpoint at exit: %s", exc)
 
     def _save_if_changed(self) -> None:
-        import docker.errors
-
-        try:
-            stream, stat = self.container.get_archive(CHECKPOINT_PATH)
-        except docker.errors.NotFound:
+        found = archive.read_file(self.container, CHECKPOINT_PATH, self.cap,
+                                  skip=lambda size, mtime: (size, mtime) == self.seen)
+        if found is None:
             return
-        size, mtime = int(stat.get("size") or 0), str(stat.get("mtime") or "")
-        regular = not (int(stat.get("mode") or 0) & 0xFFF00000)
-        if (size, mtime) == self.seen or size > self.cap or not regular:
-            _close(stream)
-            if size > self.cap and (size, mtime) != self.seen:
-                log.warning("checkpoint of %s bytes not saved: over the cap of %s (CONVEYOR_OUTPUT_CAP)", size,
-                            self.cap)
-            self.seen = (size, mtime)
+        if found.data is None:  # unchanged, over the cap, or not a regular file: nothing to save
+            if found.size > self.cap and (found.size, found.mtime) != self.seen:
+                log.warning("checkpoint of %s bytes not saved: over the cap of %s (CONVEYOR_OUTPUT_CAP)",
+                            found.size, self.cap)
+            self.seen = (found.size, found.mtime)
             return
-        raw = b"".join(stream)
-        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-            member = tar.next()
-            handle = tar.extractfile(member) if member is not None and member.isreg() else None
-            if handle is None:
-                return
-            data = handle.read(self.cap + 1)
-        if len(data) <= self.cap and self.checkpoint.save(data):
-            self.seen = (size, mtime)
-
-
-def _close(stream) -> None:
-    close = getattr(stream, "close", None)
-    if close:
-        with contextlib.suppress(Exception):
-            close()
+        if len(found.data) <= self.cap and self.checkpoint.save(found.data):
+            self.seen = (found.size, found.mtime)

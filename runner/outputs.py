@@ -13,13 +13,11 @@ $CONVEYOR_OUTPUTS/n`` gives ``x``, as ``$(...)`` would); nothing else is changed
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import os
-import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from runner import archive
 from scheduler.model import memory_bytes
 
 OUTPUTS_DIR = "/conveyor/outputs"
@@ -89,46 +87,17 @@ def collect(declared: Iterable[str], fetch: Callable[[str, int], Found], cap: in
 
 def docker_prepare(container) -> None:
     """Create the outputs directory (mode 0777, whatever user the image runs as) in a created container."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in ("conveyor", OUTPUTS_DIR.lstrip("/")):
-            info = tarfile.TarInfo(path)
-            info.type, info.mode = tarfile.DIRTYPE, 0o777
-            tar.addfile(info)
-    container.put_archive("/", buffer.getvalue())
+    archive.put_folders(container, ("/conveyor", OUTPUTS_DIR))
 
 
 def docker_fetch(container) -> Callable[[str, int], Found]:
     """``fetch`` for :func:`collect` reading one file at a time from a (stopped) container: its size
     comes first, so an output over the cap is never read."""
-    import docker.errors
-
     def fetch(name: str, cap: int) -> Found:
-        try:
-            stream, stat = container.get_archive(f"{OUTPUTS_DIR}/{name}")
-        except docker.errors.NotFound:
-            return MISSING
-        size = int(stat.get("size") or 0)
-        regular = not (int(stat.get("mode") or 0) & 0xFFF00000)  # Go's os.FileMode type bits: dir, link...
-        if size > cap or not regular:
-            _close(stream)
-            return Found(size, None, regular)
-        raw = b"".join(stream)
-        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-            member = tar.next()
-            if member is None or not member.isreg():
-                return Found(size, None, False)
-            handle = tar.extractfile(member)
-            return Found(member.size, handle.read(cap + 1) if handle else b"")
+        found = archive.read_file(container, f"{OUTPUTS_DIR}/{name}", cap)
+        return MISSING if found is None else Found(found.size, found.data, found.regular)
 
     return fetch
-
-
-def _close(stream) -> None:
-    close = getattr(stream, "close", None)
-    if close:
-        with contextlib.suppress(Exception):
-            close()
 
 
 # --- Kubernetes: the dump of the reader sidecar ---------------------------------------------------

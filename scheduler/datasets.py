@@ -19,26 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from scheduler.datasetuse import consumed, produced
 from scheduler.engine import Engine
 from scheduler.errors import ConveyorError
 from scheduler.model import DagSpec, Trigger
 from scheduler.store import RunStore
 
 log = logging.getLogger("conveyor.scheduler")
-
-
-def consumed(spec: DagSpec) -> list[str]:
-    """The datasets a DAG's schedule waits for (``schedule: {on: [...]}``)."""
-    return list(dict.fromkeys((spec.schedule or {}).get("on") or ()))
-
-
-def produced(spec: DagSpec) -> dict[str, list[str]]:
-    """Dataset -> the DAG's steps that produce it."""
-    found: dict[str, list[str]] = {}
-    for name, step in spec.steps.items():
-        for dataset in step.produces:
-            found.setdefault(dataset, []).append(name)
-    return found
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """DAGs and datasets together (``ctl graph --datasets``): which DAG produces each dataset (and by which
 steps) and which DAGs it triggers, drawn as producer DAG → dataset → consumer DAG in Mermaid or dot.
 
-Built from the DAGs' latest versions (:func:`scheduler.datasets.produced` and ``consumed``); the
+Built from the DAGs' latest versions (:func:`scheduler.datasetuse.produced` and ``consumed``); the
 renderings are pure.
 """
 
@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scheduler.datasets import consumed, produced
+from scheduler.datasetuse import consumed, produced
 from scheduler.model import DagSpec
 
 

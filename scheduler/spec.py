@@ -69,7 +69,7 @@ def load_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
     ``calendars`` are named calendars known beside the file (submitted with ``ctl calendar submit``);
     ``warnings`` and ``offline`` as :func:`load_bytes`.
     """
-    raw = _file_bytes(path)
+    raw = file_bytes(path)
     return load_bytes(raw, str(path), calendars, warnings=warnings, offline=offline), raw
 
 
@@ -77,10 +77,11 @@ def check_file(path: str | Path, calendars: Mapping[str, Any] | None = None, *,
                warnings: list[Problem] | None = None, offline: bool = False) -> dict[str, Any]:
     """Read and validate a DAG file as :func:`load_file` does, without building its spec (``ctl validate``
     uses none of it); returns the valid document."""
-    return check_bytes(_file_bytes(path), str(path), calendars, warnings=warnings, offline=offline)
+    return check_bytes(file_bytes(path), str(path), calendars, warnings=warnings, offline=offline)
 
 
-def _file_bytes(path: str | Path) -> bytes:
+def file_bytes(path: str | Path) -> bytes:
+    """A DAG file's bytes; a file that cannot be read is a problem at 1:1 naming why."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -253,6 +254,9 @@ def _pattern_message(path: tuple[Any, ...], value: Any) -> str:
         return f"{value!r} is not a network: use bridge, none or a network's name (letters, digits, '_', '.', '-')"
     if len(path) >= 2 and path[-2] == "depends_on":
         return f"{value!r} is not a valid step name"
+    if len(path) >= 2 and path[-2] in {"produces", "on"}:
+        return (f"{value!r} is not a dataset name: use letters, digits and . _ - / : (starting with a letter or "
+                "digit, at most 200 characters), e.g. warehouse.orders or s3://bucket/path")
     return f"{value!r} does not have the expected form"
 
 
@@ -296,7 +300,8 @@ def _meaning_problems(source: Source) -> Iterator[Problem]:
         if isinstance(step.get("wait_for"), list):
             for index, wait in enumerate(step["wait_for"]):
                 if isinstance(wait, dict):
-                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"))
+                    yield from _duration_problems(source, (*at, "wait_for", index), wait, ("timeout", "interval"),
+                                                  positive=True)
         deps = step.get("depends_on")
         if isinstance(deps, list):
             good = []
@@ -530,11 +535,13 @@ def _template_problem(source: Source, path: tuple[Any, ...], text: str, known: l
 
 
 def _duration_problems(source: Source, at: tuple[Any, ...], mapping: dict[str, Any],
-                       fields: tuple[str, ...]) -> Iterator[Problem]:
+                       fields: tuple[str, ...], *, positive: bool = False) -> Iterator[Problem]:
+    """``positive``: zero is refused too (a wait checked again every 0 s, or timing out at once)."""
     for key in fields:
         if isinstance(mapping.get(key), str):
             try:
-                seconds(mapping[key])
+                if not seconds(mapping[key]) and positive:
+                    yield source.problem((*at, key), f"'{key}' must be longer than 0s")
             except DurationError as exc:
                 yield source.problem((*at, key), str(exc))
 

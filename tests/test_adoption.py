@@ -176,6 +176,25 @@ def test_an_adopted_container_s_declared_outputs_are_collected(
     gone(docker_client, run_id)
 
 
+def test_an_adopted_container_s_checkpoint_is_saved(
+        tmp_path: Path, store: RunStore, dispatcher: Dispatcher, pool: NamedWorkers,
+        docker_client: docker.DockerClient) -> None:
+    """Written after its worker died, the checkpoint is saved by the adopter (while it runs and at exit)."""
+    run_id = create(store, dispatcher, tmp_path, """
+        name: adopt-test
+        steps:
+          resume: {image: conveyor/busybox:local, retries: 0,
+                   command: [sh, -c, "sleep 2; echo step-7 > $CONVEYOR_CHECKPOINT; sleep 0.3"]}
+    """)
+    pool.named("first", "second")
+    start_and_kill_its_worker(pool, store, run_id, "resume", after=0.3)
+    assert wait_for_run(store, run_id, timeout=60)["state"] == "success", pool.output()
+    [only] = attempts(store, run_id, "resume")
+    assert only["adopted_by"]
+    assert store.checkpoint(run_id, "resume") == b"step-7\n"
+    gone(docker_client, run_id)
+
+
 def test_cancel_kills_an_adopted_container(tmp_path: Path, store: RunStore, dispatcher: Dispatcher,
                                            pool: NamedWorkers, docker_client: docker.DockerClient) -> None:
     run_id = create(store, dispatcher, tmp_path, """

@@ -3,7 +3,8 @@
 ``tests/specs/warnings/NN-name.yaml`` loads, with exactly the warnings of ``NN-name.expected``
 (``file:line:col: warning: path: message``). ``ctl validate`` prints them on stderr and exits 0;
 ``ctl validate --strict`` prints them as errors and exits 1. ``UPDATE_GOLDEN=1`` rewrites the
-``.expected`` files: review every changed line.
+``.expected`` files: review every changed line. A file is checked as ``ctl validate`` checks it alone:
+its datasets that nothing consumes are warned about too (``scheduler/datasetuse.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.datasetuse import unconsumed_warnings
 from scheduler.errors import Problem, SpecError
 from scheduler.spec import load_file
 from tests.test_specs_golden import _ctl
@@ -34,7 +36,7 @@ def _expected(name: str) -> list[str]:
 
 
 def test_corpus_is_complete() -> None:
-    assert len(CASES) >= 4
+    assert len(CASES) >= 5
     assert {p.stem for p in (ROOT / CORPUS).glob("*.expected")} == set(CASES)
 
 
@@ -42,7 +44,8 @@ def test_corpus_is_complete() -> None:
 def test_load_file_warns_exactly(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     warnings: list[Problem] = []
-    spec, _ = load_file(_rel(name), warnings=warnings, offline=True)
+    spec, raw = load_file(_rel(name), warnings=warnings, offline=True)
+    warnings = sorted(warnings + unconsumed_warnings([(_rel(name), spec.document, raw)]))
     lines = [str(w) for w in warnings]
     if UPDATE:
         (ROOT / CORPUS / f"{name}.expected").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
@@ -90,3 +93,24 @@ def test_the_named_calendar_is_an_error_when_the_caller_knows_the_calendars(monk
     spec, _ = load_file(_rel("04-named-calendar-offline"), {"ops-london": {"holidays": ["GB-ENG"]}},
                         warnings=warnings)
     assert warnings == [] and spec.name == "demo"
+
+
+def test_a_dataset_is_consumed_by_any_dag_validated_with_it(tmp_path: Path) -> None:
+    """Files and folders given together are one world: the consumer silences the producer's warning."""
+    producer = ROOT / _rel("05-dataset-consumed-by-nobody")
+    folder = tmp_path / "dags"
+    (folder / "team").mkdir(parents=True)
+    (folder / "team" / "consumer.yml").write_text("name: consumer\nschedule: {on: [warehouse.orders]}\n"
+                                                  "steps:\n  read: {image: i, command: [\"true\"]}\n")
+    (folder / "producer.yaml").write_bytes(producer.read_bytes())
+    together = _ctl(["validate", str(producer), str(folder / "team" / "consumer.yml")], ROOT)
+    assert (together.returncode, together.stderr) == (0, "")
+    in_a_folder = _ctl(["validate", str(folder)], tmp_path)
+    assert (in_a_folder.returncode, in_a_folder.stderr) == (0, "")
+    assert in_a_folder.stdout.splitlines() == [f"{folder}/producer.yaml: ok (demo, 1 steps)",
+                                               f"{folder}/team/consumer.yml: ok (consumer, 1 steps)"]
+    (folder / "team" / "consumer.yml").write_text("name: consumer\nsteps: {}\n")  # the consumer is bad now
+    alone = _ctl(["validate", str(folder)], tmp_path)
+    assert alone.returncode == 1
+    assert f"{folder}/producer.yaml:8:16: warning: steps.publish.produces[0]: dataset 'warehouse.orders' is " \
+           "consumed by nobody" in alone.stderr

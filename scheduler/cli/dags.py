@@ -19,44 +19,63 @@ from scheduler.errors import Problem, SpecError
 
 
 def validate(
-    files: list[Path] = typer.Argument(..., help="DAG files to check.", metavar="FILE..."),
+    files: list[Path] = typer.Argument(..., help="DAG files, or folders of them, to check.", metavar="PATH..."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors (exit 1 when there is any)."),
     output: common.Output = common.OutputOption,
 ) -> None:
     """Check DAG files (YAML, schema, dependencies, templates, schedules) and report every problem at once.
 
-    Named calendars are checked against Redis when REDIS_URL is set; otherwise a calendar that is not
-    built in is a warning ("cannot check offline")."""
-    from scheduler.spec import check_file  # here: `ctl validate` starts without Redis, RQ or rich (test_startup)
+    A folder stands for every DAG file under it (*.yaml, *.yml). Named calendars are checked against Redis
+    when REDIS_URL is set; otherwise a calendar that is not built in is a warning ("cannot check offline").
+    A dataset that a step produces and that no DAG checked in the same call consumes is a warning."""
+    from scheduler.datasetuse import unconsumed_warnings
+    from scheduler.spec import check_file, file_bytes  # here: `ctl validate` starts without Redis, RQ or rich
 
     calendars, offline = _named_calendars()
-    failed = False
     results = []
-    for file in files:
+    loaded = []
+    for file in _dag_files(files):
         warnings: list[Problem] = []
         errors: list[Problem] = []
         result: dict[str, Any] = {"file": str(file)}
         try:
             document = check_file(file, calendars, warnings=warnings, offline=offline)
             result.update(dag=document["name"], steps=len(document["steps"]))
+            loaded.append((str(file), document, file_bytes(file)))
         except SpecError as exc:
             errors = list(exc.problems)
+        results.append((result, errors, warnings))
+    across = unconsumed_warnings(loaded)  # every good file is known now: producers meet their consumers
+    for result, errors, warnings in results:
+        warnings += [w for w in across if w.file == result["file"]]
         if strict:
-            errors, warnings = sorted(errors + [_as_error(w) for w in warnings]), []
-        failed = failed or bool(errors)
-        results.append({**result, "problems": [vars(p) for p in errors], "warnings": [vars(w) for w in warnings]})
+            errors[:], warnings[:] = sorted(errors + [_as_error(w) for w in warnings]), []
+        result.update(problems=[vars(p) for p in errors], warnings=[vars(w) for w in sorted(warnings)])
         if output != common.Output.json:
             for problem in sorted(errors + warnings):
                 views.plain(str(problem), stderr=True)
     if output == common.Output.json:
-        views.print_json(results)
+        views.print_json([result for result, _, _ in results])
     else:
-        for result in results:
+        for result, _, _ in results:
             if not result["problems"]:
                 noted = f"; {len(result['warnings'])} warning(s)" if result["warnings"] else ""
                 views.plain(f"{result['file']}: ok ({result['dag']}, {result['steps']} steps{noted})")
-    if failed:
+    if any(result["problems"] for result, _, _ in results):
         raise typer.Exit(1)
+
+
+def _dag_files(paths: list[Path]) -> list[Path]:
+    """The files as given, each folder replaced by the DAG files under it (as ``ctl scheduler --dags`` reads one)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            from scheduler.dagsync import dag_files  # only for a folder: it imports the store layer
+
+            found += [file for _, file in dag_files(path)]
+        else:
+            found.append(path)
+    return found
 
 
 def _named_calendars() -> tuple[Mapping[str, Any], bool]:

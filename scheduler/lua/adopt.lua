@@ -5,7 +5,7 @@
 -- the step must still be running that attempt.
 -- ARGV: 1 prefix, 2 member (run|step|attempt), 3 now (ISO), 4 adopter (worker name), 5 lease ttl seconds,
 --       6 container id (or '')
--- Returns: {'ok', plan_json, log_bytes, started_at, plan signature} | {'alive'} | {'stale'}
+-- Returns: {'ok', plan_json, log bytes of this container, started_at, plan signature} | {'alive'} | {'stale'}
 local m, now, adopter = ARGV[2], ARGV[3], ARGV[4]
 local expiry = redis.call('ZSCORE', K.running(), m)
 if not expiry then return {'stale'} end
@@ -26,6 +26,8 @@ event(rid, 'step', s, 'adopted', n, now)
 local plan_key = sk
 local parent = redis.call('HGET', sk, 'parent')
 if parent then plan_key = step_key(rid, parent) end  -- an instance STEP[i] runs its mapped step's plan
+-- How much of THIS container's output is stored: a sensor's attempt logs every poke, each its own container.
+local logged = redis.call('HMGET', ak, 'log_bytes', 'poke_log_from')
 local plan = redis.call('HMGET', plan_key, 'plan', 'plan_sig')
-return {'ok', plan_text(plan[1]), redis.call('HGET', ak, 'log_bytes') or '0',
+return {'ok', plan_text(plan[1]), tostring(tonumber(logged[1] or '0') - tonumber(logged[2] or '0')),
         redis.call('HGET', ak, 'started_at') or '', plan[2] or ''}

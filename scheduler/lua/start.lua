@@ -35,6 +35,9 @@ redis.call('ZADD', K.running(), server_time() + tonumber(ARGV[9]), member(rid, s
 redis.call('HSET', attempt_key(rid, s, n), 'number', n, 'state', 'running', 'started_at', now,
   'host', ARGV[6], 'pid', ARGV[7], 'worker', ARGV[8])
 if ARGV[10] and ARGV[10] ~= '' then redis.call('HSET', attempt_key(rid, s, n), 'engine_id', ARGV[10]) end
+if h.state == 'waiting' then  -- a sensor's next poke: its new container's output is stored from the log's end on
+  redis.call('HSET', attempt_key(rid, s, n), 'poke_log_from', redis.call('HGET', attempt_key(rid, s, n), 'log_bytes') or '0')
+end
 if redis.call('HGET', rk, 'state') == 'queued' then
   redis.call('HSET', rk, 'state', 'running', 'started_at', now)
   event(rid, 'run', '', 'running', '', now)
