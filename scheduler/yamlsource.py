@@ -171,15 +171,13 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {_syntax_message(exc)}")]) from None
+            raise _problem_at(file, mark, f"YAML syntax error: {_syntax_message(exc)}") from None
         except yaml.YAMLError as exc:
             raise YamlProblems([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
         except RecursionError:
             raise YamlProblems([Problem(file, 1, 1, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
         except _TooDeep as exc:
-            line, col = exc.mark.line + 1, exc.mark.column + 1
-            raise YamlProblems([Problem(file, line, col, "", f"nesting is deeper than {MAX_DEPTH} levels")]) from None
+            raise _problem_at(file, exc.mark, f"nesting is deeper than {MAX_DEPTH} levels") from None
         if root is None:
             raise YamlProblems([Problem(file, 1, 1, "", "the file is empty; a DAG needs at least 'name' and 'steps'")])
         try:
@@ -188,18 +186,20 @@ def parse(raw: bytes | str, file: str, *, fast: bool = True) -> Source:
                 raise YamlProblems(problems)
             data = _plain(loader.construct_document(root))
         except RecursionError:  # an alias inside the node it names (`a: &x [*x]`) never ends
-            mark = _cycle_mark(root)
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise YamlProblems([Problem(file, line, col, "", "an alias inside the node its anchor names (like "
-                                                             "`&x [*x]`): the document never ends")]) from None
+            raise _problem_at(file, _cycle_mark(root), "an alias inside the node its anchor names (like `&x [*x]`): "
+                                                       "the document never ends") from None
         except yaml.MarkedYAMLError as exc:  # a standard tag on the wrong kind of node: `a: !!str {b: 1}`
             mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
-                from None
+            raise _problem_at(file, mark, f"YAML error: {(exc.problem or str(exc)).strip()}") from None
     finally:
         loader.dispose()
     return Source(file, data, root)
+
+
+def _problem_at(file: str, mark: Any, message: str) -> YamlProblems:
+    """One problem at a YAML mark (1-based line and column; 1:1 without a mark)."""
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return YamlProblems([Problem(file, line, col, "", message)])
 
 
 def _cycle_mark(root: yaml.Node) -> Any:
@@ -242,8 +242,7 @@ def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
             if exact:
                 return None
             mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise YamlProblems([Problem(file, line, col, "", f"YAML syntax error: {_syntax_message(exc)}")]) from None
+            raise _problem_at(file, mark, f"YAML syntax error: {_syntax_message(exc)}") from None
         except (yaml.YAMLError, RecursionError):
             if exact:
                 return None
@@ -264,9 +263,7 @@ def _parse_fast(text: str, file: str, *, exact: bool) -> Source | None:
             if exact:
                 return None
             mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise YamlProblems([Problem(file, line, col, "", f"YAML error: {(exc.problem or str(exc)).strip()}")]) \
-                from None
+            raise _problem_at(file, mark, f"YAML error: {(exc.problem or str(exc)).strip()}") from None
     finally:
         loader.dispose()
     return Source(file, data, root, recheck=exact)
