@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +37,11 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.containers import DockerRuntime, labels_for  # noqa: E402
+from throughput import bare  # noqa: E402  (bench/, beside this script)
+
 from scheduler.cli.local import worker_processes  # noqa: E402
 from scheduler.embedded import embedded_redis  # noqa: E402
 from scheduler.engine import Engine  # noqa: E402
-from scheduler.model import Backoff, StepPlan  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.store import RunStore  # noqa: E402
 
@@ -121,36 +120,10 @@ def run_without_containers(size: int, url: str) -> str:
             f"(created in {created:.1f} s; {2 * size / (elapsed - created):,.0f} transitions/s)")
 
 
-def bare_rate(count: int, concurrency: int) -> float:
-    runtime = DockerRuntime()
-    plan = StepPlan(run_id="bench", dag="bench", step="bare", image=IMAGE, argv=("true",), env={}, working_dir=None,
-                    timeout=None, cpus=None, memory=None, pull="never", queue="high", retries=0, backoff=Backoff(),
-                    tags={})
-    runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None)
-    left = [count]
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                if not left[0]:
-                    return
-                left[0] -= 1
-            assert runtime.run(plan, labels_for(plan, 1, "bench"), lambda _: None, lambda: None).ok
-
-    threads = [threading.Thread(target=work) for _ in range(concurrency)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return count / (time.perf_counter() - began)
-
-
 def docker_run(steps: int, workers: int, folder: Path) -> list[str]:
     from scheduler.service import submit_file
 
-    rate = bare_rate(min(steps, 100), workers)
+    rate = bare(min(steps, 100), workers)  # bench/throughput.py: bare container runs at this concurrency
     path = folder / "noop.yaml"
     path.write_text(dag_text("noop", steps, "fanout", command="['true']"))
     with embedded_redis() as url:
