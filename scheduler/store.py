@@ -749,8 +749,7 @@ class RunStore:
         instance = mapped_instance(step)
         if instance is not None and self.r.exists(self.keys.step(run_id, step)):
             return replace(self.step_plan(run_id, instance[0]), step=step)  # an instance runs its step's plan
-        digest = self.r.hget(self.keys.step(run_id, step), "plan")
-        text = digest if digest and digest.startswith("{") else self.r.get(self.keys.plan(digest)) if digest else None
+        text, _ = self.signed_plan(run_id, step)
         if text is None:
             raise NotFoundError(f"run '{run_id}' has no step '{step}'")
         return records.load_plan(run_id, text)
