@@ -93,8 +93,8 @@ def test_past_the_grace_running_steps_are_handed_back(tmp_path: Path, settings: 
 
 def test_a_killed_process_loses_every_slots_attempt(tmp_path: Path, settings: Settings, store: RunStore,
                                                     dispatcher: Dispatcher, workers: Workers) -> None:
-    """Leases are per attempt: SIGKILL the process, and each of its running attempts is declared lost
-    (fenced: a late result is ignored) and run again by another worker."""
+    """Leases are per attempt: SIGKILL the process, and each of its running attempts is taken over by
+    another worker (adopted while its container exists, else declared lost and run again)."""
     submit_file(store, write_dag(tmp_path, fan("t-perf-kill", 2, 3)))
     os.environ["CONVEYOR_ATTEMPT_LEASE"] = "2"
     try:
@@ -108,4 +108,8 @@ def test_a_killed_process_loses_every_slots_attempt(tmp_path: Path, settings: Se
     finally:
         os.environ.pop("CONVEYOR_ATTEMPT_LEASE")
     for step in store.step_records(run_id):
-        assert [a["state"] for a in step["attempts"]] == ["lost", "success"]
+        # Its container still there, another worker adopts the same attempt (runner/adoption.py); gone
+        # already, the attempt is lost and run again. Either way each slot's attempt was taken over.
+        states = [a["state"] for a in step["attempts"]]
+        assert states == ["lost", "success"] or (states == ["success"] and step["attempts"][0]["adopted_by"]), \
+            step["attempts"]
